@@ -1,0 +1,32 @@
+# make train  — train the tiny model on the built-in corpus (installs first when needed)
+# make test   — run the test suite
+# make install — create .venv and install the project with its dev extra
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: on a machine without CUDA this takes the small CPU build when one is available
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+train: install
+	$(PY) train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(PY) -m ruff check llm tests train.py infer.py bench
+
+clean:
+	rm -rf outputs multirun .cache/llm

@@ -1,0 +1,21 @@
+"""Hydra/OmegaConf glue: resolvers the YAML files use. Imported by train.py, infer.py and the tests."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def register_resolvers() -> None:
+    """${repo:docs} -> absolute path of docs/ in this repository, whatever the working directory."""
+    if not OmegaConf.has_resolver("repo"):
+        OmegaConf.register_new_resolver("repo", lambda sub="": str(REPO_ROOT / sub))
+    if not OmegaConf.has_resolver("stdlib"):  # ${stdlib:} -> this Python's standard library folder
+        OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+
+
+register_resolvers()

@@ -1,0 +1,132 @@
+"""The LightningDataModule: folders in, batches of token windows out.
+
+prepare_data (once per machine): ingest -> split by document -> train the tokenizer on the training
+side -> write train.bin / val.bin. All of it is cached under cache_dir by a fingerprint of the corpus
+and the settings, so an unchanged corpus is tokenized once and its tokenizer reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from llm.data.ingest import DEFAULT_EXCLUDE, ingest
+from llm.data.tokens import TokenWindows, split_documents, token_dtype, write_tokens
+from llm.tokenizer import load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the token files or the tokenizer recipe change
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        out_dir: str,
+        cache_dir: str,
+        vocab_size: int = 4096,
+        block_size: int = 256,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        seed: int = 1337,
+        samples_per_epoch: int | None = None,
+        val_windows: int | None = 64,
+        num_workers: int = 0,
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    ) -> None:
+        super().__init__()
+        if not paths:
+            raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
+        self.paths = [str(Path(p).expanduser()) for p in paths]
+        self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
+        self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
+        self.val_fraction, self.seed = val_fraction, seed
+        self.samples_per_epoch, self.val_windows, self.num_workers = samples_per_epoch, val_windows, num_workers
+        self.exclude = tuple(exclude)
+        self.tokenizer: Tokenizer | None = None
+        self.meta: dict = {}
+
+    @property
+    def pointer(self) -> Path:
+        return self.out_dir / "dataset.json"  # tells every rank where prepare_data put the tokens
+
+    def prepare_data(self) -> None:
+        result = ingest(self.paths, self.out_dir, self.exclude)
+        docs = result.documents
+        if not docs:
+            raise RuntimeError(f"no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}")
+        settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
+        digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.sha256) for d in docs)]).encode())
+        folder = self.cache_dir / digest.hexdigest()[:16]
+        if (folder / "meta.json").exists():
+            log.info("corpus unchanged: reusing tokenizer and tokens in %s", folder)
+        else:
+            self._build(docs, folder)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "tokenizer.json", self.out_dir / "tokenizer.json")
+        self.pointer.write_text(json.dumps({"folder": str(folder.resolve())}))
+
+    def _build(self, docs, folder: Path) -> None:
+        train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
+        tok.save(str(tmp / "tokenizer.json"))
+        meta = {
+            "dtype": token_dtype(tok.get_vocab_size()).name,
+            "vocab_size": tok.get_vocab_size(),
+            "train_tokens": write_tokens(train_docs, tok, tmp / "train.bin"),
+            "val_tokens": write_tokens(val_docs, tok, tmp / "val.bin") if val_docs else 0,
+            "train_docs": [d.path for d in train_docs],
+            "val_docs": [d.path for d in val_docs],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # the cache entry appears whole or not at all
+        log.info(
+            "tokenized %d docs: %d train / %d val tokens, vocab %d -> %s",
+            len(docs), meta["train_tokens"], meta["val_tokens"], meta["vocab_size"], folder,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        folder = Path(json.loads(self.pointer.read_text())["folder"])
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.tokenizer = load_tokenizer(folder / "tokenizer.json")
+        dtype = self.meta["dtype"]
+        self.train_set = TokenWindows(folder / "train.bin", dtype, self.block_size, self.samples_per_epoch, True, self.seed)
+        self.val_set = (
+            TokenWindows(folder / "val.bin", dtype, self.block_size, self.val_windows, random=False)
+            if self.meta["val_tokens"] > 1
+            else None
+        )
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(dataset) >= self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

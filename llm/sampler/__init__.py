@@ -1,0 +1,5 @@
+"""Inference: turn a trained checkpoint into text."""
+
+from llm.sampler.generate import generate
+
+__all__ = ["generate"]

@@ -1,0 +1,55 @@
+"""Byte-level BPE trained on your own corpus with Hugging Face `tokenizers`.
+
+Byte-level means every string round-trips: the base alphabet is the 256 bytes, so nothing is ever
+unknown, and merges learned from the corpus make frequent byte sequences single tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOD = "<|endoftext|>"  # separates documents in the token stream
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Learn merges from texts until the vocabulary holds vocab_size tokens (or no pair repeats)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batched(texts), trainer=trainer)
+    return tok
+
+
+def _batched(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def eod_id(tok: Tokenizer) -> int:
+    token_id = tok.token_to_id(EOD)
+    if token_id is None:
+        raise ValueError(f"tokenizer has no {EOD} token")
+    return token_id
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """From a tokenizer.json path, or from the JSON string a checkpoint carries."""
+    if isinstance(source, Path) or not source.lstrip().startswith("{"):
+        return Tokenizer.from_file(str(source))
+    return Tokenizer.from_str(source)

@@ -1,0 +1,94 @@
+"""The LightningModule: owns the loss, the metrics, the optimizer and the schedule; the network is injected."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from llm.model import GPT
+from llm.training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 100  # optimizer steps
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+
+
+class Perplexity(MeanMetric):
+    """exp of the token-weighted mean cross-entropy, summed across batches and ranks by torchmetrics."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().exp()
+
+
+class LitGPT(L.LightningModule):
+    def __init__(self, net: GPT, optim: dict | OptimConfig | None = None, compile: bool | str = "auto") -> None:
+        super().__init__()
+        self.net = net
+        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        self.compile = compile
+        self.val_loss = MeanMetric()
+        self.val_ppl = Perplexity()
+        self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
+
+    def configure_model(self) -> None:
+        use = self.device.type == "cuda" if self.compile == "auto" else bool(self.compile)
+        if use:
+            self.net.compile()  # in place: parameter names and checkpoints stay those of the plain module
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.net(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        loss = self.loss(self.net(x), y)
+        self.val_loss.update(loss, weight=y.numel())
+        self.val_ppl.update(loss, weight=y.numel())
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/ppl", self.val_ppl)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("lr", optimizer.param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        o = self.optim
+        fused = self.device.type == "cuda"  # one kernel for the whole update where the device has it
+        opt = torch.optim.AdamW(
+            self.net.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=o.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config."""
+        checkpoint["model_config"] = self.net.config.to_dict()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
