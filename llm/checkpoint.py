@@ -16,7 +16,9 @@ def find_checkpoint(spec: str | Path, outputs_root: str | Path) -> Path:
     if str(spec) == "last":
         found = sorted(Path(outputs_root).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(f"ckpt_path=last: no last.ckpt under {outputs_root}; train first with python train.py")
+            raise FileNotFoundError(
+                f"ckpt_path=last: no last.ckpt under {outputs_root}; train first with python train.py"
+            )
         return found[-1]
     path = Path(spec).expanduser()
     if path.is_dir():

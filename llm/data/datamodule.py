@@ -107,7 +107,9 @@ class TextDataModule(L.LightningDataModule):
         self.meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = load_tokenizer(folder / "tokenizer.json")
         dtype = self.meta["dtype"]
-        self.train_set = TokenWindows(folder / "train.bin", dtype, self.block_size, self.samples_per_epoch, True, self.seed)
+        self.train_set = TokenWindows(
+            folder / "train.bin", dtype, self.block_size, self.samples_per_epoch, True, self.seed
+        )
         self.val_set = (
             TokenWindows(folder / "val.bin", dtype, self.block_size, self.val_windows, random=False)
             if self.meta["val_tokens"] > 1

@@ -20,10 +20,10 @@ from llm.tokenizer import eod_id
 
 
 def split_documents(docs: Sequence[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
-    """A document goes to validation when the hash of (seed, its path) falls below val_fraction.
+    """Sort documents by a hash of (seed, path); the first round(n * val_fraction) are validation.
 
-    Hashing the path, not the order, keeps each document on the same side when others are added.
-    Both sides get at least one document when there are two or more.
+    A document's side depends on its path, not on file order, so adding documents moves at most a
+    few near the boundary. Both sides get at least one document when there are two or more.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
@@ -63,7 +63,15 @@ class TokenWindows(Dataset):
     is the same window on every rank, worker and resumed run. random=False: consecutive windows.
     """
 
-    def __init__(self, path: Path, dtype: str, block_size: int, num_samples: int | None = None, random: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        dtype: str,
+        block_size: int,
+        num_samples: int | None = None,
+        random: bool = True,
+        seed: int = 0,
+    ):
         self.path, self.dtype, self.random, self.seed = Path(path), np.dtype(dtype), random, seed
         n_tokens = self.path.stat().st_size // self.dtype.itemsize
         self.block_size = min(block_size, n_tokens - 1)  # a tiny validation split gives one short window

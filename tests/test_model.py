@@ -1,0 +1,115 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm.model import GPT, GPTConfig
+
+VARIANTS = {
+    "rope-rms-swiglu-gqa": dict(n_kv_head=2),
+    "gpt2-style": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),
+}
+
+
+def tiny(**kw) -> GPTConfig:
+    base = dict(vocab_size=100, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    return GPTConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
+def test_output_shape_and_padded_vocab(kw):
+    model = GPT(tiny(**kw))
+    logits = model(torch.randint(0, 100, (3, 11)))
+    assert logits.shape == (3, 11, 128)  # 100 padded up to a multiple of 64
+    assert model.lm_head.weight is model.wte.weight
+
+
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+@pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
+def test_causal(attn, kw):
+    torch.manual_seed(0)
+    model = GPT(tiny(attn=attn, **kw)).eval()
+    x = torch.randint(0, 100, (2, 16))
+    y = x.clone()
+    y[:, 9:] = torch.randint(0, 100, (2, 7))  # change only the future of position 8
+    a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+@pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
+def test_explicit_equals_sdpa_outputs_and_gradients(kw):
+    torch.manual_seed(0)
+    explicit = GPT(tiny(attn="explicit", **kw))
+    fused = GPT(tiny(attn="sdpa", **kw))
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randint(0, 100, (2, 16))
+    outs, grads = [], []
+    for model in (explicit, fused):
+        logits = model(x)
+        F.cross_entropy(logits.flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+        outs.append(logits)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=2, n_embd=64))
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
+    x = torch.randint(0, 100, (4, 16))
+    y = torch.randint(0, 100, (4, 16))
+    first = None
+    for _ in range(60):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 4.0  # about ln(128) at initialisation
+    assert loss.item() < 0.1
+
+
+def test_residual_projections_are_scaled():
+    model = GPT(tiny(n_layer=8, n_embd=256))
+    std_proj = model.blocks[0].attn.proj.weight.std().item()
+    std_qkv = model.blocks[0].attn.qkv.weight.std().item()
+    assert std_qkv == pytest.approx(0.02, rel=0.05)
+    assert std_proj == pytest.approx(0.02 / 4, rel=0.1)  # 0.02 / sqrt(2 * 8)
+
+
+def test_param_groups_decay_matrices_only():
+    model = GPT(tiny(norm="layernorm", bias=True))
+    decay, no_decay = model.param_groups(0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(attn="flash"), "model.attn='flash' is not one of ['explicit', 'sdpa']"),
+        (dict(norm="batchnorm"), "model.norm='batchnorm' is not one of ['rmsnorm', 'layernorm']"),
+        (dict(n_head=3), "must be divisible by model.n_head=3"),
+        (dict(n_kv_head=3), "must be divisible by model.n_kv_head=3"),
+    ],
+)
+def test_bad_config_names_key_and_allowed_values(kw, message):
+    with pytest.raises(ValueError) as e:
+        tiny(**kw)
+    assert message in str(e.value)
+
+
+def test_too_long_sequence_is_refused():
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        GPT(tiny())(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_gpt2_preset_shape_has_124m_parameters():
+    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                       pos="learned", norm="layernorm", mlp="gelu", bias=True)  # fmt: skip
+    with torch.device("meta"):
+        model = GPT(config)
+    assert config.padded_vocab_size == 50304
+    assert 123e6 < model.num_params(non_embedding=False) < 125e6
