@@ -1,5 +1,20 @@
-"""Inference: turn a trained checkpoint into text."""
+"""Inference: turn a trained checkpoint into text, with a KV cache, sampling controls and streaming."""
 
-from llm.sampler.generate import generate
+from llm.sampler.generate import Generation, generate, generate_ids
+from llm.sampler.kv_cache import KVCache, kv_caches, remove_caches, setup_caches
+from llm.sampler.processors import Sampler, SamplingParams, build_processors
+from llm.sampler.streaming import TextStream
 
-__all__ = ["generate"]
+__all__ = [
+    "Generation",
+    "KVCache",
+    "Sampler",
+    "SamplingParams",
+    "TextStream",
+    "build_processors",
+    "generate",
+    "generate_ids",
+    "kv_caches",
+    "remove_caches",
+    "setup_caches",
+]

@@ -1,0 +1,67 @@
+"""The key/value cache: each layer's K and V for every position decoded so far.
+
+Buffers are preallocated at their full size, (B, n_kv, S_max, hs), and written in place at
+`input_pos`, so every decode step has the same shapes and a compiled step never respecialises.
+The sampler attaches caches for one call of `generate` and removes them afterwards: training never
+allocates one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from llm.model import GPT
+
+
+class KVCache(nn.Module):
+    """K and V of one attention layer, (batch, n_kv_head, max_len, head_size) each."""
+
+    def __init__(
+        self, batch: int, n_kv_head: int, max_len: int, head_size: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        shape = (batch, n_kv_head, max_len, head_size)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("rows", torch.arange(batch, device=device)[:, None], persistent=False)  # (B, 1)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv, T, hs) at input_pos, (T,) shared or (B, T) per row; return the whole cache."""
+        if input_pos.dim() == 1:  # every row at the same positions (prefill)
+            self.k_cache.index_copy_(2, input_pos, k)
+            self.v_cache.index_copy_(2, input_pos, v)
+        else:  # each row at its own position (decode of prompts of different lengths)
+            # advanced indices around a slice put the indexed dims first: (B, T, n_kv, hs)
+            self.k_cache[self.rows, :, input_pos] = k.transpose(1, 2)
+            self.v_cache[self.rows, :, input_pos] = v.transpose(1, 2)
+        return self.k_cache, self.v_cache
+
+
+def setup_caches(model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Attach a KVCache to every attention layer; return the causal mask (max_len, max_len), True = may attend."""
+    c = model.config
+    if max_len > c.block_size:
+        raise ValueError(f"cache of {max_len} positions is longer than block_size={c.block_size}")
+    weight = model.lm_head.weight
+    dtype = dtype or weight.dtype
+    for block in model.blocks:
+        block.attn.kv_cache = KVCache(batch, c.n_kv_head, max_len, c.head_size, dtype, weight.device)
+    return torch.ones(max_len, max_len, dtype=torch.bool, device=weight.device).tril()
+
+
+def remove_caches(model: GPT) -> None:
+    for block in model.blocks:
+        block.attn.kv_cache = None
+
+
+@contextmanager
+def kv_caches(model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
+    """`with kv_caches(model, B, S) as causal_mask:` caches attached inside, gone after (even on error)."""
+    try:
+        yield setup_caches(model, batch, max_len, dtype)
+    finally:
+        remove_caches(model)
