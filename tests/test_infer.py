@@ -1,0 +1,124 @@
+"""infer.py: a checkpoint alone is enough; text to stdout, logs to stderr; clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+import infer
+from llm.model import GPT, GPTConfig
+from llm.sampler import generate
+from llm.tokenizer import train_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint laid out as train.py writes it: model config, tokenizer JSON, `net.` state dict."""
+    tok = train_tokenizer(["def add(a, b):\n    return a + b\n", "The quick brown fox jumps."] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(config)
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    state = {f"net.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, path)
+    return path
+
+
+def compose_infer(*overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("infer", overrides=list(overrides))
+
+
+def test_prompt_streams_to_stdout(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    infer.infer(compose_infer(f"ckpt_path={checkpoint}", "prompt=def", "max_new_tokens=12", "seed=0"))
+    out = capsys.readouterr().out
+    assert out.startswith("def") and out.endswith("\n") and len(out) > len("def\n")
+
+
+def test_kv_cache_flag_gives_the_same_greedy_text(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    texts = []
+    for flag in ("true", "false"):
+        cfg = compose_infer(f"ckpt_path={checkpoint}", "prompt=def", "max_new_tokens=20", "temperature=0")
+        cfg.kv_cache = flag == "true"
+        infer.infer(cfg)
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+
+
+def test_prompt_file_runs_as_a_batch(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def add\n\nThe quick\n")
+    infer.infer(compose_infer(f"ckpt_path={checkpoint}", f"prompt_file={prompts}", "max_new_tokens=8", "temperature=0"))
+    out = capsys.readouterr().out
+    assert out.startswith("def add") and "\nThe quick" in out
+
+
+def test_last_finds_the_newest_checkpoint(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    root = checkpoint.parent.parent.parent
+    infer.infer(compose_infer("ckpt_path=last", f"paths.outputs_root={root}", "prompt=def", "max_new_tokens=4"))
+    assert capsys.readouterr().out.startswith("def")
+
+
+def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    lines = iter(["def add\n", "\n", "x\n", "/reset\n", "The\n", "/quit\n"])
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"readline": lambda self: next(lines)})())
+    seen: list[str] = []
+
+    def spy(model, tokenizer, prompt, **kwargs):
+        seen.append(prompt)
+        return generate(model, tokenizer, prompt, **kwargs)
+
+    monkeypatch.setattr(infer, "generate", spy)
+    infer.infer(compose_infer(f"ckpt_path={checkpoint}", "interactive=true", "max_new_tokens=5", "temperature=0"))
+    captured = capsys.readouterr()
+    assert len(seen) == 3
+    assert seen[1].startswith("def add\n") and seen[1].endswith("\nx\n")  # the conversation so far
+    assert seen[2] == "The\n"  # after /reset
+    assert captured.err.count("> ") == 6 and "> " not in captured.out
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError, "no such file"),
+        (["ckpt_path=last", "paths.outputs_root=/nowhere"], FileNotFoundError, "no last.ckpt"),
+        (["prompt="], ValueError, "prompt is empty"),
+        (["top_p=1.5"], ValueError, "top_p=1.5 is outside (0, 1]"),
+        (["temperature=-1"], ValueError, "temperature=-1 is negative"),
+        (["compile=maybe"], ValueError, "compile='maybe'"),
+    ],
+)
+def test_errors_name_the_problem(checkpoint: Path, overrides: list[str], error: type, message: str) -> None:
+    with pytest.raises(error) as err:
+        infer.infer(compose_infer(f"ckpt_path={checkpoint}", *overrides))
+    assert message in str(err.value)
+
+
+def test_corrupt_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        infer.infer(compose_infer(f"ckpt_path={bad}"))
+
+
+def test_cli_text_on_stdout_logs_on_stderr(checkpoint: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "infer.py"), f"ckpt_path={checkpoint}", "prompt=def", "max_new_tokens=6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("def") and "INFO" not in run.stdout
+    assert "loaded" in run.stderr

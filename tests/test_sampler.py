@@ -1,0 +1,266 @@
+"""The sampler: KV cache == no cache, batches == one by one, sampling controls, stops, context rule, streaming."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from llm.model import GPT, GPTConfig
+from llm.sampler import SamplingParams, TextStream, generate, generate_ids
+from llm.sampler.generate import decode_one_token
+from llm.sampler.kv_cache import kv_caches
+from llm.sampler.processors import MinP, RepetitionPenalty, Sampler, Temperature, TopK, TopP
+from llm.tokenizer import EOD, train_tokenizer
+
+GREEDY = SamplingParams(temperature=0)
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+def make_model(seed: int = 0, vocab_size: int = 320, block_size: int = 160, **overrides) -> GPT:
+    """A tiny float32 model whose random weights are large enough that greedy decoding does not loop at once."""
+    torch.manual_seed(seed)
+    shape = {"n_layer": 2, "n_head": 4, "n_embd": 64, **overrides}
+    config = GPTConfig(vocab_size=vocab_size, block_size=block_size, **shape)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.5 if name == "wte.weight" else 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    texts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.", "héllo € 日本語"]
+    return train_tokenizer(texts * 20, vocab_size=320)
+
+
+def ids_of(results) -> list[list[int]]:
+    return [r.token_ids for r in results]
+
+
+VARIANTS = {
+    "rope": {},
+    "learned": {"pos": "learned"},
+    "gpt2-style": {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "n_embd": 96, "n_head": 6},
+    "gqa": {"n_kv_head": 1},
+    "explicit-attn": {"attn": "explicit"},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_equals_no_cache(variant: str) -> None:
+    model = make_model(**VARIANTS[variant])
+    cached = ids_of(generate_ids(model, PROMPTS, 130, GREEDY))
+    recomputed = ids_of(generate_ids(model, PROMPTS, 130, GREEDY, kv_cache=False))
+    assert all(len(ids) == 130 for ids in cached)
+    assert all(len(set(ids)) > 10 for ids in cached)  # a real sequence, not one token repeated
+    assert cached == recomputed
+
+
+@pytest.mark.parametrize("variant", ["rope", "learned", "gqa"])
+def test_batch_equals_one_by_one(variant: str) -> None:
+    model = make_model(seed=1, **VARIANTS[variant])
+    batch = ids_of(generate_ids(model, PROMPTS, 60, GREEDY))
+    alone = [generate_ids(model, [p], 60, GREEDY)[0].token_ids for p in PROMPTS]
+    assert batch == alone
+
+
+def test_cache_is_removed_after_generation() -> None:
+    model = make_model()
+    generate_ids(model, PROMPTS, 5, GREEDY)
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+    with pytest.raises(ValueError), kv_caches(model, 1, 8):
+        assert model.blocks[0].attn.kv_cache.k_cache.shape == (1, 4, 8, 16)
+        raise ValueError("boom")
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+
+
+def test_prefill_fills_the_cache_like_a_full_forward() -> None:
+    model = make_model(n_kv_head=2)
+    idx = torch.tensor([PROMPTS[2]])
+    T = idx.size(1)
+    with torch.no_grad():
+        full = model(idx)
+        with kv_caches(model, 1, 32) as causal:
+            cached = model(idx, torch.arange(T), causal[None, None, :T])
+            cache = model.blocks[0].attn.kv_cache
+            assert cache.k_cache.shape == (1, 2, 32, 16)
+            assert cache.k_cache[:, :, T:].abs().sum() == 0  # nothing written past the prompt
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy() -> None:
+    model = make_model()
+    greedy = ids_of(generate_ids(model, PROMPTS, 40, GREEDY))
+    top_k = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.5, top_k=1, seed=3)))
+    top_p = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, top_p=1e-6, seed=4)))
+    assert top_k == greedy
+    assert top_p == greedy
+
+
+def test_seed_reproducible() -> None:
+    model = make_model()
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=123)
+    first = ids_of(generate_ids(model, PROMPTS, 40, params))
+    again = ids_of(generate_ids(model, PROMPTS, 40, params))
+    other = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, top_p=0.9, seed=124)))
+    assert first == again
+    assert first != other
+    # the cache changes the speed, not the draw
+    assert ids_of(generate_ids(model, PROMPTS, 40, params, kv_cache=False)) == first
+
+
+def test_stop_tokens_end_each_row_on_its_own() -> None:
+    model = make_model()
+    full = ids_of(generate_ids(model, PROMPTS, 50, GREEDY))
+    stop = full[0][20]
+    first = full[0].index(stop)
+    results = generate_ids(model, PROMPTS, 50, GREEDY, stop_tokens=[stop])
+    assert results[0].token_ids == full[0][:first]
+    assert results[0].finish_reason == "stop_token"
+    for result, ids in zip(results[1:], full[1:], strict=True):  # other rows end at their own first stop, if any
+        expected = ids[: ids.index(stop)] if stop in ids else ids
+        assert result.token_ids == expected
+
+
+def test_stop_strings(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    full = generate(model, tokenizer, "def add", 60, temperature=0, stop_tokens=[])[0]
+    stop = full.text[25:28]
+    cut = full.text.index(stop)
+    streamed: list[str] = []
+    on_text = lambda _row, text: streamed.append(text)  # noqa: E731
+    result = generate(model, tokenizer, "def add", 60, temperature=0, stop=[stop], stop_tokens=[], on_text=on_text)[0]
+    assert result.finish_reason == "stop_string"
+    assert result.text == full.text[:cut]
+    assert "".join(streamed) == result.text  # the stop string is never printed, not even half of it
+
+
+def test_context_overflow_rule(caplog: pytest.LogCaptureFixture) -> None:
+    model = make_model(block_size=32)
+    with caplog.at_level(logging.WARNING):
+        short = generate_ids(model, [[1, 2, 3] * 6], 50, GREEDY)[0]  # 18 tokens: 14 fit
+    assert short.prompt_tokens == 18 and len(short.token_ids) == 14
+    assert short.finish_reason == "context"
+    assert "context of 32 tokens is full" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        long = generate_ids(model, [list(range(1, 41))], 10, GREEDY)[0]  # 40 tokens: keeps its last 32 - 10
+    assert "keeping its last 22 tokens" in caplog.text
+    assert long.prompt_tokens == 22 and len(long.token_ids) == 10 and long.finish_reason == "max_new_tokens"
+    assert long.token_ids == generate_ids(model, [list(range(19, 41))], 10, GREEDY)[0].token_ids
+    # a long prompt with a large budget keeps at least half the context
+    half = generate_ids(model, [list(range(1, 41))], 100, GREEDY)[0]
+    assert half.prompt_tokens == 16 and len(half.token_ids) == 16 and half.finish_reason == "context"
+
+
+def test_streaming_never_splits_a_character(tokenizer: Tokenizer) -> None:
+    text = "héllo wörld € 日本語 done"
+    stream = TextStream(tokenizer)
+    chunks = [stream.push(i) for i in tokenizer.encode(text).ids]
+    chunks.append(stream.finish())
+    assert "".join(chunks) == text
+    assert not any("\ufffd" in c for c in chunks)
+    assert sum(1 for c in chunks if c) > 3  # text really arrived piece by piece
+
+
+def test_streamed_text_equals_final_text(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    results = generate(
+        model, tokenizer, ["def add", "héllo"], 40, temperature=0.8, seed=1, on_text=lambda r, t: pieces[r].append(t)
+    )
+    for row, result in enumerate(results):
+        assert "".join(pieces[row]) == result.text
+        assert result.text == tokenizer.decode(result.token_ids)
+
+
+def test_eod_stops_by_default(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    with torch.no_grad():
+        model.norm.weight.zero_()  # every logit 0: greedy takes the first id, the end-of-document token
+    assert tokenizer.token_to_id(EOD) == 0
+    assert generate(model, tokenizer, "def", 5, temperature=0, stop_tokens=[])[0].token_ids == [0] * 5
+    stopped = generate(model, tokenizer, "def", 5, temperature=0)[0]
+    assert stopped.token_ids == [] and stopped.finish_reason == "stop_token"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_p": 0.0}, "top_p=0.0 is outside (0, 1]"),
+        ({"top_p": 1.5}, "top_p=1.5 is outside (0, 1]"),
+        ({"temperature": -0.1}, "temperature=-0.1 is negative"),
+        ({"min_p": 1.0}, "min_p=1.0 is outside [0, 1)"),
+        ({"top_k": -1}, "top_k=-1"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty=0.0 must be > 0"),
+    ],
+)
+def test_bad_sampling_values_are_named(tokenizer: Tokenizer, kwargs: dict, message: str) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    with pytest.raises(ValueError) as err:
+        generate(model, tokenizer, "def", 5, **kwargs)
+    assert message in str(err.value)
+
+
+def test_empty_prompt_is_named(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(model, tokenizer, ["def", ""], 5)
+
+
+def test_processors_worked_example() -> None:
+    """The numbers quoted in docs/generation.md."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    probs = torch.softmax(logits, -1)
+    assert probs[0].tolist() == pytest.approx([0.644, 0.237, 0.087, 0.032], abs=5e-4)
+    cool = torch.softmax(Temperature(0.5)(logits, None), -1)
+    assert cool[0].tolist() == pytest.approx([0.865, 0.117, 0.016, 0.002], abs=5e-4)
+    assert torch.isinf(TopK(2)(logits, None)).tolist() == [[False, False, True, True]]
+    # top_p 0.8: 0.644 < 0.8 so the second token joins; 0.644 + 0.237 >= 0.8 so the rest go
+    assert torch.isinf(TopP(0.8)(logits, None)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(TopP(0.5)(logits, None)).tolist() == [[False, True, True, True]]
+    # min_p 0.1: the threshold is 0.1 * 0.644 = 0.0644, so 0.087 stays and 0.032 goes
+    assert torch.isinf(MinP(0.1)(logits, None)).tolist() == [[False, False, False, True]]
+    counts = torch.tensor([[1, 0, 0, 1]])
+    assert RepetitionPenalty(2.0)(logits, counts).tolist() == [[1.0, 1.0, 0.0, -2.0]]
+
+
+def test_greedy_ignores_padding_rows_of_the_embedding() -> None:
+    sampler = Sampler(GREEDY, vocab_size=3)
+    logits = torch.tensor([[0.0, 1.0, 0.5, 9.0]])  # the last column is embedding padding
+    assert sampler(logits).tolist() == [1]
+
+
+def test_repetition_penalty_changes_greedy_output() -> None:
+    model = make_model(pos="learned", norm="layernorm", mlp="gelu", bias=True)
+    plain = generate_ids(model, PROMPTS[:1], 40, GREEDY)[0].token_ids
+    penalised = generate_ids(model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0))[0]
+    assert len(set(penalised.token_ids)) > len(set(plain))
+    cached = generate_ids(model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0))[0]
+    recomputed = generate_ids(
+        model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0), kv_cache=False
+    )[0]
+    assert cached.token_ids == recomputed.token_ids
+
+
+def test_decode_step_compiles_as_one_graph() -> None:
+    """fullgraph=True: the decode step has no graph break (what CUDA graphs need). The eager backend keeps it fast."""
+    model = make_model(n_kv_head=2)
+    sampler = Sampler(SamplingParams(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05), model.config.vocab_size)
+    step = torch.compile(decode_one_token, backend="eager", fullgraph=True)
+    with torch.no_grad(), kv_caches(model, 2, 16) as causal:
+        idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+        model(idx, torch.arange(3), causal[None, None, :3])
+        pos = torch.tensor([[3], [3]])
+        torch.manual_seed(0)
+        compiled = step(model, idx[:, -1:], pos, causal, None, sampler)
+    with torch.no_grad(), kv_caches(model, 2, 16) as causal:
+        model(idx, torch.arange(3), causal[None, None, :3])
+        torch.manual_seed(0)
+        eager = decode_one_token(model, idx[:, -1:], pos, causal, None, sampler)
+    assert compiled.tolist() == eager.tolist()
