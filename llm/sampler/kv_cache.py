@@ -27,17 +27,16 @@ class KVCache(nn.Module):
         shape = (batch, n_kv_head, max_len, head_size)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("rows", torch.arange(batch, device=device)[:, None], persistent=False)  # (B, 1)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, n_kv, T, hs) at input_pos, (T,) shared or (B, T) per row; return the whole cache."""
         if input_pos.dim() == 1:  # every row at the same positions (prefill)
             self.k_cache.index_copy_(2, input_pos, k)
             self.v_cache.index_copy_(2, input_pos, v)
-        else:  # each row at its own position (decode of prompts of different lengths)
-            # advanced indices around a slice put the indexed dims first: (B, T, n_kv, hs)
-            self.k_cache[self.rows, :, input_pos] = k.transpose(1, 2)
-            self.v_cache[self.rows, :, input_pos] = v.transpose(1, 2)
+        else:  # each row at its own positions (decode of prompts of different lengths)
+            index = input_pos[:, None, :, None].expand_as(k)  # (B, n_kv, T, hs): row b's slots
+            self.k_cache.scatter_(2, index, k)
+            self.v_cache.scatter_(2, index, v)
         return self.k_cache, self.v_cache
 
 

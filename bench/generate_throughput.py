@@ -1,0 +1,151 @@
+"""Generation throughput: our sampler with and without its KV cache, and Hugging Face GPT-2 `generate()`.
+
+Same shapes, random weights, greedy, no early stop, one run:
+
+    python bench/generate_throughput.py                      # CPU: small preset, batch 1 and 8, 512 new tokens
+    python bench/generate_throughput.py --preset gpt2-124m --batch 1 32 --dtype bfloat16   # GPU
+
+Tokens/s counts new tokens of all rows (aggregate), prefill included. Needs `pip install transformers`
+(the `bench` extra) for the Hugging Face rows; they are skipped without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from llm.model import GPT, GPTConfig  # noqa: E402
+from llm.sampler import SamplingParams, generate_ids  # noqa: E402
+
+log = logging.getLogger("bench.generate")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def preset(name: str, block_size: int | None) -> GPTConfig:
+    node = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml").config
+    fields = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+    config = GPTConfig(**fields)
+    return replace(config, block_size=block_size) if block_size else config
+
+
+def hf_gpt2(config: GPTConfig, device: torch.device, dtype: torch.dtype):
+    """Hugging Face GPT-2 of the same size (layers, width, heads, vocabulary, context), random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+    )
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(hf_config).to(device=device, dtype=dtype).eval()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", help="a file of conf/model/ (small, gpt2-124m, tiny)")
+    parser.add_argument("--block-size", type=int, default=1024, help="context; the small preset's 256 holds no 512")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="auto: on CUDA")
+    parser.add_argument("--no-cache-batches", type=int, nargs="*", default=[1], help="batches to run without cache")
+    parser.add_argument("--no-cache-tokens", type=int, default=None, help="new tokens without cache (default: same)")
+    parser.add_argument("--skip-hf", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    compile_decode = device.type == "cuda" if args.compile == "auto" else args.compile == "true"
+    torch.set_float32_matmul_precision("high")
+    config = preset(args.preset, args.block_size)
+    torch.manual_seed(0)
+    model = GPT(config).to(device=device, dtype=dtype).eval()
+    hf = None
+    if not args.skip_hf:
+        try:
+            hf = hf_gpt2(config, device, dtype)
+        except ImportError:
+            log.warning("transformers is not installed (pip install -e '.[bench]'): Hugging Face rows skipped")
+    greedy = SamplingParams(temperature=0)
+    n_new = args.new_tokens
+
+    def prompts(batch: int) -> torch.Tensor:
+        return torch.randint(1, config.vocab_size, (batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
+
+    def ours(batch: int, kv_cache: bool, tokens: int) -> Callable[[], object]:
+        ids = prompts(batch).tolist()
+        return lambda: generate_ids(
+            model, ids, tokens, greedy, kv_cache=kv_cache, compile=compile_decode and kv_cache, sync_every=64
+        )
+
+    def theirs(batch: int, use_cache: bool, tokens: int) -> Callable[[], object]:
+        ids = prompts(batch).to(device)
+        mask = torch.ones_like(ids)
+        kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache)
+        return lambda: hf.generate(ids, attention_mask=mask, pad_token_id=0, eos_token_id=None, **kwargs)
+
+    log.info(
+        "%s, torch %s, %s threads; %s (%d layers x %d, %d heads, vocab %d, context %d), %s, compile=%s",
+        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        torch.__version__, torch.get_num_threads(), args.preset, config.n_layer, config.n_embd, config.n_head,
+        config.vocab_size, config.block_size, str(dtype).removeprefix("torch."), compile_decode,
+    )  # fmt: skip
+    rows: list[tuple[str, int, int, float]] = []  # (name, batch, new tokens, seconds)
+    with torch.inference_mode():
+        for batch in args.batch:
+            runs = [("ours, KV cache", ours, True, n_new)]
+            if batch in args.no_cache_batches:
+                runs.append(("ours, no cache", ours, False, args.no_cache_tokens or n_new))
+            if hf is not None:
+                runs.append(("HF generate(), cache", theirs, True, n_new))
+            for name, make, cached, tokens in runs:
+                make(batch, cached, min(tokens, 32))()  # warm up (and compile)
+                if compile_decode and name.startswith("ours, KV"):
+                    make(batch, cached, min(tokens, 32))()  # CUDA graphs record on a later call
+                seconds = timed(make(batch, cached, tokens), device)
+                rows.append((name, batch, tokens, seconds))
+                log.info("%-22s batch %3d: %8.1f tokens/s", name, batch, batch * tokens / seconds)
+
+    speed = {(name, batch): batch * tokens / s for name, batch, tokens, s in rows}
+    out = ["| run | batch | new tokens | tokens/s |", "| --- | ---: | ---: | ---: |"]
+    out += [f"| {name} | {b} | {t} | {b * t / s:,.1f} |" for name, b, t, s in rows]
+    out.append("")
+    for batch in args.batch:
+        cached = speed[("ours, KV cache", batch)]
+        ratios = (("ours, no cache", "KV cache / no cache"), ("HF generate(), cache", "ours / HF generate()"))
+        for other, label in ratios:
+            if (other, batch) in speed:
+                out.append(f"batch {batch}: {label} = {cached / speed[(other, batch)]:.1f}x")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
