@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from charset_normalizer import from_bytes
+
+from llm.data.ingester import Extraction, Ingester, Refused, Settings
 
 
 def read_text(data: bytes) -> tuple[str, str | None]:
@@ -15,7 +19,26 @@ def read_text(data: bytes) -> tuple[str, str | None]:
         return data.decode("utf-8"), None
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data).best()  # detect the encoding (latin-1, cp1252, shift-jis, ...)
+    best = from_bytes(data).best()  # detect the encoding (cp1251, shift-jis, ...)
     if best is None:
-        return "", "could not detect a text encoding"
+        return "", "binary content: no text encoding fits"
+    if best.language == "Unknown":  # no language stood out: Western text, where cp1252 is by far the likeliest
+        try:
+            return data.decode("cp1252"), None
+        except UnicodeDecodeError:
+            pass
     return str(best), None
+
+
+def read_verbatim(path: Path) -> str:
+    text, problem = read_text(path.read_bytes())
+    if problem:
+        raise Refused("skipped", problem)
+    return text
+
+
+def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+    return Extraction(read_verbatim(path), "verbatim")
+
+
+INGESTER = Ingester("text", 1, _extract)

@@ -1,0 +1,71 @@
+"""Images (png, jpeg, tiff, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
+
+The size is read from the header before any pixel is decoded, so decompression bombs are refused cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from llm.data import ocr, offline
+from llm.data.ingester import Extraction, Ingester, Refused, Settings
+
+DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become one PNG frame
+
+
+def _open(path: Path, settings: Settings):
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    if path.suffix.lower() in (".heic", ".heif"):
+        try:
+            from pi_heif import register_heif_opener
+        except ImportError as e:
+            raise Refused("skipped", "HEIC decoder not installed (pip install pi-heif)", transient=True) from e
+        register_heif_opener()
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise Refused("skipped", f"decompression bomb refused: {e}") from e
+    except UnidentifiedImageError as e:
+        raise Refused("error", "unreadable image: no decoder recognises its content") from e
+    w, h = image.size
+    if w * h > settings.max_image_pixels:
+        image.close()
+        raise Refused(
+            "skipped", f"decompression bomb refused: {w}x{h} pixels > max_image_pixels={settings.max_image_pixels}"
+        )
+    try:
+        image.load()  # decode now: truncated or corrupt data fails here, not inside OCR
+    except (OSError, ValueError, SyntaxError) as e:
+        image.close()
+        raise Refused("error", f"unreadable image: {e}") from e
+    return image
+
+
+def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+    image = _open(path, settings)
+    fmt, frames = image.format, getattr(image, "n_frames", 1)
+    ocr.require("tesseract")
+    offline.patch_unstructured()
+    from unstructured.partition.image import partition_image
+
+    strategy = settings.strategy.get("image") or "ocr_only"
+    langs = settings.languages
+    if fmt in DIRECT:
+        elements = partition_image(filename=str(path), strategy=strategy, languages=langs)
+    else:
+        buf = io.BytesIO()
+        image.seek(0)
+        image.convert("RGB").save(buf, format="PNG")
+        frames = 1
+        elements = partition_image(file=io.BytesIO(buf.getvalue()), strategy=strategy, languages=langs)
+    image.close()
+    text = ocr.elements_text(elements)
+    if not text.strip():
+        raise Refused("empty", f"OCR found no text ({strategy})")
+    return Extraction(text, strategy, pages=frames if fmt == "TIFF" else 1)
+
+
+INGESTER = Ingester("image", 1, _extract, lambda s: [s.strategy.get("image"), s.languages, s.max_image_pixels])
