@@ -1,0 +1,143 @@
+"""Builders for the ingestion tests: small corpora of every kind, and a hostile folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("make_sample", Path(__file__).parents[1] / "data" / "make_sample.py")
+make_sample = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_sample)
+
+text_pdf, scanned_pdf, image_bytes = make_sample.text_pdf, make_sample.scanned_pdf, make_sample.image_bytes
+
+CODE = '''def greet(name):
+    """Say hello."""
+
+    # a comment, kept
+    if name:
+\treturn f"hello {name}"   \n
+        return "hello"
+'''
+LATIN1 = "Café crème, déjà vu: naïve façade à Noël.\n"
+
+
+def mixed_pdf(text_lines: list[str], scan_lines: list[str]) -> bytes:
+    """Page 1 with a text layer, page 2 a scan."""
+    from pypdf import PdfReader, PdfWriter
+
+    w = PdfWriter()
+    w.add_page(PdfReader(io.BytesIO(text_pdf([text_lines]))).pages[0])
+    w.add_page(PdfReader(io.BytesIO(scanned_pdf([scan_lines]))).pages[0])
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+def encrypted_pdf(password: str = "secret") -> bytes:
+    from pypdf import PdfReader, PdfWriter
+
+    w = PdfWriter()
+    w.add_page(PdfReader(io.BytesIO(text_pdf([["Top secret words"]]))).pages[0])
+    w.encrypt(password, algorithm="RC4-128")
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+def bomb_png(side: int = 60_000) -> bytes:
+    """A valid PNG header claiming side x side pixels, with a few bytes of data: a decompression bomb."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def kinds_corpus(root: Path) -> Path:
+    """One good file of each kind, with known text."""
+    write(root / "notes.pdf", text_pdf([["Alpha beta gamma text layer."], ["Second page words."]]))
+    write(root / "scan.pdf", scanned_pdf([["Scanned words here"]]))
+    write(root / "mixed.pdf", mixed_pdf(["Typed first page."], ["Scanned second page"]))
+    write(root / "sign.png", image_bytes(["Hello from a PNG"], "PNG"))
+    write(root / "photo.jpg", image_bytes(["Hello from a JPEG"], "JPEG"))
+    write(root / "src/greet.py", CODE)
+    write(root / "old.txt", LATIN1.encode("latin-1"))
+    write(root / "page.html", "<html><body><h1>Title</h1><p>Some html paragraph.</p></body></html>")
+    return root
+
+
+# hostile file -> (expected status, a word the reason must contain)
+HOSTILE = {
+    "corrupt.pdf": ("error", "PDF"),
+    "truncated.pdf": ("error", "PDF"),
+    "encrypted.pdf": ("error", "password"),
+    "fake.pdf": ("error", "not a PDF"),
+    "empty.pdf": ("empty", "empty"),
+    "bomb.png": ("skipped", "decompression bomb"),
+    "broken.png": ("error", "image"),
+    "text-named.jpg": ("error", "image"),
+    "binary.txt": ("skipped", "binary"),
+    "empty.txt": ("empty", "empty"),
+    "blank.md": ("empty", "whitespace"),
+    "data.bin": ("skipped", "no ingester"),
+    "dup/copy.py": ("duplicate", "same content"),
+    "loop": ("skipped", "symbolic link"),
+    "dangling.txt": ("error", "broken symbolic link"),
+    "fifo.txt": ("skipped", "not a regular file"),
+    ".git": ("excluded", "exclude"),
+    "node_modules": ("excluded", "exclude"),
+}
+GOOD = {  # file -> text that must be recovered
+    "good.py": 'def greet(name):\n    """Say hello."""',
+    "latin1.txt": "Café crème",
+    "png-named.pdf": "Mislabelled",
+    "résumé-日本.md": "unicode name",
+    "deep/" + "/".join(f"d{i}" for i in range(40)) + "/leaf.txt": "deep leaf",
+    "bad\udcffname.txt": "odd bytes in name",
+}
+
+
+def hostile_corpus(root: Path) -> Path:
+    good_pdf = text_pdf([["Recoverable text. " * 20]])
+    write(root / "corrupt.pdf", b"%PDF-1.4\n" + os.urandom(2000))
+    write(root / "truncated.pdf", good_pdf[: -len(good_pdf) // 2][:200])
+    write(root / "encrypted.pdf", encrypted_pdf())
+    write(root / "fake.pdf", "<html>this is not a pdf at all</html>")
+    write(root / "empty.pdf", b"")
+    write(root / "bomb.png", bomb_png())
+    write(root / "broken.png", b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    write(root / "text-named.jpg", "just some text, not a JPEG")
+    write(root / "binary.txt", bytes(range(256)) * 8)
+    write(root / "empty.txt", b"")
+    write(root / "blank.md", "  \n\n\t \n")
+    write(root / "data.bin", os.urandom(64))
+    write(root / "good.py", CODE)
+    write(root / "dup/copy.py", CODE)
+    write(root / "latin1.txt", LATIN1.encode("latin-1"))
+    write(root / "png-named.pdf", image_bytes(["Mislabelled picture"], "PNG"))
+    write(root / "résumé-日本.md", "A file with a unicode name.\n")
+    write(root / list(GOOD)[4], "a deep leaf\n")
+    write(root / "bad\udcffname.txt", "odd bytes in name\n")  # not valid UTF-8 on disk
+    write(root / ".git/config", "[core]\n")
+    write(root / "node_modules/pkg/index.js", "module.exports = 1\n")
+    os.symlink(".", root / "loop")  # a cycle
+    os.symlink("missing-target.txt", root / "dangling.txt")
+    os.mkfifo(root / "fifo.txt")
+    return root

@@ -1,0 +1,106 @@
+"""Each kind of file ingests with the right text, strategy and manifest record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from llm.data.ingest import ingest
+from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus
+
+needs_ocr = pytest.mark.skipif(
+    shutil.which("tesseract") is None and not os.environ.get("CI"),
+    reason="tesseract not installed (CI installs it: apt-get install tesseract-ocr tesseract-ocr-eng poppler-utils)",
+)
+
+
+def words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = kinds_corpus(tmp_path_factory.mktemp("in") / "kinds")
+    out = tmp_path_factory.mktemp("out")
+    result = ingest([root], out, workers=2)
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    return root, out, result, {r["path"]: r for r in manifest}
+
+
+def doc(run, name: str):
+    return next(d for d in run[2].documents if d.path == f"kinds/{name}")
+
+
+def test_manifest_has_every_file_with_the_required_fields(run):
+    root, out, _, manifest = run
+    files = {f"kinds/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()}
+    assert set(manifest) == files
+    for rec in manifest.values():
+        assert {"path", "sha256", "bytes", "kind", "strategy", "status", "chars", "seconds"} <= set(rec)
+        if rec["status"] == "ok":
+            text = (out / rec["text_path"]).read_text(encoding="utf-8")
+            assert len(text) == rec["chars"] > 0
+            assert rec["sha256"] == hashlib.sha256((root.parent / rec["path"]).read_bytes()).hexdigest()
+        else:
+            assert rec["reason"]
+
+
+def test_pdf_text_layer(run):
+    rec = run[3]["kinds/notes.pdf"]
+    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "fast", 2)
+    assert "Alpha beta gamma text layer." in doc(run, "notes.pdf").text
+    assert "Second page words." in doc(run, "notes.pdf").text
+
+
+@needs_ocr
+def test_scanned_pdf_goes_through_ocr(run):
+    rec = run[3]["kinds/scan.pdf"]
+    assert (rec["status"], rec["strategy"]) == ("ok", "ocr_only"), rec
+    assert "scanned words here" in words(doc(run, "scan.pdf").text)
+
+
+@needs_ocr
+def test_mixed_pdf_ocrs_only_the_page_without_text(run):
+    rec = run[3]["kinds/mixed.pdf"]
+    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "fast+ocr_only", 2), rec
+    text = doc(run, "mixed.pdf").text
+    assert "Typed first page." in text and "scanned second page" in words(text)
+    assert words(text).index("typed first page") < words(text).index("scanned second page")  # page order kept
+
+
+@needs_ocr
+@pytest.mark.parametrize("name, expected", [("sign.png", "hello from a png"), ("photo.jpg", "hello from a jpeg")])
+def test_images_go_through_ocr(run, name, expected):
+    rec = run[3][f"kinds/{name}"]
+    assert (rec["status"], rec["kind"], rec["strategy"]) == ("ok", "image", "ocr_only"), rec
+    assert expected in words(doc(run, name).text)
+
+
+def test_code_is_verbatim_with_its_language(run):
+    rec = run[3]["kinds/src/greet.py"]
+    assert (rec["kind"], rec["language"], rec["strategy"]) == ("code", "python", "verbatim")
+    assert doc(run, "src/greet.py").text == CODE  # tabs, trailing spaces, blank lines, comments
+
+
+def test_latin1_text_is_decoded_not_dropped(run):
+    assert run[3]["kinds/old.txt"]["status"] == "ok"
+    assert doc(run, "old.txt").text == LATIN1
+
+
+def test_html_through_unstructured(run):
+    rec = run[3]["kinds/page.html"]
+    assert (rec["status"], rec["kind"]) == ("ok", "html"), rec
+    assert "Some html paragraph." in doc(run, "page.html").text
+
+
+def test_documents_carry_path_sha_and_lazy_text(run):
+    root, _, result, manifest = run
+    ok = [p for p, r in manifest.items() if r["status"] == "ok"]
+    assert sorted(d.path for d in result.documents) == sorted(ok)
+    for d in result.documents:
+        assert d.sha256 == manifest[d.path]["sha256"] and d.text

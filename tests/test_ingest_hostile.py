@@ -1,0 +1,83 @@
+"""A hostile folder: every file accounted for, each bad one with the right status and a reason."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from llm.data.discover import printable
+from llm.data.ingest import ingest
+from llm.ingest import main
+from tests.ingest_fixtures import GOOD, HOSTILE, hostile_corpus, write
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = hostile_corpus(tmp_path_factory.mktemp("in") / "hostile")
+    out = tmp_path_factory.mktemp("out")
+    code = main([str(root), "--out", str(out), "--workers", "2"])
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return root, out, code, {r["path"]: r for r in map(json.loads, lines)}
+
+
+def test_run_goes_on_and_exits_zero(run):
+    assert run[2] == 0
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_each_hostile_file_gets_its_status_and_a_reason(run, name):
+    status, word = HOSTILE[name]
+    rec = run[3][f"hostile/{name}"]
+    assert rec["status"] == status, rec
+    assert word.lower() in rec["reason"].lower(), rec
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_text_recovered_from_every_good_file(run, name):
+    rec = run[3][printable(f"hostile/{name}")]
+    assert rec["status"] == "ok", rec
+    assert GOOD[name].lower() in (run[1] / rec["text_path"]).read_text(encoding="utf-8").lower()
+
+
+def test_every_entry_is_accounted_for(run):
+    root, _, _, manifest = run
+    expected = set()
+    for dirpath, dirnames, filenames in os.walk(root):  # links not followed: they are entries themselves
+        rel = os.path.relpath(dirpath, root.parent)
+        for name in list(dirnames):
+            if name in (".git", "node_modules") or os.path.islink(os.path.join(dirpath, name)):
+                expected.add(printable(f"{rel}/{name}"))
+                dirnames.remove(name)
+        expected |= {printable(f"{rel}/{n}") for n in filenames}
+    assert set(manifest) == expected
+    assert len(manifest) >= 20
+
+
+def test_no_usable_document_is_a_clear_error(tmp_path, capsys):
+    write(tmp_path / "only/empty.txt", b"")
+    assert main([str(tmp_path / "only"), "--out", str(tmp_path / "out")]) == 1
+    assert "no usable document" in capsys.readouterr().err
+
+
+def test_time_limit_kills_the_file_not_the_run(tmp_path):
+    from tests.ingest_fixtures import scanned_pdf
+
+    write(tmp_path / "in/slow.pdf", scanned_pdf([["a page that takes a while"]] * 3))
+    write(tmp_path / "in/fine.py", "x = 1\n")
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 0.3}, workers=1)
+    status = {r.path: r for r in result.records}
+    assert status["in/slow.pdf"].status == "error" and "timed out" in status["in/slow.pdf"].reason
+    assert status["in/fine.py"].status == "ok"
+
+
+def test_memory_guard_turns_into_an_error_record(tmp_path):
+    from tests.ingest_fixtures import scanned_pdf
+
+    write(tmp_path / "in/a.pdf", scanned_pdf([["some words"]]))
+    write(tmp_path / "in/b.py", "x = 1\n")
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"max_memory_mb": 64}, workers=1)
+    pdf, py = result.records
+    assert pdf.status == "error" and ("memory" in pdf.reason or "worker" in pdf.reason), pdf
+    assert py.status == "ok"
