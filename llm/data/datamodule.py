@@ -43,6 +43,7 @@ class TextDataModule(L.LightningDataModule):
         val_windows: int | None = 64,
         num_workers: int = 0,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        ingest: dict | None = None,  # llm.data.ingester.Settings: workers, time/memory limits, strategies
     ) -> None:
         super().__init__()
         if not paths:
@@ -53,6 +54,7 @@ class TextDataModule(L.LightningDataModule):
         self.val_fraction, self.seed = val_fraction, seed
         self.samples_per_epoch, self.val_windows, self.num_workers = samples_per_epoch, val_windows, num_workers
         self.exclude = tuple(exclude)
+        self.ingest_settings = dict(ingest or {})
         self.tokenizer: Tokenizer | None = None
         self.meta: dict = {}
 
@@ -61,7 +63,9 @@ class TextDataModule(L.LightningDataModule):
         return self.out_dir / "dataset.json"  # tells every rank where prepare_data put the tokens
 
     def prepare_data(self) -> None:
-        result = ingest(self.paths, self.out_dir, self.exclude)
+        result = ingest(
+            self.paths, self.out_dir, self.exclude, settings=self.ingest_settings, cache_dir=self.cache_dir / "ingest"
+        )
         docs = result.documents
         if not docs:
             raise RuntimeError(f"no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}")

@@ -1,0 +1,83 @@
+"""Ingestion throughput, 1 worker vs N: files/s and pages/s on data/sample plus generated pages.
+
+    python bench/ingest_throughput.py [--workers N] [--text-pdfs 20] [--scans 12]
+
+Each run starts from an empty cache, so every file is extracted; the worker fork server is warmed
+first (once per process, as in any real run) so both rows pay the same start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llm.data.ingest import ingest  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("make_sample", ROOT / "data" / "make_sample.py")
+make_sample = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_sample)
+
+WORDS = "the model reads every page of text and learns which token tends to follow which".split()
+
+
+def build_corpus(folder: Path, text_pdfs: int, scans: int) -> Path:
+    shutil.copytree(ROOT / "data" / "sample", folder / "sample")
+    gen = folder / "generated"
+    gen.mkdir()
+    for i in range(text_pdfs):
+        pages = [[f"Document {i} page {p} line {k}: " + " ".join(WORDS[(i + p + k) % 7 :]) for k in range(30)]
+                 for p in range(3)]  # fmt: skip
+        (gen / f"report-{i:03d}.pdf").write_bytes(make_sample.text_pdf(pages))
+    for i in range(scans):
+        lines = [f"Scanned page {i}", *(" ".join(WORDS[k % 5 : k % 5 + 6]) for k in range(8))]
+        (gen / f"scan-{i:03d}.pdf").write_bytes(make_sample.scanned_pdf([lines]))
+    return folder
+
+
+def measure(corpus: Path, workers: int, scratch: Path) -> dict:
+    out = scratch / f"out-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = ingest([corpus], out, workers=workers)
+    seconds = time.perf_counter() - start
+    ok = [r for r in result.records if r.status == "ok"]
+    assert result.extracted == len(result.records), "the cache answered: not a throughput figure"
+    pages = sum(r.pages for r in ok)
+    return {"workers": workers, "files": len(ok), "pages": pages, "seconds": seconds,
+            "files/s": len(ok) / seconds, "pages/s": pages / seconds}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--text-pdfs", type=int, default=20, help="generated 3-page PDFs with a text layer")
+    p.add_argument("--scans", type=int, default=12, help="generated 1-page scanned PDFs (OCR)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        corpus = build_corpus(scratch / "corpus", args.text_pdfs, args.scans)
+        warm = scratch / "warm"
+        warm.mkdir()
+        (warm / "w.pdf").write_bytes(make_sample.text_pdf([["warm up"]]))
+        ingest([warm], scratch / "out-warm", workers=1)  # starts the fork server (imports unstructured)
+        rows = [measure(corpus, 1, scratch), measure(corpus, args.workers, scratch)]
+    base = rows[0]["seconds"]
+    print(f"cores: {os.cpu_count()}   corpus: data/sample + {args.text_pdfs} text PDFs x 3 pages + "
+          f"{args.scans} scanned pages")  # fmt: skip
+    print(f"{'workers':>7} {'files':>6} {'pages':>6} {'seconds':>8} {'files/s':>8} {'pages/s':>8} {'speed-up':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['files']:>6} {r['pages']:>6} {r['seconds']:>8.2f} {r['files/s']:>8.2f} "
+              f"{r['pages/s']:>8.2f} {base / r['seconds']:>8.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
