@@ -97,6 +97,8 @@ def infer(cfg: DictConfig) -> None:
         compile=resolve_compile(cfg.compile, device, cfg.kv_cache),
     )
     if cfg.interactive:
+        if options["compile"]:  # one cache size for every turn, so the step compiles once
+            options["cache_len"] = model.config.block_size
         repl(model, tokenizer, cfg.stream, options)
         return
     stream = cfg.stream and len(prompts) == 1

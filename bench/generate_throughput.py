@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
-    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="auto: on CUDA")
+    parser.add_argument(
+        "--compile", default="auto", choices=["auto", "true", "false", "both"], help="decode step; auto: on CUDA only"
+    )
     parser.add_argument("--no-cache-batches", type=int, nargs="*", default=[1], help="batches to run without cache")
     parser.add_argument("--no-cache-tokens", type=int, default=None, help="new tokens without cache (default: same)")
     parser.add_argument("--skip-hf", action="store_true")
@@ -83,7 +85,8 @@ def main() -> None:
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    compile_decode = device.type == "cuda" if args.compile == "auto" else args.compile == "true"
+    choice = ("true" if device.type == "cuda" else "false") if args.compile == "auto" else args.compile
+    variants = {"true": ["compiled"], "false": [None], "both": [None, "compiled"]}[choice]
     torch.set_float32_matmul_precision("high")
     config = preset(args.preset, args.block_size)
     torch.manual_seed(0)
@@ -100,11 +103,10 @@ def main() -> None:
     def prompts(batch: int) -> torch.Tensor:
         return torch.randint(1, config.vocab_size, (batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
 
-    def ours(batch: int, kv_cache: bool, tokens: int) -> Callable[[], object]:
+    def ours(batch: int, kv_cache: bool | str, tokens: int) -> Callable[[], object]:
         ids = prompts(batch).tolist()
-        return lambda: generate_ids(
-            model, ids, tokens, greedy, kv_cache=kv_cache, compile=compile_decode and kv_cache, sync_every=64
-        )
+        kwargs = dict(kv_cache=bool(kv_cache), compile=kv_cache == "compiled", sync_every=64)
+        return lambda: generate_ids(model, ids, tokens, greedy, **kwargs)
 
     def theirs(batch: int, use_cache: bool, tokens: int) -> Callable[[], object]:
         ids = prompts(batch).to(device)
@@ -116,20 +118,21 @@ def main() -> None:
         "%s, torch %s, %s threads; %s (%d layers x %d, %d heads, vocab %d, context %d), %s, compile=%s",
         torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         torch.__version__, torch.get_num_threads(), args.preset, config.n_layer, config.n_embd, config.n_head,
-        config.vocab_size, config.block_size, str(dtype).removeprefix("torch."), compile_decode,
+        config.vocab_size, config.block_size, str(dtype).removeprefix("torch."), args.compile,
     )  # fmt: skip
     rows: list[tuple[str, int, int, float]] = []  # (name, batch, new tokens, seconds)
     with torch.inference_mode():
         for batch in args.batch:
-            runs = [("ours, KV cache", ours, True, n_new)]
+            runs = [("ours, KV cache, compiled" if c else "ours, KV cache", ours, c or True, n_new) for c in variants]
             if batch in args.no_cache_batches:
                 runs.append(("ours, no cache", ours, False, args.no_cache_tokens or n_new))
             if hf is not None:
                 runs.append(("HF generate(), cache", theirs, True, n_new))
             for name, make, cached, tokens in runs:
-                make(batch, cached, min(tokens, 32))()  # warm up (and compile)
-                if compile_decode and name.startswith("ours, KV"):
-                    make(batch, cached, min(tokens, 32))()  # CUDA graphs record on a later call
+                warm = tokens if cached == "compiled" else min(tokens, 32)  # compiled: the same shapes as timed
+                make(batch, cached, warm)()  # warm up (and compile)
+                if cached == "compiled":
+                    make(batch, cached, warm)()  # CUDA graphs record on a later call
                 seconds = timed(make(batch, cached, tokens), device)
                 rows.append((name, batch, tokens, seconds))
                 log.info("%-22s batch %3d: %8.1f tokens/s", name, batch, batch * tokens / seconds)
@@ -139,11 +142,11 @@ def main() -> None:
     out += [f"| {name} | {b} | {t} | {b * t / s:,.1f} |" for name, b, t, s in rows]
     out.append("")
     for batch in args.batch:
-        cached = speed[("ours, KV cache", batch)]
-        ratios = (("ours, no cache", "KV cache / no cache"), ("HF generate(), cache", "ours / HF generate()"))
-        for other, label in ratios:
-            if (other, batch) in speed:
-                out.append(f"batch {batch}: {label} = {cached / speed[(other, batch)]:.1f}x")
+        for ours_name in ("ours, KV cache", "ours, KV cache, compiled"):
+            for other in ("ours, no cache", "HF generate(), cache"):
+                if (ours_name, batch) in speed and (other, batch) in speed:
+                    ratio = speed[(ours_name, batch)] / speed[(other, batch)]
+                    out.append(f"batch {batch}: {ours_name} / {other} = {ratio:.1f}x")
     sys.stdout.write("\n".join(out) + "\n")
 
 

@@ -264,3 +264,30 @@ def test_decode_step_compiles_as_one_graph() -> None:
         torch.manual_seed(0)
         eager = decode_one_token(model, idx[:, -1:], pos, causal, None, sampler)
     assert compiled.tolist() == eager.tolist()
+
+
+def test_fixed_cache_length_gives_the_same_tokens() -> None:
+    model = make_model(n_kv_head=2)
+    default = ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
+    assert ids_of(generate_ids(model, PROMPTS, 30, GREEDY, cache_len=model.config.block_size)) == default
+
+
+def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile=True keeps one set of cache buffers between calls (for CUDA graphs); stale entries never leak."""
+    import importlib
+
+    from llm.sampler.kv_cache import _kept, release_kept_caches
+
+    gen = importlib.import_module("llm.sampler.generate")  # the module: the package exports a function of that name
+    monkeypatch.setattr(gen, "compiled_decode", lambda: decode_one_token)  # the reuse path, without compiling
+    model = make_model(n_kv_head=2)
+    first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
+    kept = next(iter(_kept.values()))[0][0]
+    other = [[5, 4, 3], [2, 1], [40, 41, 42, 43]]
+    second = ids_of(generate_ids(model, other, 30, GREEDY, compile=True, cache_len=80))
+    assert next(iter(_kept.values()))[0][0] is kept  # same buffers, already holding the first call's entries
+    assert first == ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
+    assert second == ids_of(generate_ids(model, other, 30, GREEDY))
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+    release_kept_caches()
+    assert not _kept

@@ -68,7 +68,7 @@ def compiled_decode() -> Callable:
     global _compiled_decode
     if _compiled_decode is None:
         mode = "reduce-overhead" if torch.cuda.is_available() else "default"
-        _compiled_decode = torch.compile(decode_one_token, mode=mode, fullgraph=True)
+        _compiled_decode = torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
     return _compiled_decode
 
 
@@ -167,12 +167,14 @@ def generate_ids(
     kv_cache: bool = True,
     compile: bool = False,
     sync_every: int = 16,
+    cache_len: int | None = None,
 ) -> list[Generation]:
     """Continue each prompt (token ids); the batch runs together. Text fields are filled when tokenizer is given.
 
     kv_cache=False recomputes the whole sequence every step (for comparison). compile=True compiles the
     decode step. The device is read every sync_every tokens (every token when streaming or stopping on
-    strings) to check what has stopped; tokens after a stop are computed and thrown away.
+    strings) to check what has stopped; tokens after a stop are computed and thrown away. cache_len:
+    positions the cache holds (default just enough); a fixed value lets a compiled step serve every call.
     """
     params = params or SamplingParams()
     if max_new_tokens < 1:
@@ -185,6 +187,8 @@ def generate_ids(
     B, lengths = len(prompts), [len(p) for p in prompts]
     budgets = [min(max_new_tokens, block - n) for n in lengths]
     T0, S, steps = max(lengths), max(n + b for n, b in zip(lengths, budgets, strict=True)), max(budgets)
+    if cache_len is not None:
+        S = max(S, min(cache_len, block))
 
     idx = torch.zeros(B, T0, dtype=torch.long)
     for r, p in enumerate(prompts):
@@ -205,7 +209,7 @@ def generate_ids(
     step = compiled_decode() if compile else decode_one_token
 
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
-    caches = kv_caches(model, B, S) if kv_cache else nullcontext(None)
+    caches = kv_caches(model, B, S, reuse=compile) if kv_cache else nullcontext(None)
     with rng, caches as causal:
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -255,6 +259,7 @@ def generate(
     kv_cache: bool = True,
     compile: bool = False,
     on_text: OnText | None = None,
+    cache_len: int | None = None,
 ) -> list[Generation]:
     """Continue one prompt or a batch of prompts; one Generation per prompt, in order.
 
@@ -282,4 +287,5 @@ def generate(
         on_text=on_text,
         kv_cache=kv_cache,
         compile=compile,
+        cache_len=cache_len,
     )

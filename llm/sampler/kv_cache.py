@@ -40,16 +40,35 @@ class KVCache(nn.Module):
         return self.k_cache, self.v_cache
 
 
-def setup_caches(model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Attach a KVCache to every attention layer; return the causal mask (max_len, max_len), True = may attend."""
+def setup_caches(
+    model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None, reuse: bool = False
+) -> torch.Tensor:
+    """Attach a KVCache to every attention layer; return the causal mask (max_len, max_len), True = may attend.
+
+    reuse=True takes the buffers of the previous reuse=True call when the shapes match: a compiled step
+    replayed as a CUDA graph then finds its buffers at the same addresses, with no re-recording. Stale
+    entries are harmless: every position a query may attend is written before it is read.
+    """
     c = model.config
     if max_len > c.block_size:
         raise ValueError(f"cache of {max_len} positions is longer than block_size={c.block_size}")
     weight = model.lm_head.weight
     dtype = dtype or weight.dtype
-    for block in model.blocks:
-        block.attn.kv_cache = KVCache(batch, c.n_kv_head, max_len, c.head_size, dtype, weight.device)
-    return torch.ones(max_len, max_len, dtype=torch.bool, device=weight.device).tril()
+    key = (id(model), batch, max_len, dtype, weight.device)
+    if reuse and key in _kept:
+        caches, mask = _kept[key]
+    else:
+        caches = [KVCache(batch, c.n_kv_head, max_len, c.head_size, dtype, weight.device) for _ in model.blocks]
+        mask = torch.ones(max_len, max_len, dtype=torch.bool, device=weight.device).tril()
+    _kept.clear()  # at most one set is kept, that of the latest reuse=True call
+    if reuse:
+        _kept[key] = (caches, mask)
+    for block, cache in zip(model.blocks, caches, strict=True):
+        block.attn.kv_cache = cache
+    return mask
+
+
+_kept: dict[tuple, tuple[list[KVCache], torch.Tensor]] = {}
 
 
 def remove_caches(model: GPT) -> None:
@@ -57,10 +76,17 @@ def remove_caches(model: GPT) -> None:
         block.attn.kv_cache = None
 
 
+def release_kept_caches() -> None:
+    """Free the buffers that reuse=True keeps between calls."""
+    _kept.clear()
+
+
 @contextmanager
-def kv_caches(model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
-    """`with kv_caches(model, B, S) as causal_mask:` caches attached inside, gone after (even on error)."""
+def kv_caches(
+    model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None, reuse: bool = False
+) -> Iterator[torch.Tensor]:
+    """`with kv_caches(model, B, S) as causal_mask:` caches attached inside, detached after (even on error)."""
     try:
-        yield setup_caches(model, batch, max_len, dtype)
+        yield setup_caches(model, batch, max_len, dtype, reuse)
     finally:
         remove_caches(model)
