@@ -81,3 +81,16 @@ def test_memory_guard_turns_into_an_error_record(tmp_path):
     pdf, py = result.records
     assert pdf.status == "error" and ("memory" in pdf.reason or "worker" in pdf.reason), pdf
     assert py.status == "ok"
+
+
+def test_a_missing_ocr_program_is_named_and_not_cached(tmp_path, monkeypatch):
+    from llm.data import ocr
+    from llm.data.ingester import Settings
+    from llm.data.worker import Task, run_task
+    from tests.ingest_fixtures import image_bytes
+
+    monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
+    png = write(tmp_path / "a.png", image_bytes(["words"], "PNG"))
+    out = run_task(Task(0, str(png), "image"), Settings())
+    assert out["status"] == "error" and out["transient"]
+    assert "tesseract not found" in out["reason"] and "tesseract-ocr" in out["reason"]
