@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -18,9 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 
 import llm.config  # noqa: F401  (registers the ${repo:} resolver)
 from llm.checkpoint import find_checkpoint
+from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
+from llm.training.distributed import job_scope
+from llm.training.gpu_slots import claim_device
 from llm.training.precision import resolve_precision
+from llm.training.wandb_extras import resume_kwargs
 
 log = logging.getLogger("llm.train")
+# The DataModule, not the DataLoader, carries the position in the epoch: resuming mid-epoch is exact.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -36,29 +45,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     module.run_config = resolved
+    ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    loggers = [instantiate(c, **resume_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
 
-    ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    gpu_slot = claim_device(torch.cuda.device_count()) if cfg.get("one_job_per_gpu") else nullcontext()
+    with gpu_slot as gpu, job_scope():  # job_scope: DDP ranks of a sweep job run that job only
+        devices = {"devices": [gpu]} if gpu is not None else {}
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision, **devices
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and ckpt_cb.last_model_path:
-        print(f"checkpoint: {ckpt_cb.last_model_path}")
-        if ckpt_cb.best_model_path:
-            print(f"best ({ckpt_cb.monitor}={float(ckpt_cb.best_model_score):.4f}): {ckpt_cb.best_model_path}")
-        print(f"generate:   python infer.py ckpt_path={ckpt_cb.last_model_path} prompt='def '")
+    last = last_checkpoint_path(trainer)
+    if trainer.is_global_zero and last:
+        print(f"checkpoint: {last}")
+        best = trainer.checkpoint_callback
+        if best is not None and best.best_model_path:
+            print(f"best ({best.monitor}={float(best.best_model_score):.4f}): {best.best_model_path}")
+        print(f"generate:   python infer.py ckpt_path={last} prompt='def '")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        sys.exit(1)
     return metrics.get("val/loss")  # what a sweeper minimises
 
 

@@ -14,8 +14,16 @@ def register_resolvers() -> None:
     """${repo:docs} -> absolute path of docs/ in this repository, whatever the working directory."""
     if not OmegaConf.has_resolver("repo"):
         OmegaConf.register_new_resolver("repo", lambda sub="": str(REPO_ROOT / sub))
+    if not OmegaConf.has_resolver("cuda_devices"):  # ${cuda_devices:} -> how many GPUs are visible (at least 1)
+        OmegaConf.register_new_resolver("cuda_devices", lambda: max(1, _cuda_device_count()))
     if not OmegaConf.has_resolver("stdlib"):  # ${stdlib:} -> this Python's standard library folder
         OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
 
 
 register_resolvers()
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()

@@ -6,15 +6,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from llm.model import GPT
+from llm.model import GPT, Block
 from llm.training.precision import resolve_precision
 from tests.conftest import CONF_DIR, compose_train
 
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS = ["model", "data", "trainer", "logger", "callbacks", "debug", "experiment", "hparams_search", "sweep"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
 
 
@@ -36,11 +37,22 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
         assert isinstance(net, GPT)
     elif group == "data":
         assert instantiate(cfg.data).block_size == cfg.model.config.block_size
+    elif group in ("hparams_search", "sweep"):
+        hydra_cfg = HydraConfig.get()  # the sweeper and launcher these options select
+        if group == "hparams_search":
+            assert "optim.lr" in hydra_cfg.sweeper.params and hydra_cfg.sweeper.direction == "minimize"
+        else:
+            assert cfg.one_job_per_gpu and "joblib" in hydra_cfg.launcher._target_.lower()
     elif group in ("logger", "callbacks"):
         assert all(instantiate(node) is not None for node in cfg[group].values())
+    elif group == "trainer" and option == "fsdp":  # FSDP needs GPUs: check the strategy it builds
+        strategy = instantiate(cfg.trainer.strategy)
+        assert Block in strategy.kwargs["auto_wrap_policy"]._module_classes
     elif group in ("trainer", "debug", "experiment"):
-        trainer = instantiate(cfg.trainer, precision=resolve_precision(cfg.trainer.precision, "cpu"), accelerator="cpu",
-                              logger=False, enable_checkpointing=False)  # fmt: skip
+        trainer = instantiate(
+            cfg.trainer, precision=resolve_precision(cfg.trainer.precision, "cpu"), accelerator="cpu", devices=1,
+            logger=False, enable_checkpointing=False,
+        )  # fmt: skip
         assert trainer is not None
 
 

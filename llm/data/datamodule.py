@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from llm.data.ingest import DEFAULT_EXCLUDE, ingest
-from llm.data.tokens import TokenWindows, split_documents, token_dtype, write_tokens
+from llm.data.tokens import EpochSampler, TokenWindows, split_documents, token_dtype, write_tokens
 from llm.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class TextDataModule(L.LightningDataModule):
         self.ingest_settings = dict(ingest or {})
         self.tokenizer: Tokenizer | None = None
         self.meta: dict = {}
+        self._epoch, self._batches = 0, 0  # training batches consumed in this epoch (saved in checkpoints)
+        self._resume: tuple[int, int] | None = None
 
     @property
     def pointer(self) -> Path:
@@ -120,19 +122,48 @@ class TextDataModule(L.LightningDataModule):
             else None
         )
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, rank, world, self._position)
+        return self._loader(self.train_set, sampler, drop_last=len(sampler) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        rank, world = self._rank()
+        return self._loader(self.val_set, list(range(rank, len(self.val_set), world)), drop_last=False)
+
+    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) >= self.batch_size,
+            drop_last=drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    # Exact resume: the checkpoint records how many training batches of which epoch were consumed;
+    # the sampler of a resumed run starts after them.
 
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+    def _position(self) -> tuple[int, int]:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume, self._epoch, self._batches = None, epoch, skip
+        return epoch, skip
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self._batches += 1  # called as the loop takes a batch, after any prefetching
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (state["epoch"], state["batches"])

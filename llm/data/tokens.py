@@ -7,13 +7,13 @@ window that crosses a boundary still reads sensibly. The split is by document: n
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from llm.data.ingest import Document
 from llm.tokenizer import eod_id
@@ -95,3 +95,34 @@ class TokenWindows(Dataset):
             start = i * self.block_size
         window = torch.from_numpy(self._tokens[start : start + self.block_size + 1].astype(np.int64))
         return window[:-1], window[1:]
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled window indices that a resumed run picks up exactly where the killed one stopped.
+
+    Epoch e visits a permutation of range(n) drawn from (seed, e); rank r of w takes every w-th index
+    (so DDP needs no DistributedSampler). `position()` returns (epoch, batches already done in it):
+    the DataModule reads it from the trainer's restored loop state, so a resumed run skips what the
+    checkpoint already trained on and sees the same batches as a run that was never interrupted.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
+        self.position = position or (lambda: (0, 0))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, done = self.position()
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        mine = torch.randperm(self.n, generator=g)[self.rank :: self.world_size]
+        yield from mine[done * self.batch_size :].tolist()

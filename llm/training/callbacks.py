@@ -7,13 +7,19 @@ import sys
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+
+from llm.training.flops import peak_flops
 
 log = logging.getLogger("llm.train")
 
 
 class Throughput(L.Callback):
-    """Logs train/tokens_per_sec every `every_n_steps` optimizer steps (values read only then: no host sync)."""
+    """Every `every_n_steps` optimizer steps: tokens/s, MFU (where the GPU's peak is known), peak memory.
+
+    Reads only host-side clocks and counters: no device synchronisation in the training loop.
+    """
 
     def __init__(self, every_n_steps: int = 10) -> None:
         self.every_n_steps = every_n_steps
@@ -31,8 +37,38 @@ class Throughput(L.Callback):
             return
         self._last_step = step
         elapsed = time.perf_counter() - self._t0
-        pl_module.log("train/tokens_per_sec", self._tokens / elapsed, rank_zero_only=True)
+        tokens_per_sec = self._tokens / elapsed
+        metrics = {"train/tokens_per_sec": tokens_per_sec}
+        peak = peak_flops(pl_module.device)
+        if peak is not None:  # model FLOPs per token x tokens/s over the whole job's peak
+            flops = pl_module.net.flops_per_token(batch[0].shape[1]) * tokens_per_sec
+            metrics["train/mfu"] = flops / (peak * trainer.world_size)
+        if pl_module.device.type == "cuda":
+            metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+        pl_module.log_dict(metrics, rank_zero_only=True)
         self._t0, self._tokens = time.perf_counter(), 0
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training at the first NaN/inf loss, before any checkpoint of the damaged weights is written.
+
+    Checkpoint callbacks run after all others in Lightning, so the last checkpoint on disk stays the
+    last good one.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            good = last_checkpoint_path(trainer)
+            raise NonFiniteLossError(
+                f"loss became {float(loss)} at step {trainer.global_step} (batch {batch_idx}): training stopped. "
+                f"Last good checkpoint: {good or 'none yet'}. Try a lower optim.lr, a longer optim.warmup_steps, "
+                "trainer.gradient_clip_val, or trainer.precision=bf16-mixed instead of 16-mixed."
+            )
 
 
 class PlainProgress(ProgressBar):
@@ -82,3 +118,28 @@ def progress_bar(every_n_steps: int = 25, refresh_rate: int = 1) -> ProgressBar:
     if sys.stdout.isatty():
         return TQDMProgressBar(refresh_rate=refresh_rate)
     return PlainProgress(every_n_steps)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """last.ckpt every `every_n_train_steps` optimizer steps and once more when training ends.
+
+    Saves go through Lightning's atomic write (a temporary file renamed into place), so a run killed
+    mid-save leaves the previous last.ckpt intact.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+
+    @property
+    def state_key(self) -> str:
+        return "LastCheckpoint"
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> str:
+    """Path of the newest last.ckpt this run wrote, or ""."""
+    return next((cb.last_model_path for cb in trainer.checkpoint_callbacks if cb.last_model_path), "")

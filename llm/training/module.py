@@ -37,9 +37,12 @@ class Perplexity(MeanMetric):
 
 
 class LitGPT(L.LightningModule):
-    def __init__(self, net: GPT, optim: dict | OptimConfig | None = None, compile: bool | str = "auto") -> None:
+    def __init__(
+        self, net: GPT, optim: dict | OptimConfig | None = None, compile: bool | str = "auto", seed: int = 0
+    ) -> None:
         super().__init__()
         self.net = net
+        self.seed = seed
         self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
         self.compile = compile
         self.val_loss = MeanMetric()
@@ -51,11 +54,24 @@ class LitGPT(L.LightningModule):
         if use:
             self.net.compile()  # in place: parameter names and checkpoints stay those of the plain module
 
+    def on_fit_start(self) -> None:
+        o = self.optim  # one line per rank: shows that every rank of a job trains the same hyperparameters
+        log.info(
+            "rank %d/%d: optim.lr=%g weight_decay=%g", self.global_rank, self.trainer.world_size, o.lr, o.weight_decay
+        )
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Counter-based randomness: dropout in each micro-batch draws from a seed made of (seed, rank,
+        # step, batch), all of which the checkpoint restores, so a resumed run repeats the same draws.
+        # A saved generator state would not: loaders and validation also draw from the global RNG.
+        step = self.trainer.global_step
+        torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -1,0 +1,33 @@
+"""One job per GPU: a job claims a free device by taking its lock file, and holds it until it ends."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def claim_device(n_devices: int, lock_dir: str | Path | None = None, poll_s: float = 1.0) -> Iterator[int]:
+    """Yield the index of a device no other job holds; wait while all are taken."""
+    folder = Path(lock_dir or os.environ.get("LLM_GPU_LOCK_DIR", tempfile.gettempdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        for index in range(n_devices):
+            f = (folder / f"llm-gpu-{index}.lock").open("w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield index
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        time.sleep(poll_s)
