@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fsspec.implementations.local import LocalFileOpener
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from llm.training.callbacks import NonFiniteLossError
 from llm.training.gpu_slots import claim_device
@@ -123,3 +125,22 @@ def test_one_job_per_gpu_claims_distinct_devices(tmp_path):
         assert {a, b} == {0, 1}
     with claim_device(2, tmp_path) as c:
         assert c == 0  # released on exit
+
+
+def test_a_save_that_dies_midway_leaves_last_ckpt_whole(train_cfg, monkeypatch):
+    cfg = train_cfg("trainer.max_steps=2", "callbacks.last.every_n_train_steps=2")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    real_write = LocalFileOpener.write
+
+    def dies_halfway(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(LocalFileOpener, "write", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        TorchCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, last)  # what Lightning calls
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=True)["global_step"] == 2
