@@ -291,3 +291,10 @@ def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.Mon
     assert all(block.attn.kv_cache is None for block in model.blocks)
     release_kept_caches()
     assert not _kept
+
+
+def test_generation_runs_in_eval_mode_and_restores_the_mode() -> None:
+    model = make_model(dropout=0.5).train()
+    first = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
+    assert model.training  # restored
+    assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, kv_cache=False)) == first  # no dropout noise

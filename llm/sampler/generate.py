@@ -13,8 +13,8 @@ a warning and finish_reason "context"; the window never slides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -210,7 +210,7 @@ def generate_ids(
 
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
     caches = kv_caches(model, B, S, reuse=compile) if kv_cache else nullcontext(None)
-    with rng, caches as causal:
+    with rng, caches as causal, _eval_mode(model):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         if kv_cache:
@@ -240,6 +240,17 @@ def generate_ids(
             pos = (pos + 1).clamp_(max=S - 1)  # rows already done may run past their end: their output is ignored
         host.take(out, written)
     return host.finish(lengths, block)
+
+
+@contextmanager
+def _eval_mode(model: GPT) -> Iterator[None]:
+    """No dropout while generating; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def generate(
