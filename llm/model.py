@@ -46,13 +46,17 @@ class GPTConfig:
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
-                raise ValueError(f"model.{key}={value!r} is not one of {list(allowed)}")
+                raise ValueError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+            raise ValueError(
+                f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}"
+            )
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"model.n_head={self.n_head} must be divisible by model.n_kv_head={self.n_kv_head}")
+            raise ValueError(
+                f"model.config.n_head={self.n_head} must be divisible by model.config.n_kv_head={self.n_kv_head}"
+            )
         if self.pos == "rope" and self.head_size % 2:
             raise ValueError(f"rotary embedding needs an even head size, got {self.head_size}")
         if self.mlp_hidden is None:

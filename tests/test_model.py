@@ -89,10 +89,10 @@ def test_param_groups_decay_matrices_only():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(attn="flash"), "model.attn='flash' is not one of ['explicit', 'sdpa']"),
-        (dict(norm="batchnorm"), "model.norm='batchnorm' is not one of ['rmsnorm', 'layernorm']"),
-        (dict(n_head=3), "must be divisible by model.n_head=3"),
-        (dict(n_kv_head=3), "must be divisible by model.n_kv_head=3"),
+        (dict(attn="flash"), "model.config.attn='flash' is not one of ['explicit', 'sdpa']"),
+        (dict(norm="batchnorm"), "model.config.norm='batchnorm' is not one of ['rmsnorm', 'layernorm']"),
+        (dict(n_head=3), "must be divisible by model.config.n_head=3"),
+        (dict(n_kv_head=3), "must be divisible by model.config.n_kv_head=3"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(kw, message):
