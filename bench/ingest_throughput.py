@@ -69,10 +69,14 @@ def main() -> None:
         warm.mkdir()
         (warm / "w.pdf").write_bytes(make_sample.text_pdf([["warm up"]]))
         ingest([warm], scratch / "out-warm", workers=1)  # starts the fork server (imports unstructured)
+        load = os.getloadavg()[0]
         rows = [measure(corpus, 1, scratch), measure(corpus, args.workers, scratch)]
+        load = max(load, os.getloadavg()[0])
     base = rows[0]["seconds"]
     print(f"cores: {os.cpu_count()}   corpus: data/sample + {args.text_pdfs} text PDFs x 3 pages + "
           f"{args.scans} scanned pages")  # fmt: skip
+    if load > 0.5:
+        print(f"note: 1-min load average reached {load:.1f} (other processes): the speed-up is understated")
     print(f"{'workers':>7} {'files':>6} {'pages':>6} {'seconds':>8} {'files/s':>8} {'pages/s':>8} {'speed-up':>9}")
     for r in rows:
         print(f"{r['workers']:>7} {r['files']:>6} {r['pages']:>6} {r['seconds']:>8.2f} {r['files/s']:>8.2f} "
