@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from llm.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
 from llm.config import REPO_ROOT  # noqa: E402
+from llm.data.ingest import DEFAULT_EXCLUDE  # noqa: E402
 from llm.explain import attention_maps  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -91,13 +93,16 @@ def describe(run_dir: str | Path, series: dict, hw: str | None = None) -> dict[s
         corpus = f"Python {paths[0].name.removeprefix('python')} standard library"
     else:
         corpus = ", ".join(p.name for p in paths)
+    extra = [e for e in cfg.data.get("exclude", ()) if e not in DEFAULT_EXCLUDE]
+    if extra:
+        corpus += f" without {', '.join(extra[:4])}{', …' if len(extra) > 4 else ''}"
     meta = _dataset_meta(run_dir)
     if meta:
         corpus += f", {meta['train_tokens']:,} training tokens"
     m = cfg.model.config
-    preset = f"`{_preset_name(m)}` preset, " if _preset_name(m) else ""
+    preset = f"{_preset_name(m)} preset, " if _preset_name(m) else ""
     preset += f"{m.n_layer} layers x {m.n_embd}, {m.n_head} heads ({m.n_kv_head} K/V), context {m.block_size}"
-    steps = max((s for v in series.values() for s, _ in v), default=0)
+    steps = max((s for v in series.values() for s, _ in v), default=-1) + 1  # logged steps count from 0
     batch = cfg.data.batch_size * m.block_size * cfg.trainer.accumulate_grad_batches
     secs = wall_time(run_dir)
     wall = f", {secs / 60:.0f} min" if secs else ""
@@ -135,7 +140,7 @@ def caption(info: dict[str, str]) -> str:
 
 def _save(fig, out: Path, name: str, what: str, info: dict[str, str]) -> Path:
     text = f"{what}. {caption(info)}"
-    fig.suptitle("\n".join(_wrap(text, 110)), fontsize=8)
+    fig.suptitle("\n".join([*textwrap.wrap(what, 100), *_wrap(caption(info), 100)]), fontsize=8)
     fig.tight_layout()
     path = out / f"{name}.png"
     fig.savefig(path, dpi=DPI)
