@@ -191,19 +191,48 @@ def _snippets() -> list[tuple[str, int, str]]:
     return cases
 
 
+@pytest.fixture(scope="module")
+def snippet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder like the repository's, whose outputs/ holds one small trained-shape checkpoint.
+
+    Snippets that load "the last checkpoint" then run on a fresh clone too, where nothing was trained.
+    """
+    root = tmp_path_factory.mktemp("snippets")
+    for entry in ROOT.iterdir():
+        if entry.name not in ("outputs", ".git") and not entry.name.startswith("."):
+            (root / entry.name).symlink_to(entry)
+    _write_checkpoint(root / "outputs" / "train" / "run" / "checkpoints" / "last.ckpt")
+    return root
+
+
 @pytest.mark.parametrize(("doc", "index", "code"), _snippets(), ids=lambda v: str(v) if not isinstance(v, str) or
                          len(v) < 40 else "")  # fmt: skip
-def test_python_snippet_runs(doc: str, index: int, code: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```python block in README.md and docs/*.md runs, from the repository root.
+def test_python_snippet_runs(
+    doc: str, index: int, code: str, snippet_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ```python block in README.md and docs/*.md runs, from a copy of the repository root.
 
     Not run: blocks tagged ```python skip, and templates with a <placeholder> in a string (reported as skipped).
     """
     if PLACEHOLDER_RE.search(code):
         pytest.skip(f"{doc}: a template with a placeholder {PLACEHOLDER_RE.search(code)[0]}")
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(snippet_dir)
     monkeypatch.setitem(os.environ, "MPLBACKEND", "Agg")
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code, f"{doc}[python block {index}]", "exec"), {"__name__": "__snippet__"})
+
+
+def _write_checkpoint(path: Path, cfg: GPTConfig | None = None) -> GPTConfig:
+    """A checkpoint as train.py writes it (weights under net., model_config, tokenizer), untrained."""
+    from llm.tokenizer import train_tokenizer
+
+    cfg = cfg or GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
+    tok = train_tokenizer([explain.TOKENIZER_TEXT], vocab_size=cfg.vocab_size)
+    torch.manual_seed(0)
+    state = {f"net.{k}": v for k, v in GPT(cfg).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "model_config": cfg.to_dict(), "tokenizer": tok.to_str()}, path)
+    return cfg
 
 
 def test_attention_prose_numbers_match_the_example() -> None:
@@ -223,7 +252,6 @@ def test_plots_from_a_run_folder(tmp_path: Path) -> None:
     """python -m llm.plots RUN_DIR writes every figure with its caption, from the files a run leaves."""
     pytest.importorskip("matplotlib")
     from llm import plots
-    from llm.tokenizer import train_tokenizer
 
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)
@@ -231,17 +259,12 @@ def test_plots_from_a_run_folder(tmp_path: Path) -> None:
     rows += [f"0,{1e-3 * s / 40},{s},{6 - s / 20},{1000 + s},," for s in range(9, 40, 10)]
     rows += ["0,,39,,,5.5,244.7"]
     (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
-    cfg = GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
+    cfg = _write_checkpoint(run / "checkpoints" / "last.ckpt")
     OmegaConf.save({"task_name": "t", "data": {"paths": [str(tmp_path)], "batch_size": 2},
                     "model": {"config": cfg.to_dict()}, "trainer": {"accumulate_grad_batches": 1}},
                    run / "config.yaml")  # fmt: skip
-    tok = train_tokenizer([plots.ATTENTION_TEXT * 10], vocab_size=300)
-    state = {f"net.{k}": v for k, v in GPT(cfg).state_dict().items()}
-    (run / "checkpoints").mkdir()
-    torch.save({"state_dict": state, "model_config": cfg.to_dict(), "tokenizer": tok.to_str()},
-               run / "checkpoints" / "last.ckpt")  # fmt: skip
     out = tmp_path / "images"
     paths = plots.plot_run(run, out, hw="test CPU")
     assert sorted(p.name for p in paths) == ["t-attention.png", "t-loss.png", "t-lr.png", "t-throughput.png"]
     caption = (out / "t-loss.txt").read_text()
-    assert "40 steps x 64 tokens" in caption and "test CPU" in caption and "2 layers x 16" in caption
+    assert "40 steps x 128 tokens" in caption and "test CPU" in caption and "2 layers x 16" in caption
