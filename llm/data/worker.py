@@ -13,10 +13,12 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
@@ -107,6 +109,22 @@ def _fork_context(warm: bool):
     return ctx
 
 
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Start a worker without re-running the parent's __main__ (train.py, a notebook, stdin) in it.
+
+    multiprocessing re-imports the main script in every child it starts; workers need nothing from it.
+    """
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 @dataclass
 class _Worker:
     process: Any
@@ -124,7 +142,8 @@ class Pool:
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
         p = self.ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True, name="ingest-worker")
-        p.start()
+        with _without_main():
+            p.start()
         child.close()
         w = _Worker(p, parent)
         self.workers.append(w)
