@@ -52,8 +52,9 @@ def measure(corpus: Path, workers: int, scratch: Path) -> dict:
     ok = [r for r in result.records if r.status == "ok"]
     assert result.extracted == len(result.records), "the cache answered: not a throughput figure"
     pages = sum(r.pages for r in ok)
+    busy = sum(r.seconds for r in result.records) / seconds  # workers kept busy on average
     return {"workers": workers, "files": len(ok), "pages": pages, "seconds": seconds,
-            "files/s": len(ok) / seconds, "pages/s": pages / seconds}  # fmt: skip
+            "files/s": len(ok) / seconds, "pages/s": pages / seconds, "busy": busy}  # fmt: skip
 
 
 def main() -> None:
@@ -77,10 +78,12 @@ def main() -> None:
           f"{args.scans} scanned pages")  # fmt: skip
     if load > 0.5:
         print(f"note: 1-min load average reached {load:.1f} (other processes): the speed-up is understated")
-    print(f"{'workers':>7} {'files':>6} {'pages':>6} {'seconds':>8} {'files/s':>8} {'pages/s':>8} {'speed-up':>9}")
+    print(f"{'workers':>7} {'files':>6} {'pages':>6} {'seconds':>8} {'files/s':>8} {'pages/s':>8} {'speed-up':>9}"
+          f" {'busy':>5}")  # fmt: skip
     for r in rows:
         print(f"{r['workers']:>7} {r['files']:>6} {r['pages']:>6} {r['seconds']:>8.2f} {r['files/s']:>8.2f} "
-              f"{r['pages/s']:>8.2f} {base / r['seconds']:>8.2f}x")  # fmt: skip
+              f"{r['pages/s']:>8.2f} {base / r['seconds']:>8.2f}x {r['busy']:>5.2f}")  # fmt: skip
+    print("busy: sum of per-file extraction time / wall time (how many workers were reading at once)")
 
 
 if __name__ == "__main__":
