@@ -141,7 +141,6 @@ def caption(info: dict[str, str]) -> str:
 def _save(fig, out: Path, name: str, what: str, info: dict[str, str]) -> Path:
     text = f"{what}. {caption(info)}"
     fig.suptitle("\n".join([*textwrap.wrap(what, 100), *_wrap(caption(info), 100)]), fontsize=8)
-    fig.tight_layout()
     path = out / f"{name}.png"
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -162,7 +161,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def plot_loss(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for key, style in (("train/loss", {"alpha": 0.8, "lw": 1}), ("val/loss", {"marker": "o", "lw": 2})):
         if key in series:
             steps, values = zip(*series[key], strict=True)
@@ -177,7 +176,7 @@ def plot_loss(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
 
 
 def plot_lr(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
     steps, values = zip(*series["lr"], strict=True)
     ax.plot(steps, values)
     ax.set(xlabel="optimizer step", ylabel="learning rate")
@@ -187,7 +186,7 @@ def plot_lr(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
 
 
 def plot_throughput(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
     steps, values = zip(*series["train/tokens_per_sec"], strict=True)
     ax.plot(steps, values, marker=".")
     ax.set(xlabel="optimizer step", ylabel="training tokens / s", ylim=(0, None))
@@ -206,7 +205,8 @@ def plot_attention(ckpt: str | Path, out: Path, name: str, info: dict[str, str],
     layers = sorted({0, len(maps) - 1})
     heads = min(max_heads, model.config.n_head)
     size = max(2.6, 0.22 * len(ids))
-    fig, axes = plt.subplots(len(layers), heads, figsize=(size * heads, size * len(layers) + 0.8), squeeze=False)
+    figsize = (size * heads, size * len(layers) + 1.0)
+    fig, axes = plt.subplots(len(layers), heads, figsize=figsize, squeeze=False, layout="constrained")
     for r, layer in enumerate(layers):
         for h in range(heads):
             ax = axes[r][h]
