@@ -407,7 +407,9 @@ def render_schedule() -> str:
     d = train_defaults()
     o, total = d["optim"], d["max_steps"]
     rows = []
-    for step in (0, 9, 24, 49, 50, 100, 200, 275, 350, 450, 499, 500):
+    w = o["warmup_steps"]
+    steps = sorted({0, w // 5, w // 2, w - 1, w, *(w + (total - w) * k // 4 for k in (1, 2, 3)), total - 1, total})
+    for step in steps:  # through the warmup, along the cosine, and its end
         m = warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
         rows.append([step, _num(m, 4), f"{m * o['lr']:.2e}"])
     return (f"`warmup_cosine(step, warmup_steps={o['warmup_steps']}, total_steps={total}, "
