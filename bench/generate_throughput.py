@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--no-cache-tokens", type=int, default=None, help="new tokens without cache (default: same)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the fastest counts")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--plot", metavar="NAME", help="also draw the table as docs/images/NAME.png (llm.plots)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -156,6 +157,18 @@ def main() -> None:
                     ratio = speed[(ours_name, batch)] / speed[(other, batch)]
                     out.append(f"batch {batch}: {ours_name} / {other} = {ratio:.1f}x")
     sys.stdout.write("\n".join(out) + "\n")
+    if args.plot:
+        from llm.plots import plot_bench
+
+        where = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        )
+        c = config
+        title = (f"Generation: {args.preset} preset ({c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size}) | "
+                 f"{str(dtype).removeprefix('torch.')}, {args.new_tokens} new tokens, greedy, random weights | "
+                 f"{where}, torch {torch.__version__}")  # fmt: skip
+        bars = [{"label": f"{name}, batch {b}", "tokens_per_sec": b * t / sec} for name, b, t, sec in rows]
+        sys.stdout.write(f"figure: {plot_bench(bars, name=args.plot, title=title)}\n")
 
 
 if __name__ == "__main__":

@@ -243,12 +243,13 @@ def plot_run(run_dir: str | Path, out: str | Path = DEFAULT_OUT, name: str | Non
 def plot_bench(results: Sequence[dict], out: str | Path = DEFAULT_OUT, name: str = "kv-cache",
                title: str = "") -> Path:  # fmt: skip
     """Hook for benchmark scripts: rows of {"label", "tokens_per_sec"} as a bar chart."""
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh([r["label"] for r in results], [r["tokens_per_sec"] for r in results])
+    fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
+    bars = ax.barh([r["label"] for r in results], [r["tokens_per_sec"] for r in results])
+    ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
     ax.set(xlabel="tokens / s")
+    ax.margins(x=0.12)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.suptitle("\n".join(_wrap(title, 100)), fontsize=8)
     path = Path(out) / f"{name}.png"
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
