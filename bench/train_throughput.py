@@ -155,7 +155,8 @@ def bench(name: str, args) -> dict:
         fmt = lambda v, f: f.format(v) if v is not None else "n/a"  # noqa: E731
         print(f"| {label:10} | {fmt(tps, '{:,.0f}'):>10} | {fmt(mfu, '{:.1%}'):>6} | {fmt(mem, '{:.1f}'):>7} |")
     light, plain, hf = (results[k][0] for k in ("lightning", "plain", "hf-gpt2"))
-    print(f"Lightning / plain loop: {light / plain:.3f} (Lightning {1 - light / plain:+.1%} slower)")
+    gap = 1 - light / plain
+    print(f"Lightning / plain loop: {light / plain:.3f} (Lightning {abs(gap):.1%} {'slower' if gap > 0 else 'faster'})")
     if hf:
         print(f"ours (Lightning) / HF GPT-2: {light / hf:.2f}x")
     return results

@@ -498,7 +498,7 @@ def attention_maps(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             k = repeat_kv(k, a.n_head // a.n_kv_head)
-            eye = torch.eye(T, dtype=q.dtype).expand(B, a.n_head, T, T)
+            eye = torch.eye(T, dtype=q.dtype, device=q.device).expand(B, a.n_head, T, T)
             maps.append(explicit_attention(q.float(), k.float(), eye.float(), None)[0])  # (nh, T, T)
     return maps
 
