@@ -70,8 +70,9 @@ class LitGPT(L.LightningModule):
         # Counter-based randomness: dropout in each micro-batch draws from a seed made of (seed, rank,
         # step, batch), all of which the checkpoint restores, so a resumed run repeats the same draws.
         # A saved generator state would not: loaders and validation also draw from the global RNG.
-        step = self.trainer.global_step
-        torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
+        if self.net.config.dropout > 0:  # nothing else in a training step draws random numbers
+            step = self.trainer.global_step
+            torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
