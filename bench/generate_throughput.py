@@ -17,27 +17,19 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llm.config import model_preset  # noqa: E402
 from llm.model import GPT, GPTConfig  # noqa: E402
 from llm.sampler import SamplingParams, generate_ids  # noqa: E402
 
 log = logging.getLogger("bench.generate")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def preset(name: str, block_size: int | None) -> GPTConfig:
-    node = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml").config
-    fields = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
-    config = GPTConfig(**fields)
-    return replace(config, block_size=block_size) if block_size else config
 
 
 def hf_gpt2(config: GPTConfig, device: torch.device, dtype: torch.dtype):
@@ -91,7 +83,7 @@ def main() -> None:
     variants = {"true": ["compiled"], "false": [None], "both": [None, "compiled"]}[choice]
     if device.type == "cuda":  # TF32 matmuls; on CPU "high" slows float32 matmuls several-fold
         torch.set_float32_matmul_precision("high")
-    config = preset(args.preset, args.block_size)
+    config = model_preset(args.preset, **({"block_size": args.block_size} if args.block_size else {}))
     torch.manual_seed(0)
     model = GPT(config).to(device=device, dtype=dtype).eval()
     hf = None

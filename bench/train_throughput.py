@@ -18,22 +18,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llm.config import model_preset  # noqa: E402
 from llm.model import GPT, GPTConfig  # noqa: E402
 from llm.training import LitGPT  # noqa: E402
 from llm.training.flops import peak_flops  # noqa: E402
-
-CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
-
-
-def preset(name: str, **overrides) -> GPTConfig:
-    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())["config"]
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return GPTConfig(**{**cfg, **overrides})
 
 
 def batches(config: GPTConfig, batch: int, seq: int, n: int, seed: int = 0) -> DataLoader:
@@ -126,7 +118,7 @@ def hf_loss(model, x, y):
 
 def bench(name: str, args) -> dict:
     gpt2_shape = dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, n_kv_head=None)
-    config = preset(name, **({} if args.native else gpt2_shape))  # same shape as HF GPT-2 unless --native
+    config = model_preset(name, **({} if args.native else gpt2_shape))  # same shape as HF GPT-2 unless --native
     on_gpu = torch.cuda.is_available()
     precision = args.precision or ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
     args.seq = args.seq or config.block_size

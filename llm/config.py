@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from llm.model import GPTConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,3 +29,10 @@ def _cuda_device_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def model_preset(name: str, **overrides) -> GPTConfig:
+    """conf/model/NAME.yaml as a GPTConfig, without Hydra (benchmarks, worked examples)."""
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml").config)
+    node.pop("_target_", None)
+    return GPTConfig(**{**node, **overrides})

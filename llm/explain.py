@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from llm.config import model_preset
 from llm.model import (
     GPT,
     MLP,
@@ -95,13 +96,6 @@ def _rounded(shape: tuple[int, ...], gen: torch.Generator, scale: float = 0.5) -
     return (torch.randn(shape, generator=gen) * scale * 10).round() / 10
 
 
-def preset(name: str) -> GPTConfig:
-    """A model preset from conf/model/NAME.yaml, as GPTConfig (no Hydra needed)."""
-    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml").config)
-    node.pop("_target_")
-    return GPTConfig(**node)
-
-
 def on_meta(config: GPTConfig) -> GPT:
     """The model built on the meta device: shapes and parameter counts without memory or time."""
     with torch.device("meta"):
@@ -142,7 +136,11 @@ def attention_example(seed: int = 0, n_kv_head: int = 2) -> dict[str, torch.Tens
     outs = []
     for h in range(nh):
         kv = h // (nh // nkv)  # grouped-query: query head h reads K/V head h // (nh / n_kv)
-        q, k, v = ex["Q"][:, h * hs:(h + 1) * hs], ex["K"][:, kv * hs:(kv + 1) * hs], ex["V"][:, kv * hs:(kv + 1) * hs]
+        q, k, v = (
+            ex["Q"][:, h * hs : (h + 1) * hs],
+            ex["K"][:, kv * hs : (kv + 1) * hs],
+            ex["V"][:, kv * hs : (kv + 1) * hs],
+        )
         scores = q @ k.T / math.sqrt(hs)
         masked = scores.masked_fill(~causal, float("-inf"))
         weights = F.softmax(masked, dim=-1)
@@ -167,8 +165,9 @@ def render_attention() -> str:
     return text(
         "x: the input to Attention, one row per token (3 tokens x 4 channels)\n" + matrix(ex["x"], tok, ch, 1),
         "W_q, W_k, W_v: rows 0-3, 4-7, 8-11 of attn.qkv.weight (each 4 out x 4 in)\n"
-        + matrix(torch.cat([ex["W_q"], ex["W_k"], ex["W_v"]]), _labels("q", 4) + _labels("k", 4) + _labels("v", 4),
-                 ch, 1),  # fmt: skip
+        + matrix(
+            torch.cat([ex["W_q"], ex["W_k"], ex["W_v"]]), _labels("q", 4) + _labels("k", 4) + _labels("v", 4), ch, 1
+        ),  # fmt: skip
         "Q = x W_qᵀ\n" + matrix(ex["Q"], tok, ch),
         "K = x W_kᵀ\n" + matrix(ex["K"], tok, ch),
         "V = x W_vᵀ\n" + matrix(ex["V"], tok, ch),
@@ -209,7 +208,7 @@ def render_softmax() -> str:
 def render_gqa() -> str:
     rows = []
     for name in PRESETS:
-        c = preset(name)
+        c = model_preset(name)
         per_token = 2 * c.n_kv_head * c.head_size * c.n_layer
         full = 2 * c.n_head * c.head_size * c.n_layer
         rows.append([f"`{name}`", c.n_head, c.n_kv_head, c.head_size, f"{per_token:,}", f"{full:,}"])
@@ -239,7 +238,7 @@ def render_rope() -> str:
     k = torch.tensor([0.5, 1.0, 1.0, 0.5])
 
     def at(v: torch.Tensor, pos: int) -> torch.Tensor:
-        return apply_rope(v.view(1, 1, 1, hs), cos[pos:pos + 1], sin[pos:pos + 1]).view(hs)
+        return apply_rope(v.view(1, 1, 1, hs), cos[pos : pos + 1], sin[pos : pos + 1]).view(hs)
 
     pairs = ((0, 0), (5, 5), (1, 0), (2, 1), (9, 8), (2, 0), (7, 5))
     rows = [[m, n, m - n, _num(float(at(q, m) @ at(k, n)), 4)] for m, n in pairs]
@@ -260,7 +259,7 @@ def render_rope() -> str:
 def render_embeddings() -> str:
     rows = []
     for name in PRESETS:
-        c = preset(name)
+        c = model_preset(name)
         m = on_meta(c)
         wpe = f"{m.wpe.weight.numel():,}" if m.wpe is not None else "none (rotary)"
         rows.append([f"`{name}`", f"{c.vocab_size:,}", f"{c.padded_vocab_size:,}", c.n_embd,
@@ -346,7 +345,7 @@ def render_mlp() -> str:
     ex = mlp_example()
     rows = []
     for name in PRESETS:
-        c = preset(name)
+        c = model_preset(name)
         for kind in ("gelu", "swiglu"):
             cc = GPTConfig(**{**c.to_dict(), "mlp": kind, "mlp_hidden": None})
             n = sum(p.numel() for p in MLP(cc).to("meta").parameters() if p.dim() == 2)
@@ -391,7 +390,7 @@ def render_loss() -> str:
         rows.append([target, _num(float(p[target]), 3), _num(loss, 3), _num(math.exp(loss), 2)])
     init = []
     for name in PRESETS:
-        c = preset(name)
+        c = model_preset(name)
         u = float(lit.loss(torch.zeros(1, 1, c.padded_vocab_size), torch.tensor([[0]])))
         init.append([f"`{name}`", f"{c.padded_vocab_size:,}", _num(u, 3), f"{math.exp(u):,.0f}"])
     return "\n\n".join([
@@ -439,8 +438,8 @@ def render_accumulation() -> str:
     ex = accumulation_example()
     same = ex["max_abs_diff"] < 1e-6 * max(1.0, ex["max_abs_grad"])
     rows = []
-    for name, batch, block in (("tiny (default)", d["batch_size"], preset("tiny").block_size),
-                               ("stdlib-small", 32, preset("small").block_size)):  # fmt: skip
+    for name, batch, block in (("tiny (default)", d["batch_size"], model_preset("tiny").block_size),
+                               ("stdlib-small", 32, model_preset("small").block_size)):  # fmt: skip
         for accum in (1, 4):
             rows.append([name, batch, block, accum, f"{batch * block * accum:,}"])
     return "\n\n".join([
