@@ -145,6 +145,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.kv_cache: nn.Module | None = None  # attached by llm.sampler for decoding, never in training
+        self.impl = config.attn  # explicit or sdpa; the sampler may pick the other for its decode step
 
     def forward(
         self,
@@ -165,7 +166,7 @@ class Attention(nn.Module):
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)  # (B, nh, S, hs)
         dropout = self.dropout if self.training else 0.0
-        if self.config.attn == "sdpa":
+        if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         else:
             y = F.dropout(explicit_attention(q, k, v, mask), dropout, self.training)

@@ -73,10 +73,12 @@ def test_cache_is_removed_after_generation() -> None:
     model = make_model()
     generate_ids(model, PROMPTS, 5, GREEDY)
     assert all(block.attn.kv_cache is None for block in model.blocks)
-    with pytest.raises(ValueError), kv_caches(model, 1, 8):
+    assert model.config.attn == "sdpa"
+    with pytest.raises(ValueError), kv_caches(model, 1, 8, attn="explicit"):
         assert model.blocks[0].attn.kv_cache.k_cache.shape == (1, 4, 8, 16)
+        assert all(block.attn.impl == "explicit" for block in model.blocks)  # the decode step's choice
         raise ValueError("boom")
-    assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert all(block.attn.kv_cache is None and block.attn.impl == "sdpa" for block in model.blocks)
 
 
 def test_prefill_fills_the_cache_like_a_full_forward() -> None:
@@ -287,8 +289,8 @@ def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.Mon
     second = ids_of(generate_ids(model, other, 30, GREEDY, compile=True, cache_len=80))
     assert next(iter(_kept.values()))[0][0] is kept  # same buffers, already holding the first call's entries
     assert first == ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
-    assert second == ids_of(generate_ids(model, other, 30, GREEDY))
-    assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert second == ids_of(generate_ids(model, other, 30, GREEDY))  # compiled on CPU: explicit attention, same ids
+    assert all(block.attn.kv_cache is None and block.attn.impl == "sdpa" for block in model.blocks)
     release_kept_caches()
     assert not _kept
 

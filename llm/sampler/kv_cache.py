@@ -41,9 +41,16 @@ class KVCache(nn.Module):
 
 
 def setup_caches(
-    model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None, reuse: bool = False
+    model: GPT,
+    batch: int,
+    max_len: int,
+    dtype: torch.dtype | None = None,
+    reuse: bool = False,
+    attn: str | None = None,
 ) -> torch.Tensor:
     """Attach a KVCache to every attention layer; return the causal mask (max_len, max_len), True = may attend.
+
+    attn: "explicit" or "sdpa" for attention while the caches are attached; None keeps the model's.
 
     reuse=True takes the buffers of the previous reuse=True call when the shapes match: a compiled step
     replayed as a CUDA graph then finds its buffers at the same addresses, with no re-recording. Stale
@@ -65,6 +72,7 @@ def setup_caches(
         _kept[key] = (caches, mask)
     for block, cache in zip(model.blocks, caches, strict=True):
         block.attn.kv_cache = cache
+        block.attn.impl = attn or block.attn.config.attn
     return mask
 
 
@@ -74,6 +82,7 @@ _kept: dict[tuple, tuple[list[KVCache], torch.Tensor]] = {}
 def remove_caches(model: GPT) -> None:
     for block in model.blocks:
         block.attn.kv_cache = None
+        block.attn.impl = block.attn.config.attn
 
 
 def release_kept_caches() -> None:
@@ -83,10 +92,15 @@ def release_kept_caches() -> None:
 
 @contextmanager
 def kv_caches(
-    model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None, reuse: bool = False
+    model: GPT,
+    batch: int,
+    max_len: int,
+    dtype: torch.dtype | None = None,
+    reuse: bool = False,
+    attn: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """`with kv_caches(model, B, S) as causal_mask:` caches attached inside, detached after (even on error)."""
     try:
-        yield setup_caches(model, batch, max_len, dtype, reuse)
+        yield setup_caches(model, batch, max_len, dtype, reuse, attn)
     finally:
         remove_caches(model)
