@@ -54,21 +54,51 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stops training at the first NaN/inf loss, before any checkpoint of the damaged weights is written.
+    """Stops training at a NaN/inf loss, before any checkpoint of the damaged weights is written.
 
-    Checkpoint callbacks run after all others in Lightning, so the last checkpoint on disk stays the
-    last good one.
+    Reading a loss on the host waits for the GPU, so the training loop never does it step by step: each
+    micro-batch keeps its loss on the device, and they are read together every `check_every_n_steps`
+    optimizer steps, before every checkpoint save and when training ends. Every rank takes the same
+    decision. Checkpoint callbacks run after all others in Lightning, and a save checks first, so the
+    last checkpoint on disk stays the last good one.
     """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (global step, batch, loss) not yet read
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
-            good = last_checkpoint_path(trainer)
-            raise NonFiniteLossError(
-                f"loss became {float(loss)} at step {trainer.global_step} (batch {batch_idx}): training stopped. "
-                f"Last good checkpoint: {good or 'none yet'}. Try a lower optim.lr, a longer optim.warmup_steps, "
-                "trainer.gradient_clip_val, or trainer.precision=bf16-mixed instead of 16-mixed."
-            )
+        if loss is None:
+            return
+        step = trainer.global_step  # after this micro-batch: counts optimizer steps
+        self._pending.append((step, batch_idx, loss.detach()))
+        if step % self.check_every_n_steps == 0 and (len(self._pending) < 2 or self._pending[-2][0] != step):
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check(trainer)  # raising here leaves the file unwritten
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def check(self, trainer) -> None:
+        """One host sync for all pending losses; raises NonFiniteLossError at the first that is NaN or inf."""
+        pending, self._pending = self._pending, []
+        finite = torch.stack([torch.isfinite(loss).all() for *_, loss in pending]) if pending else None
+        local = finite is not None and not bool(finite.all())
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+            return
+        good = last_checkpoint_path(trainer)
+        what = "NaN or inf on another rank"
+        if local:
+            step, batch_idx, loss = pending[finite.tolist().index(False)]
+            what = f"{float(loss)} at step {step} (batch {batch_idx})"
+        raise NonFiniteLossError(
+            f"loss became {what}: training stopped. "
+            f"Last good checkpoint: {good or 'none yet'}. Try a lower optim.lr, a longer optim.warmup_steps, "
+            "trainer.gradient_clip_val, or trainer.precision=bf16-mixed instead of 16-mixed."
+        )
 
 
 class PlainProgress(ProgressBar):
