@@ -68,3 +68,31 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.ckpt")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager() -> None:
+    """compile=true (the default on CUDA) compiles the model and the loss; the weights follow eager's."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from llm.training import LitGPT
+
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    data = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
+    weights = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        module = LitGPT(GPT(config), {"lr": 1e-2, "warmup_steps": 1}, compile=compile)
+        trainer = L.Trainer(
+            max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))
+        assert hasattr(module._cross_entropy, "_torchdynamo_orig_callable") == compile  # the loss compiled too
+        weights[compile] = dict(module.net.named_parameters())  # names unchanged by compiling
+    for name, eager in weights[False].items():
+        torch.testing.assert_close(weights[True][name], eager, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)
+    init = GPT(config).state_dict()
+    assert all((p != init[n]).any() for n, p in weights[False].items())  # every weight moved
