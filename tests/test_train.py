@@ -96,3 +96,22 @@ def test_compiled_training_matches_eager() -> None:
     torch.manual_seed(0)
     init = GPT(config).state_dict()
     assert all((p != init[n]).any() for n, p in weights[False].items())  # every weight moved
+
+
+def test_terminal_bar_reads_the_loss_every_n_steps_only(monkeypatch) -> None:
+    """Each read of a logged loss waits for the GPU: the bar reads while training only every n steps."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from llm.training.callbacks import TerminalProgress
+
+    reads = []
+    monkeypatch.setattr(
+        TQDMProgressBar, "get_metrics", lambda self, trainer, module: reads.append(1) or {"n": len(reads)}
+    )
+    bar = TerminalProgress(metrics_every_n_steps=10)
+    shown = [bar.get_metrics(SimpleNamespace(global_step=s, training=True), None)["n"] for s in range(25)]
+    assert len(reads) == 3 and shown[9] == 1 and shown[10] == 2 and shown[24] == 3
+    bar.get_metrics(SimpleNamespace(global_step=24, training=False), None)  # validation: read at once
+    assert len(reads) == 4

@@ -143,10 +143,31 @@ class PlainProgress(ProgressBar):
                      float(m["val/loss"]), float(m.get("val/ppl", float("nan"))))  # fmt: skip
 
 
-def progress_bar(every_n_steps: int = 25, refresh_rate: int = 1) -> ProgressBar:
-    """A TQDM bar on a terminal, plain log lines otherwise (a Rich bar is unreadable in log files)."""
+class TerminalProgress(TQDMProgressBar):
+    """Lightning's TQDM bar, whose numbers (loss, tokens/s) are read every `metrics_every_n_steps` steps.
+
+    Reading a logged loss makes the CPU wait for the GPU; the stock bar does it at every refresh, that
+    is every step. The bar itself still moves every `refresh_rate` batches.
+    """
+
+    def __init__(self, refresh_rate: int = 1, metrics_every_n_steps: int = 10) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self._metrics: dict | None = None
+        self._metrics_step = -1
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        step = trainer.global_step
+        if not trainer.training or self._metrics is None or step - self._metrics_step >= self.metrics_every_n_steps:
+            self._metrics, self._metrics_step = super().get_metrics(trainer, pl_module), step
+        return self._metrics
+
+
+def progress_bar(every_n_steps: int = 25, refresh_rate: int = 1, metrics_every_n_steps: int = 10) -> ProgressBar:
+    """A TQDM bar on a terminal, plain log lines every `every_n_steps` steps otherwise (a Rich bar is
+    unreadable in log files)."""
     if sys.stdout.isatty():
-        return TQDMProgressBar(refresh_rate=refresh_rate)
+        return TerminalProgress(refresh_rate, metrics_every_n_steps)
     return PlainProgress(every_n_steps)
 
 
