@@ -115,3 +115,18 @@ def test_terminal_bar_reads_the_loss_every_n_steps_only(monkeypatch) -> None:
     assert len(reads) == 3 and shown[9] == 1 and shown[10] == 2 and shown[24] == 3
     bar.get_metrics(SimpleNamespace(global_step=24, training=False), None)  # validation: read at once
     assert len(reads) == 4
+
+
+def test_nonfinite_check_reads_losses_once_per_n_optimizer_steps(monkeypatch) -> None:
+    """With gradient accumulation, losses are read once when the step count reaches a multiple of n."""
+    from types import SimpleNamespace
+
+    from llm.training.callbacks import StopOnNonFiniteLoss
+
+    callback = StopOnNonFiniteLoss(check_every_n_steps=2)
+    reads = []
+    monkeypatch.setattr(callback, "check", lambda trainer: reads.append(trainer.global_step))
+    for micro_batch in range(12):  # accumulate_grad_batches=3: the step count moves every third micro-batch
+        trainer = SimpleNamespace(global_step=(micro_batch + 1) // 3)
+        callback.on_train_batch_end(trainer, None, torch.tensor(1.0), None, micro_batch)
+    assert reads == [0, 2, 4]

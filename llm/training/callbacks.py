@@ -66,6 +66,7 @@ class StopOnNonFiniteLoss(L.Callback):
     def __init__(self, check_every_n_steps: int = 10) -> None:
         self.check_every_n_steps = check_every_n_steps
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (global step, batch, loss) not yet read
+        self._checked_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -73,7 +74,8 @@ class StopOnNonFiniteLoss(L.Callback):
             return
         step = trainer.global_step  # after this micro-batch: counts optimizer steps
         self._pending.append((step, batch_idx, loss.detach()))
-        if step % self.check_every_n_steps == 0 and (len(self._pending) < 2 or self._pending[-2][0] != step):
+        if step % self.check_every_n_steps == 0 and step != self._checked_step:  # once per step, not per micro-batch
+            self._checked_step = step
             self.check(trainer)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
