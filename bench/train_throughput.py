@@ -4,9 +4,10 @@ model in a plain PyTorch loop, and Hugging Face GPT-2 of the same shape (a bench
     python bench/train_throughput.py --quick                 # CPU: tiny and small presets
     python bench/train_throughput.py --preset gpt2-124m      # GPU: bf16-mixed, compiled, T=1024
 
-Same batches, same optimizer settings, same loss (fp32 cross-entropy) for all three; ours compiles it
-with the model (the upcast fused), Hugging Face's is applied to the compiled model's output, as usual. Prints tokens/s,
-MFU (GPUs in llm/training/flops.py) and peak memory, and the ratios Lightning / plain and ours / HF.
+Same batches, same optimizer settings, same loss (fp32 cross-entropy) for all three; ours is compiled
+with the model (the upcast fused), Hugging Face's is applied to the compiled model's output, as usual.
+Prints tokens/s, MFU (GPUs in llm/training/flops.py) and peak memory, and the ratios Lightning / plain
+and ours / HF.
 """
 
 from __future__ import annotations
