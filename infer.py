@@ -18,11 +18,9 @@ from tokenizers import Tokenizer
 import llm.config  # noqa: F401  (registers the ${repo:} resolver)
 from llm.checkpoint import find_checkpoint, load_checkpoint
 from llm.model import GPT
-from llm.sampler import SamplingParams, generate
+from llm.sampler import DTYPES, SamplingParams, generate
 
 log = logging.getLogger("llm.infer")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:

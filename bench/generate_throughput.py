@@ -26,10 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from llm.config import model_preset  # noqa: E402
 from llm.model import GPT, GPTConfig  # noqa: E402
-from llm.sampler import SamplingParams, generate_ids  # noqa: E402
+from llm.sampler import DTYPES, SamplingParams, generate_ids  # noqa: E402
 
 log = logging.getLogger("bench.generate")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def hf_gpt2(config: GPTConfig, device: torch.device, dtype: torch.dtype):

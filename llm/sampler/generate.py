@@ -29,6 +29,7 @@ from llm.tokenizer import eod_id
 log = logging.getLogger(__name__)
 
 OnText = Callable[[int, str], None]  # (row, new text) as it becomes safe to show
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # weights and cache
 
 
 @dataclass
