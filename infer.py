@@ -7,6 +7,7 @@ See conf/infer.yaml for every key. The generated text goes to stdout; logs go to
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,13 @@ log = logging.getLogger("llm.infer")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but this machine has no CUDA GPU that torch can use: use auto or cpu")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -47,6 +54,18 @@ def resolve_compile(value: object, device: torch.device, kv_cache: bool) -> bool
     return wanted and kv_cache
 
 
+ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def read_stop(value: object) -> list[str]:
+    r"""stop= as one string or a list. On the command line Hydra keeps \n as two characters, so \n, \t, \r
+    and \\ are read here as newline, tab, carriage return and backslash: 'stop=["\n\n"]' stops at a blank line."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, (str, int, float)) else list(value)  # type: ignore[call-overload]
+    return [re.sub(r"\\[ntr\\]", lambda m: ESCAPES[m.group()], str(item)) for item in items]
+
+
 def read_prompts(cfg: DictConfig) -> list[str]:
     if cfg.get("prompt_file"):
         path = Path(cfg.prompt_file).expanduser()
@@ -56,7 +75,7 @@ def read_prompts(cfg: DictConfig) -> list[str]:
         if not prompts:
             raise ValueError(f"prompt_file={cfg.prompt_file} has no prompt: write one prompt per line")
         return prompts
-    if not cfg.prompt:
+    if cfg.prompt is None or str(cfg.prompt) == "":
         raise ValueError("prompt is empty: give some text to continue, e.g. prompt='def '")
     return [str(cfg.prompt)]
 
@@ -79,8 +98,8 @@ def infer(cfg: DictConfig) -> None:
     prompts = [] if cfg.interactive else read_prompts(cfg)
     # bad values are named before the checkpoint loads
     SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.repetition_penalty, cfg.seed)
-    if cfg.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be at least 1")
+    if not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens!r} must be an integer, at least 1")
     model, tokenizer, device = load(cfg)
     options = dict(
         max_new_tokens=cfg.max_new_tokens,
@@ -90,7 +109,7 @@ def infer(cfg: DictConfig) -> None:
         min_p=cfg.min_p,
         repetition_penalty=cfg.repetition_penalty,
         seed=cfg.seed,
-        stop=list(cfg.stop or []),
+        stop=read_stop(cfg.stop),
         kv_cache=cfg.kv_cache,
         compile=resolve_compile(cfg.compile, device, cfg.kv_cache),
     )

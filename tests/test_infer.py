@@ -97,12 +97,25 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         (["top_p=1.5"], ValueError, "top_p=1.5 is outside (0, 1]"),
         (["temperature=-1"], ValueError, "temperature=-1 is negative"),
         (["compile=maybe"], ValueError, "compile='maybe'"),
+        (["max_new_tokens=abc"], ValueError, "max_new_tokens='abc' must be an integer"),
+        (["seed=abc"], ValueError, "seed='abc' must be an integer"),
+        (["device=gpu"], ValueError, "device='gpu' is not a device"),
     ],
 )
 def test_errors_name_the_problem(checkpoint: Path, overrides: list[str], error: type, message: str) -> None:
     with pytest.raises(error) as err:
         infer.infer(compose_infer(f"ckpt_path={checkpoint}", *overrides))
     assert message in str(err.value)
+
+
+def test_stop_strings_from_the_command_line(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    # Hydra keeps \n as two characters inside a quoted value; infer.py reads it as a newline
+    cfg = compose_infer(r'stop=["\n\n", "a\tb", "C:\\x"]')
+    assert infer.read_stop(cfg.stop) == ["\n\n", "a\tb", "C:\\x"]
+    assert infer.read_stop(compose_infer("stop=ab").stop) == ["ab"]  # one string, not one stop per character
+    # a prompt that Hydra reads as a number is still a prompt
+    infer.infer(compose_infer(f"ckpt_path={checkpoint}", "prompt=0", "max_new_tokens=3", "temperature=0"))
+    assert capsys.readouterr().out.startswith("0")
 
 
 def test_corrupt_checkpoint(tmp_path: Path) -> None:

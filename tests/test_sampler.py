@@ -116,6 +116,21 @@ def test_seed_reproducible() -> None:
     assert ids_of(generate_ids(model, PROMPTS, 40, params, kv_cache=False)) == first
 
 
+def test_no_seed_gives_a_fresh_sample_each_call() -> None:
+    model = make_model()
+    params = SamplingParams(temperature=1.0)
+    torch.manual_seed(0)
+    first = ids_of(generate_ids(model, PROMPTS, 40, params))
+    second = ids_of(generate_ids(model, PROMPTS, 40, params))
+    assert first != second  # the draw continues the global random stream
+    torch.manual_seed(0)
+    assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first  # ... which the caller may seed
+    # a seeded call leaves the caller's stream where it was
+    torch.manual_seed(0)
+    generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, seed=7))
+    assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first
+
+
 def test_stop_tokens_end_each_row_on_its_own() -> None:
     model = make_model()
     full = ids_of(generate_ids(model, PROMPTS, 50, GREEDY))
@@ -140,6 +155,9 @@ def test_stop_strings(tokenizer: Tokenizer) -> None:
     assert result.finish_reason == "stop_string"
     assert result.text == full.text[:cut]
     assert "".join(streamed) == result.text  # the stop string is never printed, not even half of it
+    # one stop string may be given as a plain string: it is not split into characters
+    single = generate(model, tokenizer, "def add", 60, temperature=0, stop=stop, stop_tokens=[])[0]
+    assert single.text == result.text
 
 
 def test_context_overflow_rule(caplog: pytest.LogCaptureFixture) -> None:
@@ -200,6 +218,7 @@ def test_eod_stops_by_default(tokenizer: Tokenizer) -> None:
         ({"min_p": 1.0}, "min_p=1.0 is outside [0, 1)"),
         ({"top_k": -1}, "top_k=-1"),
         ({"repetition_penalty": 0.0}, "repetition_penalty=0.0 must be > 0"),
+        ({"seed": "abc"}, "seed='abc' must be an integer"),
     ],
 )
 def test_bad_sampling_values_are_named(tokenizer: Tokenizer, kwargs: dict, message: str) -> None:

@@ -209,7 +209,11 @@ def generate_ids(
     out = torch.empty(B, steps, dtype=torch.long, device=device)
     step = compiled_decode() if compile else decode_one_token
 
-    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
+    # A seed is applied inside a fork of the random state, so the caller's stream is left as it was; without
+    # one, the draw continues the global stream and each call gives a fresh sample.
+    rng = nullcontext()
+    if params.seed is not None:
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
     # Compiled on CPU, attention written out lets the compiler fuse it with its neighbours: 1.4x the speed of
     # SDPA's CPU kernel for one query in bfloat16 (docs/benchmarks.md). Elsewhere the model's own choice.
     attn = "explicit" if compile and device.type == "cpu" else None
@@ -269,7 +273,7 @@ def generate(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     seed: int | None = None,
-    stop: Sequence[str] = (),
+    stop: str | Sequence[str] = (),
     stop_tokens: Sequence[int] | None = None,
     kv_cache: bool = True,
     compile: bool = False,
@@ -278,10 +282,12 @@ def generate(
 ) -> list[Generation]:
     """Continue one prompt or a batch of prompts; one Generation per prompt, in order.
 
-    temperature 0 is greedy. stop: strings that end a row (left out of its text). stop_tokens: ids
-    that end a row; default the tokenizer's end-of-document token. on_text(row, text) streams.
+    temperature 0 is greedy. stop: a string or strings that end a row (left out of its text).
+    stop_tokens: ids that end a row; default the tokenizer's end-of-document token. on_text(row, text)
+    streams.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    stop = [stop] if isinstance(stop, str) else list(stop)
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:

@@ -37,6 +37,8 @@ class SamplingParams:
             raise ValueError(f"min_p={self.min_p} is outside [0, 1): it is a fraction of the top probability")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0: off)")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"seed={self.seed!r} must be an integer, or None for a fresh draw each call")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1: off)")
 
