@@ -16,13 +16,15 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import llm.config  # noqa: F401  (registers the ${repo:} resolver)
 from llm.checkpoint import find_checkpoint
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
-from llm.training.distributed import job_scope
+from llm.training.distributed import check_shared_run_dir, job_scope
 from llm.training.gpu_slots import claim_device
 from llm.training.precision import resolve_precision
 from llm.training.wandb_extras import resume_kwargs
@@ -33,6 +35,7 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    check_shared_run_dir()
     os.environ.setdefault("WANDB_MODE", "offline")  # wandb never phones home unless you ask for it
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     out = Path(cfg.paths.output_dir)
@@ -65,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero and last:
         print(f"checkpoint: {last}")
         best = trainer.checkpoint_callback
-        if best is not None and best.best_model_path:
+        if best is not None and best.best_model_path and best.best_model_score is not None:
             print(f"best ({best.monitor}={float(best.best_model_score):.4f}): {best.best_model_path}")
         print(f"generate:   python infer.py ckpt_path={last} prompt='def '")
     return metrics
@@ -77,6 +80,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except NonFiniteLossError as e:
         log.error("%s", e)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a failed job: the sweep goes on (optuna records a failed trial) and reports it at the end
         sys.exit(1)
     return metrics.get("val/loss")  # what a sweeper minimises
 

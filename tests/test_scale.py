@@ -12,9 +12,10 @@ from fsspec.implementations.local import LocalFileOpener
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from llm.training.callbacks import NonFiniteLossError
+from llm.training.distributed import check_shared_run_dir
 from llm.training.gpu_slots import claim_device
 from llm.training.module import LitGPT
-from tests.conftest import TINY
+from tests.conftest import TINY, compose_train
 from train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +63,12 @@ def test_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, corpus):
 @pytest.mark.slow
 def test_multirun_under_ddp_runs_each_job_once_with_one_lr_per_job(tmp_path, corpus):
     sweep = tmp_path / "sweep"
+    extra = tmp_path / "my_conf" / "experiment"  # a config folder of the user's: every rank must find it too
+    extra.mkdir(parents=True)
+    (extra / "mine.yaml").write_text("# @package _global_\noptim:\n  beta2: 0.99\n")
     run_train(["-m", "optim.lr=1e-3,3e-4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-               f"hydra.sweep.dir={sweep}"], tmp_path, corpus)  # fmt: skip
+               f"hydra.sweep.dir={sweep}", f"hydra.searchpath=[file://{extra.parent}]", "experiment=mine"],
+              tmp_path, corpus)  # fmt: skip
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [j.name for j in jobs] == ["0", "1"]  # exactly two jobs: no rank ran a sweep of its own
     for job, lr in zip(jobs, ["0.001", "0.0003"], strict=True):
@@ -72,6 +77,26 @@ def test_multirun_under_ddp_runs_each_job_once_with_one_lr_per_job(tmp_path, cor
         assert f"rank 0/2: optim.lr={lr} " in logs["train.log"]
         assert f"rank 1/2: optim.lr={lr} " in logs["train_ddp_process_1.log"]
         assert (job / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_job_does_not_end_the_sweep(tmp_path, corpus):
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", "optim.lr=1e30,1e-3", "trainer.max_steps=12", f"hydra.sweep.dir={sweep}"],
+                     tmp_path, corpus, check=False)  # fmt: skip
+    assert proc.returncode != 0  # the sweep still reports the failed job ...
+    assert "loss became" in proc.stderr
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").exists()  # ... after the next job ran
+
+
+def test_torchrun_needs_one_run_folder_for_all_ranks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    compose_train(tmp_path)
+    with pytest.raises(ValueError, match="hydra.run.dir=outputs/train/my-run"):
+        check_shared_run_dir()
+    compose_train(tmp_path, [f"hydra.run.dir={tmp_path / 'shared'}"])
+    check_shared_run_dir()  # given on the command line: the same on every rank
 
 
 @pytest.mark.slow
@@ -131,6 +156,8 @@ def test_one_job_per_gpu_claims_distinct_devices(tmp_path):
         assert {a, b} == {0, 1}
     with claim_device(2, tmp_path) as c:
         assert c == 0  # released on exit
+    with pytest.raises(ValueError, match="needs CUDA GPUs"), claim_device(0, tmp_path):
+        pass  # no GPU: a clear error, not a wait for a device that never comes
 
 
 def test_a_save_that_dies_midway_leaves_last_ckpt_whole(train_cfg, monkeypatch):

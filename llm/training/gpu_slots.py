@@ -14,6 +14,8 @@ from pathlib import Path
 @contextmanager
 def claim_device(n_devices: int, lock_dir: str | Path | None = None, poll_s: float = 1.0) -> Iterator[int]:
     """Yield the index of a device no other job holds; wait while all are taken."""
+    if n_devices < 1:
+        raise ValueError("one_job_per_gpu (sweep=per_gpu) needs CUDA GPUs, and torch sees none on this machine")
     folder = Path(lock_dir or os.environ.get("LLM_GPU_LOCK_DIR", tempfile.gettempdir()))
     folder.mkdir(parents=True, exist_ok=True)
     while True:
