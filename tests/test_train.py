@@ -130,3 +130,30 @@ def test_nonfinite_check_reads_losses_once_per_n_optimizer_steps(monkeypatch) ->
         trainer = SimpleNamespace(global_step=(micro_batch + 1) // 3)
         callback.on_train_batch_end(trainer, None, torch.tensor(1.0), None, micro_batch)
     assert reads == [0, 2, 4]
+
+
+def test_plain_progress_eta_counts_from_the_resumed_step(monkeypatch, caplog) -> None:
+    """Resumed at step 200 of 300, 10 steps in 1 s: 90 steps remain, about 9 s."""
+    import logging
+    from types import SimpleNamespace
+
+    from llm.training import callbacks
+
+    clock = iter([100.0, 101.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    bar = callbacks.PlainProgress(every_n_steps=10)
+    trainer = SimpleNamespace(global_step=200, max_steps=300, callback_metrics={})
+    bar.on_train_start(trainer, None)
+    trainer.global_step = 210
+    with caplog.at_level(logging.INFO, logger="llm.train"):
+        bar.on_train_batch_end(trainer, None, None, None, 0)
+    assert "step 210/300" in caplog.text and "ETA 0m09s" in caplog.text
+
+
+def test_a_zero_interval_is_named(train_cfg) -> None:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    cfg = train_cfg("callbacks.nonfinite.check_every_n_steps=0")
+    with pytest.raises(InstantiationException, match="check_every_n_steps=0 must be a whole number of steps"):
+        instantiate(cfg.callbacks.nonfinite)

@@ -15,6 +15,13 @@ from llm.training.flops import peak_flops
 log = logging.getLogger("llm.train")
 
 
+def every(name: str, value: int) -> int:
+    """An interval in steps: a whole number of at least 1, or an error that names it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a whole number of steps, at least 1")
+    return value
+
+
 class Throughput(L.Callback):
     """Every `every_n_steps` optimizer steps: tokens/s, MFU (where the GPU's peak is known), peak memory.
 
@@ -22,7 +29,7 @@ class Throughput(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = every("every_n_steps", every_n_steps)
         self._t0: float | None = None
         self._tokens = 0
         self._last_step = 0
@@ -64,7 +71,7 @@ class StopOnNonFiniteLoss(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 10) -> None:
-        self.check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = every("check_every_n_steps", check_every_n_steps)
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (global step, batch, loss) not yet read
         self._checked_step = -1
 
@@ -108,9 +115,9 @@ class PlainProgress(ProgressBar):
 
     def __init__(self, every_n_steps: int = 25) -> None:
         super().__init__()
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = every("every_n_steps", every_n_steps)
         self._enabled = True
-        self._start = 0.0
+        self._start, self._start_step = 0.0, 0
         self._last_step = -1
 
     def disable(self) -> None:
@@ -120,7 +127,7 @@ class PlainProgress(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
+        self._start, self._start_step = time.perf_counter(), trainer.global_step  # a resumed run starts midway
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -133,8 +140,8 @@ class PlainProgress(ProgressBar):
                          ("train/tokens_per_sec", "{:,.0f} tok/s")):  # fmt: skip
             if key in m:
                 parts.append(fmt.format(float(m[key])))
-        if trainer.max_steps > 0 and step > 0:
-            eta = (time.perf_counter() - self._start) / step * (trainer.max_steps - step)
+        if trainer.max_steps > 0 and step > self._start_step:
+            eta = (time.perf_counter() - self._start) / (step - self._start_step) * (trainer.max_steps - step)
             parts.append(f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
         log.info(" | ".join(parts))
 
@@ -154,7 +161,7 @@ class TerminalProgress(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 1, metrics_every_n_steps: int = 10) -> None:
         super().__init__(refresh_rate=refresh_rate)
-        self.metrics_every_n_steps = metrics_every_n_steps
+        self.metrics_every_n_steps = every("metrics_every_n_steps", metrics_every_n_steps)
         self._metrics: dict | None = None
         self._metrics_step = -1
 
@@ -181,6 +188,7 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
+        every_n_train_steps = every("every_n_train_steps", every_n_train_steps)
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
 
     @property

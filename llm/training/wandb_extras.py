@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from llm.training.callbacks import every
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,8 @@ class WandbExtras(L.Callback):
         max_new_tokens: int = 48,
         attention_text: str = "def add(a, b):\n    return a + b\n",
     ) -> None:
-        self.every_n_steps, self.prompts, self.max_new_tokens = every_n_steps, list(prompts), max_new_tokens
+        self.every_n_steps = every("every_n_steps", every_n_steps)
+        self.prompts, self.max_new_tokens = list(prompts), max_new_tokens
         self.attention_text = attention_text
         self._rows: list[list] = []
         self._last_step = -1
