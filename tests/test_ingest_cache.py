@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from llm.data.ingest import ingest
@@ -65,3 +66,29 @@ def test_two_workers_give_the_same_manifest_and_text_as_one(tmp_path):
         return recs, texts
 
     assert run(1) == run(2)
+
+
+def test_only_files_ingest_wrote_are_ever_removed(tmp_path):
+    root = small_corpus(tmp_path / "c")
+    write(root / "text/ideas.md", "my own notes, in a folder named text\n")  # out == the input folder
+    ingest([root], root, workers=1)
+    ingest([root], root, workers=1)
+    assert (root / "text/ideas.md").read_text() == "my own notes, in a folder named text\n"
+    mine = tmp_path / "work/text/keep.txt"
+    write(mine, "not ingest's\n")
+    ingest([root], tmp_path / "work", workers=1)
+    assert mine.exists()
+
+
+def test_an_output_folder_inside_the_input_is_not_read_back(tmp_path):
+    root = small_corpus(tmp_path / "c")
+    first = ingest([root], root / "corpus", workers=1)
+    again = ingest([root], root / "corpus", workers=1)
+    assert [d.path for d in again.documents] == [d.path for d in first.documents]
+    mine = [r for r in again.records if r.path == "c/corpus"]
+    assert len(mine) == 1 and mine[0].status == "excluded" and "written by ingest" in mine[0].reason
+    shutil.rmtree(root / "corpus")
+    ingest([root], root, workers=1)  # the output folder is the input itself
+    inside = ingest([root], root, workers=1)
+    assert {r.path for r in inside.records if r.status == "excluded"} >= {"c/text", "c/manifest.jsonl", "c/cache"}
+    assert sorted(d.path for d in inside.documents) == sorted(d.path for d in first.documents)

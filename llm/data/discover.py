@@ -41,7 +41,11 @@ def _excluded(name: str, rel: str, patterns: Sequence[str]) -> str | None:
     )
 
 
-def discover(root: Path, prefix: str, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> Iterator[Found]:
+def discover(
+    root: Path, prefix: str, exclude: Sequence[str] = DEFAULT_EXCLUDE, own: Sequence[Path] = ()
+) -> Iterator[Found]:
+    """own: what ingest writes (output folder, text, manifest, cache): excluded where it sits inside root."""
+    own_ids = {(s.st_dev, s.st_ino) for s in (_stat(d) for d in own) if s is not None}
     st = os.stat(root)
     if not stat.S_ISDIR(st.st_mode):
         yield from _entry(root, printable(prefix), st, exclude=())
@@ -72,8 +76,12 @@ def discover(root: Path, prefix: str, exclude: Sequence[str] = DEFAULT_EXCLUDE) 
                 why = "broken symbolic link" if e.is_symlink() else "cannot stat"
                 yield Found(path, shown, status="error", reason=f"{why}: {err.strerror}")
                 continue
+            ident = (est.st_dev, est.st_ino)
+            if ident in own_ids:
+                kind = "folder" if stat.S_ISDIR(est.st_mode) else "file"
+                yield Found(path, shown, status="excluded", reason="written by ingest (its output or cache)", kind=kind)
+                continue
             if stat.S_ISDIR(est.st_mode):
-                ident = (est.st_dev, est.st_ino)
                 if ident in visited:
                     why = "symbolic link to a folder already read (a cycle or a repeat): not followed"
                     yield Found(path, shown, status="skipped", reason=why, kind="folder")
@@ -83,6 +91,13 @@ def discover(root: Path, prefix: str, exclude: Sequence[str] = DEFAULT_EXCLUDE) 
             else:
                 yield from _entry(path, shown, est, exclude)
         stack.extend(reversed(subfolders))  # depth first, in name order
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _entry(path: Path, shown: str, st: os.stat_result, exclude: Sequence[str]) -> Iterator[Found]:

@@ -110,7 +110,8 @@ def ingest(
     out = Path(out_dir) if out_dir is not None else None
     cache = Cache(Path(cache_dir) if cache_dir else (out / "cache" if out else Path(".cache/llm/ingest")))
 
-    found = list(_discover_all(inputs, exclude))
+    own = [cache.root, *([out, out / "text", out / "manifest.jsonl"] if out else [])]  # never read back as input
+    found = list(_discover_all(inputs, exclude, own))
     records, tasks, keys = _plan(found, settings, cache)
     result = IngestResult(records=records)
     tasks.sort(key=lambda t: (t.kind in HEAVY, records[t.index].bytes), reverse=True)  # longest first: no long tail
@@ -132,7 +133,7 @@ def ingest(
             result.documents.append(Document(rec.path, rec.kind, None, rec.sha256 or "", text_file=text_file,
                                              language=rec.language))  # fmt: skip
     if out is not None:
-        _prune(out / "text", {r.text_path for r in records if r.text_path})
+        _prune(out, _text_paths(out / "manifest.jsonl") - {r.text_path for r in records if r.text_path})
         write_manifest(records, out / "manifest.jsonl")
     log.info("%s", format_summary(result, elapsed))
     counts = result.counts()
@@ -144,7 +145,7 @@ def ingest(
     return result
 
 
-def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str]):
+def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Sequence[Path] = ()):
     prefixes: set[str] = set()
     for root in map(Path, inputs):
         root = Path(os.path.expanduser(root))
@@ -155,7 +156,7 @@ def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str]):
             n += 1
             prefix = f"{root.resolve().name}~{n}"
         prefixes.add(prefix)
-        yield from discover(root, prefix, exclude)
+        yield from discover(root, prefix, exclude, own)
 
 
 def _plan(found: list[Found], settings: Settings, cache: Cache) -> tuple[list[Record], list[Task], dict[int, str]]:
@@ -247,18 +248,30 @@ def _text_rel(path: str) -> str:
     return rel
 
 
-def _prune(folder: Path, keep: set[str]) -> None:
-    """Drop text files whose source is gone (deleted files leave the corpus)."""
-    if not folder.is_dir():
-        return
-    base = folder.parent
-    for dirpath, _, files in os.walk(folder, topdown=False):
-        for name in files:
-            p = Path(dirpath) / name
-            if p.relative_to(base).as_posix() not in keep:
-                p.unlink()
-        if dirpath != str(folder) and not os.listdir(dirpath):
-            os.rmdir(dirpath)
+def _text_paths(manifest: Path) -> set[str]:
+    """The text files an earlier run wrote, as its manifest lists them (none when there is no manifest)."""
+    if not manifest.is_file():
+        return set()
+    paths = set()
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        try:
+            rel = json.loads(line).get("text_path")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(rel, str) and rel.startswith("text/") and ".." not in rel.split("/"):
+            paths.add(rel)
+    return paths
+
+
+def _prune(out: Path, stale: set[str]) -> None:
+    """Drop the text files of sources that are gone. Only files an earlier run wrote are ever removed."""
+    for rel in stale:
+        p = out / rel
+        p.unlink(missing_ok=True)
+        for parent in p.parents:  # folders this left empty, up to out/text
+            if parent == out / "text" or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def write_manifest(records: Sequence[Record], path: Path) -> None:
