@@ -27,6 +27,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         show_progress=False,
     )
     tok.train_from_iterator(_batched(texts), trainer=trainer)
+    return _text_is_text(tok)
+
+
+def _text_is_text(tok: Tokenizer) -> Tokenizer:
+    """The string "<|endoftext|>" inside a document or prompt is encoded as ordinary text: only the
+    data pipeline inserts the end-of-document token, by id. (Not saved in tokenizer.json: set on load.)"""
+    tok.encode_special_tokens = True
     return tok
 
 
@@ -51,5 +58,5 @@ def eod_id(tok: Tokenizer) -> int:
 def load_tokenizer(source: str | Path) -> Tokenizer:
     """From a tokenizer.json path, or from the JSON string a checkpoint carries."""
     if isinstance(source, Path) or not source.lstrip().startswith("{"):
-        return Tokenizer.from_file(str(source))
-    return Tokenizer.from_str(source)
+        return _text_is_text(Tokenizer.from_file(str(source)))
+    return _text_is_text(Tokenizer.from_str(source))

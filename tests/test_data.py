@@ -88,3 +88,22 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     dm = TextDataModule([str(tmp_path / "empty")], str(tmp_path / "o"), str(tmp_path / "c"))
     with pytest.raises(RuntimeError, match="no usable document"):
         dm.prepare_data()
+
+
+def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypatch):
+    """The token cache is keyed by the text (source hash, ingester version and settings), not the source alone."""
+    import dataclasses
+
+    import llm.data.text
+
+    def folder():
+        dm = TextDataModule([str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300,
+                            block_size=16, batch_size=2)  # fmt: skip
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm.folder
+
+    before = folder()
+    assert folder() == before
+    monkeypatch.setattr(llm.data.text, "INGESTER", dataclasses.replace(llm.data.text.INGESTER, version=99))
+    assert folder() != before  # the ingester changed: its text may have too

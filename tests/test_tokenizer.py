@@ -17,7 +17,7 @@ def test_learns_merges_and_keeps_eod_single():
     tok = train_tokenizer(TEXTS, vocab_size=400)
     assert 257 < tok.get_vocab_size() <= 400  # 256 bytes + EOD + merges
     assert len(tok.encode("The quick brown fox").ids) < len("The quick brown fox")
-    assert tok.encode(EOD).ids == [eod_id(tok)]
+    assert eod_id(tok) == 0 and tok.id_to_token(0) == EOD  # one vocabulary entry, inserted by id
 
 
 def test_saved_and_string_forms_load_the_same(tmp_path):
@@ -25,3 +25,12 @@ def test_saved_and_string_forms_load_the_same(tmp_path):
     tok.save(str(tmp_path / "tokenizer.json"))
     for loaded in (load_tokenizer(tmp_path / "tokenizer.json"), load_tokenizer(tok.to_str())):
         assert loaded.encode(TEXTS[0]).ids == tok.encode(TEXTS[0]).ids
+
+
+def test_the_end_of_document_string_in_a_text_is_ordinary_text(tmp_path):
+    tok = train_tokenizer(["a doc about <|endoftext|> markers"] * 20 + ["plain text here"] * 20, vocab_size=300)
+    text = "see the <|endoftext|> token"
+    for t in (tok, load_tokenizer(tok.to_str())):
+        ids = t.encode(text).ids
+        assert eod_id(t) not in ids  # only the data pipeline puts the token there, by id
+        assert t.decode(ids) == text

@@ -25,7 +25,7 @@ from llm.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the token files or the tokenizer recipe change
+FORMAT_VERSION = 2  # bump when the token files or the tokenizer recipe change (2: <|endoftext|> in text is text)
 
 
 class TextDataModule(L.LightningDataModule):
@@ -72,7 +72,8 @@ class TextDataModule(L.LightningDataModule):
         if not docs:
             raise RuntimeError(f"no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}")
         settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
-        digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.sha256) for d in docs)]).encode())
+        # text_key changes with the source, the ingester's version and its settings: new text, new tokens
+        digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())
         folder = self.cache_dir / digest.hexdigest()[:16]
         if (folder / "meta.json").exists():
             log.info("corpus unchanged: reusing tokenizer and tokens in %s", folder)

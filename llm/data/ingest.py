@@ -36,9 +36,11 @@ class Document:
     """One extracted text. `text` is read from its file on use, so a corpus never sits in memory whole."""
 
     def __init__(self, path: str, kind: str, text: str | None = None, sha256: str = "", *,
-                 text_file: Path | None = None, language: str | None = None) -> None:  # fmt: skip
+                 text_file: Path | None = None, language: str | None = None, text_key: str = "") -> None:  # fmt: skip
         self.path, self.kind, self.sha256, self.language = path, kind, sha256, language
         self._text, self.text_file = text, text_file
+        # names this exact text: the source's hash with the ingester's version and settings (the cache key)
+        self.text_key = text_key or sha256
 
     @property
     def text(self) -> str:
@@ -131,7 +133,7 @@ def ingest(
             src = cache.text_file(keys[i])
             text_file = _publish(src, out, rec) if out is not None else src
             result.documents.append(Document(rec.path, rec.kind, None, rec.sha256 or "", text_file=text_file,
-                                             language=rec.language))  # fmt: skip
+                                             language=rec.language, text_key=keys[i]))  # fmt: skip
     if out is not None:
         _prune(out, _text_paths(out / "manifest.jsonl") - {r.text_path for r in records if r.text_path})
         write_manifest(records, out / "manifest.jsonl")
