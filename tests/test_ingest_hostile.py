@@ -94,3 +94,23 @@ def test_a_missing_ocr_program_is_named_and_not_cached(tmp_path, monkeypatch):
     out = run_task(Task(0, str(png), "image"), Settings())
     assert out["status"] == "error" and out["transient"]
     assert "tesseract not found" in out["reason"] and "tesseract-ocr" in out["reason"]
+
+
+def test_a_missing_package_is_named_and_not_cached(tmp_path, monkeypatch):
+    import dataclasses
+
+    import llm.data.text
+    from llm.data.cache import Cache
+    from llm.data.ingester import Settings
+    from llm.data.worker import Task, run_task
+
+    def needs_a_package(path, language, settings):
+        raise ModuleNotFoundError("No module named 'pypdf'")
+
+    broken = dataclasses.replace(llm.data.text.INGESTER, extract=needs_a_package)
+    monkeypatch.setattr(llm.data.text, "INGESTER", broken)
+    out = run_task(Task(0, str(write(tmp_path / "a.txt", "words\n")), "text"), Settings())
+    assert out["status"] == "error" and out["transient"] and "missing Python package" in out["reason"]
+    cache = Cache(tmp_path / "cache")
+    cache.put("k", out, Settings())
+    assert cache.get("k", Settings()) is None  # tried again once the package is installed

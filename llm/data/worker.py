@@ -59,6 +59,9 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
                                "language": ex.language}  # fmt: skip
     except Refused as e:
         out = {"status": e.status, "reason": e.reason, "transient": e.transient}
+    except ImportError as e:  # a missing package is no fault of the file: not cached, tried again next run
+        reason = f"missing Python package: {e} (make install, or pip install -e '.[ingest]')"[:500]
+        out = {"status": "error", "reason": reason, "transient": True}
     except Exception as e:  # a parser's failure on this file's bytes, or the memory guard
         reason = f"{type(e).__name__}: {e}"[:500]
         if isinstance(e, MemoryError) or any(m in reason for m in OOM_MESSAGES):
