@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from llm.data.ingest import ingest
-from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus
+from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, write
 
 needs_ocr = pytest.mark.skipif(
     shutil.which("tesseract") is None and not os.environ.get("CI"),
@@ -90,6 +90,35 @@ def test_code_is_verbatim_with_its_language(run):
 def test_latin1_text_is_decoded_not_dropped(run):
     assert run[3]["kinds/old.txt"]["status"] == "ok"
     assert doc(run, "old.txt").text == LATIN1
+
+
+GERMAN = "Grüße aus Köln, schöne Straße, Mädchen über alles.\n"
+
+
+@pytest.mark.parametrize(
+    "data, text",
+    [
+        (GERMAN.encode()[:-3] + "日".encode()[:2], GERMAN[:-3] + "\ufffd"),  # cut off mid-character (head -c)
+        (GERMAN.encode() + b"\xff" + "日本語".encode(), GERMAN + "\ufffd日本語"),  # one stray byte in UTF-8
+        ("£5 for a naïve café — déjà vu.\n".encode("cp1252"), "£5 for a naïve café — déjà vu.\n"),
+        ("¿Qué tal? ¡Muy bien!\n".encode("cp1252"), "¿Qué tal? ¡Muy bien!\n"),
+        ("Zażółć gęślą jaźń. Mały żółw.\n".encode("cp1250"), "Zażółć gęślą jaźń. Mały żółw.\n"),
+        ("Привет, как дела? Это текст.\n".encode("cp1251"), "Привет, как дела? Это текст.\n"),
+        (GERMAN.encode("utf-16"), GERMAN),  # byte-order mark
+        (GERMAN.encode("utf-32"), GERMAN),
+        (b"line one\r\nline two\r\n", "line one\r\nline two\r\n"),
+    ],
+)
+def test_text_encodings(data, text):
+    from llm.data.text import read_text
+
+    assert read_text(data) == (text, None)
+
+
+def test_crlf_text_stays_verbatim(tmp_path):
+    write(tmp_path / "c/win.txt", b"one\r\ntwo\r\n")
+    result = ingest([tmp_path / "c"], tmp_path / "out", workers=1)
+    assert result.documents[0].text == "one\r\ntwo\r\n" and result.records[0].chars == 10
 
 
 def test_html_through_unstructured(run):

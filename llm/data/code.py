@@ -15,4 +15,4 @@ def _extract(path: Path, language: str | None, settings: Settings) -> Extraction
     return Extraction(read_verbatim(path), "verbatim", language=language)
 
 
-INGESTER = Ingester("code", 1, _extract)
+INGESTER = Ingester("code", 2, _extract)  # 2: byte-order marks, damaged UTF-8, cp1252 first

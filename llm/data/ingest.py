@@ -46,7 +46,8 @@ class Document:
     def text(self) -> str:
         if self._text is not None:
             return self._text
-        return self.text_file.read_text(encoding="utf-8")
+        with open(self.text_file, encoding="utf-8", newline="") as f:  # as extracted: \r\n stays \r\n
+            return f.read()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Document):
