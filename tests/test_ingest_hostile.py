@@ -114,3 +114,19 @@ def test_a_missing_package_is_named_and_not_cached(tmp_path, monkeypatch):
     cache = Cache(tmp_path / "cache")
     cache.put("k", out, Settings())
     assert cache.get("k", Settings()) is None  # tried again once the package is installed
+
+
+def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from llm.data.ingester import Settings
+    from llm.data.worker import Task, run_task
+    from tests.ingest_fixtures import bomb_png
+
+    png = write(tmp_path / "big.png", bomb_png(side=1_500))  # 2.25M pixels: between 1x and 2x the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # as in an ingest worker
+        out = run_task(Task(0, str(png), "image"), Settings(max_image_pixels=2_000_000))
+    assert out["status"] == "skipped" and "max_image_pixels=2000000" in out["reason"]
