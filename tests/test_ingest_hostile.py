@@ -130,3 +130,19 @@ def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # as in an ingest worker
         out = run_task(Task(0, str(png), "image"), Settings(max_image_pixels=2_000_000))
     assert out["status"] == "skipped" and "max_image_pixels=2000000" in out["reason"]
+
+
+def test_names_that_print_alike_and_files_named_like_folders_all_arrive(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    for raw, words in ((b"caf\xe9.txt", "first file\n"), (b"caf\xe8.txt", "second file\n")):  # not UTF-8 names
+        with open(os.path.join(os.fsencode(root), raw), "w") as f:
+            f.write(words)
+    write(root / "Makefile", "all:\n\techo make\n")  # its text goes to text/c/Makefile.txt ...
+    write(root / "Makefile.txt/notes.txt", "inside a folder named Makefile.txt\n")  # ... where this is a folder
+    result = ingest([root], tmp_path / "out", workers=1)
+    texts = {d.path: d.text for d in result.documents}
+    assert sorted(texts.values()) == sorted(
+        ["first file\n", "second file\n", "all:\n\techo make\n", "inside a folder named Makefile.txt\n"]
+    )
+    assert len({r.text_path for r in result.records}) == 4

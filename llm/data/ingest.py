@@ -150,6 +150,7 @@ def ingest(
 
 def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Sequence[Path] = ()):
     prefixes: set[str] = set()
+    names: set[str] = set()
     for root in map(Path, inputs):
         root = Path(os.path.expanduser(root))
         if not root.exists():
@@ -159,7 +160,14 @@ def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Seq
             n += 1
             prefix = f"{root.resolve().name}~{n}"
         prefixes.add(prefix)
-        yield from discover(root, prefix, exclude, own)
+        for f in discover(root, prefix, exclude, own):
+            if f.rel in names:  # names that were not UTF-8 print alike (caf\xe9, caf\xe8 -> caf�): keep them apart
+                n = 2
+                while f"{f.rel}~{n}" in names:
+                    n += 1
+                f.rel = f"{f.rel}~{n}"
+            names.add(f.rel)
+            yield f
 
 
 def _plan(found: list[Found], settings: Settings, cache: Cache) -> tuple[list[Record], list[Task], dict[int, str]]:
@@ -231,9 +239,17 @@ def _fill(rec: Record, outcome: Mapping) -> None:
 def _publish(src: Path, out: Path, rec: Record) -> Path:
     """Put the text where the manifest says (out/text/<path>.txt): a hard link to the cache when possible."""
     rel = _text_rel(rec.path)
-    dst = out / rel
+    try:
+        dst = _place(src, out / rel)
+    except OSError:  # a file named like a folder: `Makefile` -> text/Makefile.txt, beside a folder `Makefile.txt/`
+        rel = _hashed_rel(rec.path)
+        dst = _place(src, out / rel)
     rec.text_path = rel
-    if dst.exists() and os.path.samefile(src, dst):
+    return dst
+
+
+def _place(src: Path, dst: Path) -> Path:
+    if dst.is_file() and os.path.samefile(src, dst):
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.unlink(missing_ok=True)
@@ -247,8 +263,12 @@ def _publish(src: Path, out: Path, rec: Record) -> Path:
 def _text_rel(path: str) -> str:
     rel = f"text/{path}.txt"
     if len(rel.encode()) > 1024 or any(len(p.encode()) > 240 for p in rel.split("/")):
-        rel = f"text/_long/{hashlib.sha256(path.encode()).hexdigest()[:24]}.txt"  # deep or long names
+        rel = _hashed_rel(path)  # deep or long names
     return rel
+
+
+def _hashed_rel(path: str) -> str:
+    return f"text/_long/{hashlib.sha256(path.encode()).hexdigest()[:24]}.txt"
 
 
 def _text_paths(manifest: Path) -> set[str]:
