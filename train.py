@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     (out / "config.yaml").write_text(resolved)
     log.info("config:\n%s", resolved)
@@ -51,7 +53,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c, **resume_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
-    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
 
