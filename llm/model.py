@@ -122,14 +122,20 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(Q Kᵀ / sqrt(hs) + causal mask) V, step by step. q (B, nh, T, hs); k, v (B, nh, S, hs)."""
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """softmax(Q Kᵀ / sqrt(hs) + causal mask) V, step by step. q (B, nh, T, hs); k, v (B, nh, S, hs).
+
+    dropout_p drops attention weights, as SDPA does."""
     T, S = q.size(-2), k.size(-2)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
     if mask is None:  # query t sees keys 0..t (the last T of S keys are the queries' own)
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     scores = scores.masked_fill(~mask, float("-inf"))
     weights = F.softmax(scores.float(), dim=-1).type_as(q)  # each row sums to 1
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
     return weights @ v  # (B, nh, T, hs)
 
 
@@ -169,9 +175,9 @@ class Attention(nn.Module):
         if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         else:
-            y = F.dropout(explicit_attention(q, k, v, mask), dropout, self.training)
+            y = explicit_attention(q, k, v, mask, dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.proj(y)
+        return F.dropout(self.proj(y), dropout, self.training)  # GPT-2's residual dropout, as after the MLP
 
 
 class MLP(nn.Module):
@@ -284,10 +290,16 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices (embeddings, linear weights); never biases or norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        """Decay matrices (embeddings, linear weights); never biases or norm gains.
+
+        Chosen by name, not by shape: under FSDP every parameter is a flat 1-D shard by the time the
+        optimizer is built."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            owner = name.rsplit(".", 2)[-2] if "." in name else ""  # norm1, norm2, norm (final) hold gains
+            (no_decay if name.endswith("bias") or owner.startswith("norm") else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

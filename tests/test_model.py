@@ -79,11 +79,22 @@ def test_residual_projections_are_scaled():
     assert std_proj == pytest.approx(0.02 / 4, rel=0.1)  # 0.02 / sqrt(2 * 8)
 
 
-def test_param_groups_decay_matrices_only():
-    model = GPT(tiny(norm="layernorm", bias=True))
+@pytest.mark.parametrize("kw", [dict(norm="layernorm", bias=True, pos="learned"), dict()])
+def test_param_groups_decay_matrices_only(kw):
+    model = GPT(tiny(**kw))
     decay, no_decay = model.param_groups(0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    # FSDP hands the optimizer flat 1-D shards: the groups must not change
+    flat: dict[int, torch.nn.Parameter] = {}  # one flat copy per parameter: the tied embedding stays shared
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, flat.setdefault(id(p), torch.nn.Parameter(p.detach().flatten())))
+    shapes = {n: p.dim() for n, p in GPT(tiny(**kw)).named_parameters()}
+    flat_decay, _ = model.param_groups(0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in flat_decay["params"]) == sorted(n for n, d in shapes.items() if d >= 2)
 
 
 @pytest.mark.parametrize(
@@ -113,3 +124,15 @@ def test_gpt2_preset_shape_has_124m_parameters():
         model = GPT(config)
     assert config.padded_vocab_size == 50304
     assert 123e6 < model.num_params(non_embedding=False) < 125e6
+
+
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+def test_both_attentions_drop_weights_not_outputs(attn):
+    """Dropout on attention weights, as SDPA does: the mix of values that reaches proj is rarely exactly 0."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attn=attn, dropout=0.5)).train()
+    seen = []
+    model.blocks[0].attn.proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(torch.randint(0, 100, (2, 16)))
+    assert (seen[0] == 0).float().mean() < 0.3  # dropping the outputs would zero about half (the early
+    # rows of few keys may lose them all)
