@@ -41,6 +41,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise ValueError(f"{path} lacks {missing}: was it written by train.py?")
     model = GPT(GPTConfig(**ckpt["model_config"]))
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
+    state = {k.removeprefix("net.").removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()
+             if k.startswith("net.")}  # fmt: skip
     model.load_state_dict(state)
     return model.eval(), load_tokenizer(ckpt["tokenizer"]), ckpt

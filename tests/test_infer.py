@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import infer
+from llm.checkpoint import load_checkpoint
 from llm.model import GPT, GPTConfig
 from llm.sampler import generate
 from llm.tokenizer import train_tokenizer
@@ -116,6 +117,16 @@ def test_stop_strings_from_the_command_line(checkpoint: Path, capsys: pytest.Cap
     # a prompt that Hydra reads as a number is still a prompt
     infer.infer(compose_infer(f"ckpt_path={checkpoint}", "prompt=0", "max_new_tokens=3", "temperature=0"))
     assert capsys.readouterr().out.startswith("0")
+
+
+def test_checkpoint_of_a_compiled_wrapper_loads(checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["state_dict"] = {k.replace("net.", "net._orig_mod.", 1): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "compiled.ckpt")
+    model, _, _ = load_checkpoint(tmp_path / "compiled.ckpt")
+    reference, _, _ = load_checkpoint(checkpoint)
+    theirs = reference.state_dict()
+    assert all(torch.equal(p, theirs[name]) for name, p in model.state_dict().items())
 
 
 def test_corrupt_checkpoint(tmp_path: Path) -> None:
