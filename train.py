@@ -21,8 +21,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import llm.config  # noqa: F401  (registers the ${repo:} resolver)
-from llm.checkpoint import find_checkpoint
+from llm.checkpoint import check_resume, find_checkpoint
+from llm.config import check_trainer  # (importing llm.config registers the ${repo:} resolver)
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
 from llm.training.distributed import check_shared_run_dir, job_scope
 from llm.training.gpu_slots import claim_device
@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_trainer(cfg.trainer, cfg.optim)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
@@ -51,6 +52,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module)
     module.run_config = resolved
     ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
+    if ckpt_path is not None:
+        check_resume(ckpt_path, module.net.config)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c, **resume_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
     n = module.net.num_params()

@@ -31,15 +31,30 @@ def find_checkpoint(spec: str | Path, outputs_root: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The raw checkpoint (memory-mapped), or a ValueError that says why it is not one of ours."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # truncated file, not a checkpoint, a pickle we refuse to execute
         raise ValueError(f"{path} is not a readable checkpoint: {e}") from e
-    missing = [k for k in ("model_config", "tokenizer", "state_dict") if k not in ckpt]
+    missing = [k for k in ("model_config", "tokenizer", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} lacks {missing}: was it written by train.py?")
+    return ckpt
+
+
+def check_resume(path: str | Path, config: GPTConfig) -> None:
+    """Before any data work: resuming needs the checkpoint's model shape (dropout and attn may change)."""
+    theirs = read_checkpoint(path)["model_config"]
+    diff = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in config.to_dict().items()
+            if k not in ("dropout", "attn") and theirs.get(k) != v]  # fmt: skip
+    if diff:
+        raise ValueError(f"ckpt_path={path}: the checkpoint's model.config differs: {'; '.join(diff)}")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint."""
+    ckpt = read_checkpoint(path, map_location)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
     state = {k.removeprefix("net.").removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()

@@ -49,6 +49,11 @@ class GPTConfig:
                 raise ValueError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        for key in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.config.{key}={getattr(self, key)} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}"

@@ -84,3 +84,34 @@ def test_precision_rules(caplog):
     assert "16-mixed needs a CUDA GPU" in caplog.text
     with pytest.raises(ValueError, match=r"trainer.precision='fp8' is not one of \['auto', '32-true'"):
         resolve_precision("fp8", "cpu")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.config.block_size=0", "data.block_size=0 (it follows model.config.block_size) must be at least 1"),
+        ("model.config.n_kv_head=0", "model.config.n_kv_head=0 must be at least 1"),
+        ("model.config.vocab_size=10", "data.vocab_size=10 (it follows model.config.vocab_size) must be at least 257"),
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 must be in [0, 1)"),
+        ("optim.lr=-1", "optim.lr=-1 must be > 0"),
+        ("optim.beta1=1.5", "optim.beta1=1.5 must be in [0, 1)"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be a whole number"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be a number of steps"),
+        ("trainer.max_steps=0", "trainer.max_steps=0 must be at least 1, or -1"),
+        ("ckpt_path=NOT_A_CKPT", "is not a readable checkpoint"),
+        ("ckpt_path=OTHER_SHAPE", "model.config differs: n_embd=64 there, 32 here"),
+    ],
+)
+def test_bad_values_are_named_before_any_data_work(tmp_path, corpus, override, message):
+    from train import train
+
+    (tmp_path / "bad.ckpt").write_text("hello")
+    shape = instantiate(compose_train(tmp_path, [], corpus).module.net).config.to_dict()
+    torch.save({"model_config": {**shape, "n_embd": 64}, "tokenizer": "{}", "state_dict": {}}, tmp_path / "other.ckpt")
+    override = override.replace("NOT_A_CKPT", str(tmp_path / "bad.ckpt"))
+    override = override.replace("OTHER_SHAPE", str(tmp_path / "other.ckpt"))
+    with pytest.raises(Exception) as err:
+        train(compose_train(tmp_path, [override], corpus))
+    assert message in str(err.value)
+    assert not list(tmp_path.rglob("manifest.jsonl"))  # failed before ingest

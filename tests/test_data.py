@@ -107,3 +107,35 @@ def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypa
     assert folder() == before
     monkeypatch.setattr(llm.data.text, "INGESTER", dataclasses.replace(llm.data.text.INGESTER, version=99))
     assert folder() != before  # the ingester changed: its text may have too
+
+
+def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, monkeypatch):
+    """Two runs may build the same entry at once: each in its own folder; the first to finish is kept."""
+    import shutil
+
+    import llm.data.datamodule as datamodule
+
+    def make():
+        return TextDataModule([str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300,
+                              block_size=16, batch_size=2)  # fmt: skip
+
+    first = make()
+    first.prepare_data()
+    first.setup("fit")
+    entry = first.folder
+    shutil.copytree(entry, tmp_path / "saved")
+    shutil.rmtree(entry)
+    stale = entry.with_name(f"{entry.name}.999999999.tmp")  # a killed run's build folder
+    stale.mkdir()
+    build = datamodule.train_tokenizer
+
+    def meanwhile(*args, **kwargs):  # another run finishes the same entry while this one trains its tokenizer
+        shutil.copytree(tmp_path / "saved", entry)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule, "train_tokenizer", meanwhile)
+    second = make()
+    second.prepare_data()
+    second.setup("fit")
+    assert second.folder == entry and second.meta == first.meta
+    assert not list(entry.parent.glob("*.tmp"))  # this run's build folder and the stale one are gone

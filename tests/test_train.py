@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from llm.checkpoint import find_checkpoint, load_checkpoint
 from llm.model import GPT, GPTConfig
+from tests.conftest import compose_train
 from train import train
 
 
@@ -62,6 +63,17 @@ def test_resume_continues_from_last_checkpoint(trained, train_cfg):
     train(resumed)
     ckpt = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 28
+
+
+def test_resuming_on_another_corpus_is_a_clear_error(trained, tmp_path):
+    cfg, _ = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(6):
+        (other / f"doc{i}.md").write_text(f"Entirely different words, number {i}. " * 40)
+    resumed = compose_train(tmp_path / "b", ["trainer.max_steps=28", f"ckpt_path={cfg.paths.output_dir}"], other)
+    with pytest.raises(ValueError, match="tokenizer differs from the one built for this corpus"):
+        train(resumed)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,19 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         if not paths:
             raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
+        if block_size < 1:
+            raise ValueError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
+        optional = {"samples_per_epoch": samples_per_epoch, "val_windows": val_windows}  # null: all of them
+        for key, value in {"batch_size": batch_size, **optional}.items():
+            if (value is not None or key == "batch_size") and value < 1:
+                raise ValueError(f"data.{key}={value} must be at least 1" + (" (or null)" if key in optional else ""))
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if vocab_size < 257:  # byte-level BPE: the 256 bytes and the end-of-document token come first
+            raise ValueError(
+                f"data.vocab_size={vocab_size} (it follows model.config.vocab_size) must be at least 257: "
+                "the 256 bytes and the end-of-document token"
+            )
         self.paths = [str(Path(p).expanduser()) for p in paths]
         self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
         self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
@@ -85,9 +99,13 @@ class TextDataModule(L.LightningDataModule):
 
     def _build(self, docs, folder: Path) -> None:
         train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
-        tmp = folder.with_name(folder.name + ".tmp")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for old in folder.parent.glob(f"{folder.name}.*.tmp"):  # left by a run that was killed while building
+            if not _alive(old.name.split(".")[1]):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # two runs building at once never share it
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
         tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
         tok.save(str(tmp / "tokenizer.json"))
         meta = {
@@ -99,8 +117,15 @@ class TextDataModule(L.LightningDataModule):
             "val_docs": [d.path for d in val_docs],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)  # the cache entry appears whole or not at all
+        if (folder / "meta.json").exists():  # another run finished the same entry first: use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            tmp.rename(folder)  # the cache entry appears whole or not at all
+        except OSError:
+            if not (folder / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical entry
         log.info(
             "tokenized %d docs: %d train / %d val tokens, vocab %d -> %s",
             len(docs), meta["train_tokens"], meta["val_tokens"], meta["vocab_size"], folder,
@@ -168,3 +193,14 @@ class TextDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = (state["epoch"], state["batches"])
+
+
+def _alive(pid: str) -> bool:
+    """Whether process pid still runs: the build folder it owns is not stale."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # it runs, as another user
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    return True

@@ -28,6 +28,20 @@ class OptimConfig:
     warmup_steps: int = 100  # optimizer steps
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
 
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "beta1": (0 <= self.beta1 < 1, "in [0, 1)"),
+            "beta2": (0 <= self.beta2 < 1, "in [0, 1)"),
+            "eps": (self.eps > 0, "> 0"),
+            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+            "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+        }
+        for key, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"optim.{key}={getattr(self, key)} must be {rule}")
+
 
 class Perplexity(MeanMetric):
     """exp of the token-weighted mean cross-entropy, summed across batches and ranks by torchmetrics."""
@@ -109,6 +123,17 @@ class LitGPT(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         schedule = partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=o.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and "tokenizer" in checkpoint and checkpoint["tokenizer"] != tokenizer.to_str():
+            raise ValueError(
+                "the checkpoint's tokenizer differs from the one built for this corpus (data.paths or the documents "
+                "changed since it was saved): its embeddings would read other token ids. Resume on the same "
+                "corpus, or start a new run"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config."""
