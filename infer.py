@@ -1,4 +1,6 @@
-"""Generate text from a trained checkpoint: `python infer.py ckpt_path=last prompt="def "`.
+"""Generate text from a trained checkpoint: `python infer.py ckpt_path=last 'prompt="def "'`.
+
+The quotes inside keep the trailing space: Hydra strips it from an unquoted value.
 
 `prompt_file=prompts.txt` runs one prompt per line as a batch; `interactive=true` opens a REPL.
 See conf/infer.yaml for every key. The generated text goes to stdout; logs go to stderr.
@@ -76,7 +78,7 @@ def read_prompts(cfg: DictConfig) -> list[str]:
             raise ValueError(f"prompt_file={cfg.prompt_file} has no prompt: write one prompt per line")
         return prompts
     if cfg.prompt is None or str(cfg.prompt) == "":
-        raise ValueError("prompt is empty: give some text to continue, e.g. prompt='def '")
+        raise ValueError("prompt is empty: give some text to continue, e.g. 'prompt=\"def \"'")
     return [str(cfg.prompt)]
 
 

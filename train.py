@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = trainer.checkpoint_callback
         if best is not None and best.best_model_path and best.best_model_score is not None:
             print(f"best ({best.monitor}={float(best.best_model_score):.4f}): {best.best_model_path}")
-        print(f"generate:   python infer.py ckpt_path={last} prompt='def '")
+        print(f"generate:   python infer.py ckpt_path={last} 'prompt=\"def \"'")
     return metrics
 
 
