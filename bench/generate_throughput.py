@@ -140,7 +140,7 @@ def main() -> None:
     speed = {(name, batch): batch * tokens / s for name, batch, tokens, s in rows}
     length = {(name, batch): tokens for name, batch, tokens, _ in rows}
     out = ["| run | batch | new tokens | tokens/s |", "| --- | ---: | ---: | ---: |"]
-    out += [f"| {name} | {b} | {t} | {b * t / s:,.1f} |" for name, b, t, s in rows]
+    out += [f"| {name} | {b} | {t} | {b * t / s:,.{1 if b * t / s >= 10 else 2}f} |" for name, b, t, s in rows]
     out.append("")
     for batch in args.batch:
         for ours_name in ("ours, KV cache", "ours, KV cache, compiled"):
