@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -75,7 +76,9 @@ def scanned_pdf(pages: list[list[str]]) -> bytes:
     """An image-only PDF (no text layer): each page a rendered picture of its lines."""
     images = [render(lines) for lines in pages]
     buf = io.BytesIO()
-    images[0].save(buf, format="PDF", resolution=150, save_all=True, append_images=images[1:])
+    fixed = time.strptime("2026-01-01", "%Y-%m-%d")  # the same bytes on every run: the sample stays unchanged
+    images[0].save(buf, format="PDF", resolution=150, save_all=True, append_images=images[1:],
+                   creationDate=fixed, modDate=fixed)  # fmt: skip
     return buf.getvalue()
 
 
