@@ -126,8 +126,8 @@ class LitGPT(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
+        trainer = self._trainer  # None when loaded outside a Trainer (LitGPT.load_from_checkpoint)
+        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is not None and "tokenizer" in checkpoint and checkpoint["tokenizer"] != tokenizer.to_str():
             raise ValueError(
                 "the checkpoint's tokenizer differs from the one built for this corpus (data.paths or the documents "
