@@ -13,7 +13,12 @@ _spec = importlib.util.spec_from_file_location("make_sample", Path(__file__).par
 make_sample = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_sample)
 
-text_pdf, scanned_pdf, image_bytes = make_sample.text_pdf, make_sample.scanned_pdf, make_sample.image_bytes
+text_pdf, scanned_pdf, image_bytes, render = (
+    make_sample.text_pdf,
+    make_sample.scanned_pdf,
+    make_sample.image_bytes,
+    make_sample.render,
+)
 
 CODE = '''def greet(name):
     """Say hello."""

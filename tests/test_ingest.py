@@ -133,3 +133,58 @@ def test_documents_carry_path_sha_and_lazy_text(run):
     assert sorted(d.path for d in result.documents) == sorted(ok)
     for d in result.documents:
         assert d.sha256 == manifest[d.path]["sha256"] and d.text
+
+
+@needs_ocr
+def test_messy_files_arrive_whole(tmp_path):
+    """Every page of a TIFF, a photo turned upright, e-mail image attachments OCR'd offline, a PDF without
+    extension, a PNG whose metadata mentions %PDF-, a notebook as its cells."""
+    import email.message
+    import io
+    import json
+
+    from PIL import Image
+
+    from tests.ingest_fixtures import render, text_pdf
+
+    root = tmp_path / "c"
+    pages = [render(["first tiff page"]), render(["second tiff page"])]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    write(root / "scan.tif", buf.getvalue())
+    photo = render(["sideways photo words"]).rotate(90, expand=True).convert("RGB")  # stored as a phone does
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", exif=exif, quality=95)
+    write(root / "photo.jpg", buf.getvalue())
+    msg = email.message.EmailMessage()
+    msg["Subject"], msg["From"], msg["To"] = "notes", "a@example.com", "b@example.com"
+    msg.set_content("Body of the mail.\n")
+    buf = io.BytesIO()
+    render(["attached picture words"]).save(buf, format="PNG")
+    msg.add_attachment(buf.getvalue(), maintype="image", subtype="png", filename="pic.png")
+    write(root / "mail.eml", bytes(msg))
+    write(root / "SUMMARY", text_pdf([["summary without extension"]]))
+    buf = io.BytesIO()
+    meta = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    meta.add_text("Comment", "exported from a %PDF-1.7 viewer")
+    render(["png with comment"]).save(buf, format="PNG", pnginfo=meta)
+    write(root / "comment.png", buf.getvalue())
+    cells = [
+        {"cell_type": "markdown", "source": ["# Title\n", "prose"]},
+        {"cell_type": "code", "source": "x = 1", "outputs": [{"data": {"image/png": "iVBORw0KGgo" * 50}}]},
+    ]
+    write(root / "nb.ipynb", json.dumps({"cells": cells, "metadata": {}, "nbformat": 4}))
+
+    result = ingest([root], tmp_path / "out", workers=2)
+    recs = {r.path.removeprefix("c/"): r for r in result.records}
+    texts = {d.path.removeprefix("c/"): words(d.text) for d in result.documents}
+    assert "first tiff page" in texts["scan.tif"] and "second tiff page" in texts["scan.tif"]
+    assert recs["scan.tif"].pages == 2
+    assert "sideways photo words" in texts["photo.jpg"]
+    assert "body of the mail" in texts["mail.eml"] and "attached picture words" in texts["mail.eml"]
+    assert (recs["SUMMARY"].kind, texts["SUMMARY"]) == ("pdf", "summary without extension")
+    assert recs["comment.png"].kind == "image" and "png with comment" in texts["comment.png"]
+    nb = next(d.text for d in result.documents if d.path == "c/nb.ipynb")
+    assert nb == "# Title\nprose\n\nx = 1\n" and recs["nb.ipynb"].language == "python"

@@ -1,4 +1,6 @@
-"""Images (png, jpeg, tiff, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
+"""Images (png, jpeg, tiff with every page, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
+
+Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them.
 
 The size is read from the header before any pixel is decoded, so decompression bombs are refused cheaply.
 """
@@ -12,7 +14,8 @@ from pathlib import Path
 from llm.data import ocr, offline
 from llm.data.ingester import Extraction, Ingester, Refused, Settings
 
-DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become one PNG frame
+DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become PNG pages
+EXIF_ORIENTATION = 0x0112
 
 
 def _open(path: Path, settings: Settings):
@@ -47,28 +50,44 @@ def _open(path: Path, settings: Settings):
     return image
 
 
+def _pages(image) -> list[bytes] | None:
+    """PNG bytes of each page to OCR, upright; None when the file can be read as it is."""
+    from PIL import ImageOps
+
+    upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    count = image.n_frames if image.format == "TIFF" else 1  # a multi-page scan; a GIF's first frame only
+    if image.format in DIRECT and upright and count == 1:
+        return None
+    pages = []
+    for i in range(count):
+        image.seek(i)
+        buf = io.BytesIO()
+        ImageOps.exif_transpose(image).convert("RGB").save(buf, format="PNG")  # as a photo viewer shows it
+        pages.append(buf.getvalue())
+    return pages
+
+
 def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
     image = _open(path, settings)
-    fmt, frames = image.format, getattr(image, "n_frames", 1)
     ocr.require("tesseract")
     offline.patch_unstructured()
     from unstructured.partition.image import partition_image
 
     strategy = settings.strategy.get("image") or "ocr_only"
     langs = settings.languages
-    if fmt in DIRECT:
-        elements = partition_image(filename=str(path), strategy=strategy, languages=langs)
+    try:
+        pages = _pages(image)
+    finally:
+        image.close()
+    if pages is None:
+        texts = [ocr.elements_text(partition_image(filename=str(path), strategy=strategy, languages=langs))]
     else:
-        buf = io.BytesIO()
-        image.seek(0)
-        image.convert("RGB").save(buf, format="PNG")
-        frames = 1
-        elements = partition_image(file=io.BytesIO(buf.getvalue()), strategy=strategy, languages=langs)
-    image.close()
-    text = ocr.elements_text(elements)
+        texts = [ocr.elements_text(partition_image(file=io.BytesIO(p), strategy=strategy, languages=langs))
+                 for p in pages]  # fmt: skip
+    text = "\n\n".join(t for t in texts if t.strip())
     if not text.strip():
         raise Refused("empty", f"OCR found no text ({strategy})")
-    return Extraction(text, strategy, pages=frames if fmt == "TIFF" else 1)
+    return Extraction(text, strategy, pages=len(texts))
 
 
-INGESTER = Ingester("image", 2, _extract, lambda s: [s.strategy.get("image"), s.languages, s.max_image_pixels])
+INGESTER = Ingester("image", 3, _extract, lambda s: [s.strategy.get("image"), s.languages, s.max_image_pixels])

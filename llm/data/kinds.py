@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CODE = {
-    ".py": "python", ".pyi": "python", ".pyx": "python", ".ipynb": "json",
+    ".py": "python", ".pyi": "python", ".pyx": "python", ".ipynb": "notebook",
     ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
     ".cu": "cuda", ".cuh": "cuda", ".rs": "rust", ".go": "go", ".java": "java", ".kt": "kotlin", ".kts": "kotlin",
     ".scala": "scala", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
@@ -49,6 +49,8 @@ def kind_of(path: Path, head: bytes = b"") -> tuple[str, str | None]:
     kind, language = _by_name(path)
     if kind in ("pdf", "image", "unknown"):
         return sniff(head) or kind, language
+    if kind == "text" and not path.suffix and not head.startswith(b"BM"):  # a README-like name on a PDF or
+        return sniff(head) or kind, language  # image saved without extension (text may begin "BM": not a bitmap)
     return kind, language
 
 
@@ -71,9 +73,10 @@ def _by_name(path: Path) -> tuple[str, str | None]:
 
 
 def sniff(head: bytes) -> str | None:
-    """'pdf' or 'image' from magic bytes, else None."""
-    if b"%PDF-" in head[:1024]:
-        return "pdf"
+    """'pdf' or 'image' from magic bytes, else None. A file that starts like an image is one, even if
+    "%PDF-" appears in its first kilobyte (where PDF readers accept the header)."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image"
-    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+    if kind := next((kind for magic, kind in _MAGIC if head.startswith(magic)), None):
+        return kind
+    return "pdf" if b"%PDF-" in head[:1024] else None

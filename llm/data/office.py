@@ -38,7 +38,10 @@ def _extract(path: Path, language: str | None, settings: Settings) -> Extraction
     try:
         offline.patch_unstructured()
         partition = getattr(importlib.import_module(f"unstructured.partition.{module}"), function)
-        elements = partition(filename=str(path))
+        # an e-mail's attachments go through unstructured's auto partitioner: OCR with our languages, never
+        # its default layout model (a download)
+        extra = {"strategy": "ocr_only", "languages": settings.languages} if module in ("email", "msg") else {}
+        elements = partition(filename=str(path), **extra)
     except ImportError as e:
         raise Refused("skipped", f"{path.suffix} needs {needs} ({e})", transient=True) from e
     except OSError as e:  # pandoc / soffice not installed, or not runnable
@@ -51,4 +54,4 @@ def _extract(path: Path, language: str | None, settings: Settings) -> Extraction
     return Extraction(text, function)
 
 
-INGESTER = Ingester("office", 1, _extract)
+INGESTER = Ingester("office", 2, _extract, lambda s: s.languages)  # 2: attachments OCR offline
