@@ -303,10 +303,10 @@ def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.Mon
     monkeypatch.setattr(gen, "compiled_decode", lambda: decode_one_token)  # the reuse path, without compiling
     model = make_model(n_kv_head=2)
     first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
-    kept = next(iter(_kept.values()))[0][0]
+    kept = next(iter(_kept.values()))[1][0]
     other = [[5, 4, 3], [2, 1], [40, 41, 42, 43]]
     second = ids_of(generate_ids(model, other, 30, GREEDY, compile=True, cache_len=80))
-    assert next(iter(_kept.values()))[0][0] is kept  # same buffers, already holding the first call's entries
+    assert next(iter(_kept.values()))[1][0] is kept  # same buffers, already holding the first call's entries
     assert first == ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
     assert second == ids_of(generate_ids(model, other, 30, GREEDY))  # compiled on CPU: explicit attention, same ids
     assert all(block.attn.kv_cache is None and block.attn.impl == "sdpa" for block in model.blocks)
@@ -319,3 +319,37 @@ def test_generation_runs_in_eval_mode_and_restores_the_mode() -> None:
     first = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
     assert model.training  # restored
     assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, kv_cache=False)) == first  # no dropout noise
+
+
+def test_kept_caches_go_with_their_model_and_never_to_another_shape() -> None:
+    import gc
+
+    from llm.sampler import kv_cache
+
+    a = make_model()
+    with kv_caches(a, 1, 32, reuse=True):
+        pass
+    kept = next(iter(kv_cache._kept.values()))[1]
+    b = make_model(n_head=2, n_embd=32)  # another shape: never served a's buffers
+    with kv_caches(b, 1, 32, reuse=True):
+        assert b.blocks[0].attn.kv_cache is not kept[0]
+        assert b.blocks[0].attn.kv_cache.k_cache.shape[1] == b.config.n_kv_head
+    del b
+    gc.collect()
+    assert not kv_cache._kept  # freed with the model that used them last
+
+
+def test_compiled_step_past_the_recompile_limit_runs_eagerly(monkeypatch, caplog) -> None:
+    import importlib
+
+    gen = importlib.import_module("llm.sampler.generate")  # the module: the package exports a function of that name
+
+    def limit_hit(*args, **kwargs):
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile limit")
+
+    model = make_model()
+    eager = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
+    monkeypatch.setattr(gen, "compiled_decode", lambda: limit_hit)
+    with caplog.at_level(logging.WARNING):
+        assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, compile=True)) == eager
+    assert "recompile limit" in caplog.text

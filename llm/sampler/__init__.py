@@ -1,7 +1,7 @@
 """Inference: turn a trained checkpoint into text, with a KV cache, sampling controls and streaming."""
 
 from llm.sampler.generate import DTYPES, Generation, generate, generate_ids
-from llm.sampler.kv_cache import KVCache, kv_caches, remove_caches, setup_caches
+from llm.sampler.kv_cache import KVCache, kv_caches, release_kept_caches, remove_caches, setup_caches
 from llm.sampler.processors import Sampler, SamplingParams, build_processors
 from llm.sampler.streaming import TextStream
 
@@ -16,6 +16,7 @@ __all__ = [
     "generate",
     "generate_ids",
     "kv_caches",
+    "release_kept_caches",
     "remove_caches",
     "setup_caches",
 ]

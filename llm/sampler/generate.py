@@ -175,7 +175,8 @@ def generate_ids(
     kv_cache=False recomputes the whole sequence every step (for comparison). compile=True compiles the
     decode step. The device is read every sync_every tokens (every token when streaming or stopping on
     strings) to check what has stopped; tokens after a stop are computed and thrown away. cache_len:
-    positions the cache holds (default just enough); a fixed value lets a compiled step serve every call.
+    positions the cache holds (default just enough); a fixed value lets one compiled step serve every
+    prompt length and max_new_tokens (each batch size and set of sampling settings compiles its own).
     """
     params = params or SamplingParams()
     if max_new_tokens < 1:
@@ -208,6 +209,8 @@ def generate_ids(
         sync_every = 1
     out = torch.empty(B, steps, dtype=torch.long, device=device)
     step = compiled_decode() if compile else decode_one_token
+    # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
+    recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
 
     # A seed is applied inside a fork of the random state, so the caller's stream is left as it was; without
     # one, the draw continues the global stream and each call gives a fresh sample.
@@ -238,7 +241,15 @@ def generate_ids(
             if counts is not None:
                 counts.scatter_add_(1, token[:, None], torch.ones_like(counts[:, :1]))
             if kv_cache:
-                token = step(model, token[:, None], pos, causal, counts, sampler).clone()
+                try:
+                    token = step(model, token[:, None], pos, causal, counts, sampler).clone()
+                except recompile_limit:  # raised while compiling, before the step has run: nothing to undo
+                    log.warning(
+                        "the compiled decode step met torch's recompile limit (one compile per batch size, cache "
+                        "length and sampling settings): this call runs eagerly. A fixed cache_len helps."
+                    )
+                    step = decode_one_token
+                    token = step(model, token[:, None], pos, causal, counts, sampler).clone()
             else:  # the whole sequence again: rows end at different lengths, the causal mask hides the padding
                 buf[rows_t, pos[:, 0]] = token
                 logits = model(buf[:, : min(T0 + t, S)])

@@ -8,6 +8,7 @@ allocates one.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,22 +62,23 @@ def setup_caches(
         raise ValueError(f"cache of {max_len} positions is longer than block_size={c.block_size}")
     weight = model.lm_head.weight
     dtype = dtype or weight.dtype
-    key = (id(model), batch, max_len, dtype, weight.device)
-    if reuse and key in _kept:
-        caches, mask = _kept[key]
+    key = (id(model), c.n_layer, c.n_kv_head, c.head_size, batch, max_len, dtype, weight.device)
+    kept = _kept.get(key)
+    if reuse and kept is not None and kept[0]() is model:  # the same live model: an id can be reused
+        _, caches, mask = kept
     else:
         caches = [KVCache(batch, c.n_kv_head, max_len, c.head_size, dtype, weight.device) for _ in model.blocks]
         mask = torch.ones(max_len, max_len, dtype=torch.bool, device=weight.device).tril()
     _kept.clear()  # at most one set is kept, that of the latest reuse=True call
-    if reuse:
-        _kept[key] = (caches, mask)
+    if reuse:  # freed with the model
+        _kept[key] = (weakref.ref(model, lambda _: release_kept_caches()), caches, mask)
     for block, cache in zip(model.blocks, caches, strict=True):
         block.attn.kv_cache = cache
         block.attn.impl = attn or block.attn.config.attn
     return mask
 
 
-_kept: dict[tuple, tuple[list[KVCache], torch.Tensor]] = {}
+_kept: dict[tuple, tuple[weakref.ref, list[KVCache], torch.Tensor]] = {}
 
 
 def remove_caches(model: GPT) -> None:
