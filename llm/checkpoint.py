@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
 
@@ -16,40 +17,29 @@ def find_checkpoint(spec: str | Path, outputs_root: str | Path) -> Path:
     if str(spec) == "last":
         found = sorted(Path(outputs_root).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(
-                f"ckpt_path=last: no last.ckpt under {outputs_root}; train first with python train.py"
-            )
+            raise ConfigError(f"ckpt_path=last: no last.ckpt under {outputs_root}; train first with python train.py")
         return found[-1]
     path = Path(spec).expanduser()
     if path.is_dir():
         for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
             if candidate.is_file():
                 return candidate
-        raise FileNotFoundError(f"ckpt_path={spec}: no last.ckpt in that folder or its checkpoints/")
+        raise ConfigError(f"ckpt_path={spec}: no last.ckpt in that folder or its checkpoints/")
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={spec}: no such file")
+        raise ConfigError(f"ckpt_path={spec}: no such file")
     return path
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint (memory-mapped), or a ValueError that says why it is not one of ours."""
+    """The raw checkpoint (memory-mapped), or a ConfigError that says why it is not one of ours."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # truncated file, not a checkpoint, a pickle we refuse to execute
-        raise ValueError(f"{path} is not a readable checkpoint: {e}") from e
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint: {e}") from e
     missing = [k for k in ("model_config", "tokenizer", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path} lacks {missing}: was it written by train.py?")
+        raise ConfigError(f"ckpt_path={path} lacks {missing}: was it written by train.py?")
     return ckpt
-
-
-def check_resume(path: str | Path, config: GPTConfig) -> None:
-    """Before any data work: resuming needs the checkpoint's model shape (dropout and attn may change)."""
-    theirs = read_checkpoint(path)["model_config"]
-    diff = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in config.to_dict().items()
-            if k not in ("dropout", "attn") and theirs.get(k) != v]  # fmt: skip
-    if diff:
-        raise ValueError(f"ckpt_path={path}: the checkpoint's model.config differs: {'; '.join(diff)}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
@@ -57,7 +47,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ckpt = read_checkpoint(path, map_location)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
-    state = {k.removeprefix("net.").removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("net.")}  # fmt: skip
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith("net."):
+            state[key.removeprefix("net.").removeprefix("_orig_mod.")] = value
     model.load_state_dict(state)
     return model.eval(), load_tokenizer(ckpt["tokenizer"]), ckpt

@@ -1,51 +1,51 @@
-"""Hydra/OmegaConf glue: resolvers the YAML files use. Imported by train.py, infer.py and the tests."""
+"""Where the Hydra configs live and what they need: the config folder, the resolvers, the model presets.
+
+The YAML files ship inside the package (the wheel holds them as `llm/conf/`); in a checkout they are the
+top-level `conf/` folder. Resolvers are registered by the entry points (`register_resolvers()`), not on import.
+"""
 
 from __future__ import annotations
 
-import logging
 import sysconfig
-from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from llm.model import GPTConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-log = logging.getLogger("llm.train")
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The folder holding train.yaml, infer.yaml and the config groups."""
+    installed = PACKAGE_DIR / "conf"  # a wheel: conf/ is package data
+    if (installed / "train.yaml").is_file():
+        return installed
+    return PACKAGE_DIR.parent / "conf"  # a checkout (plain or editable)
+
+
+def builtin_corpus() -> list[str]:
+    """The corpus a run trains on when no data.paths is given: this project's docs, sources and sample files.
+
+    From a checkout: docs/, llm/ and data/sample/. From an installed wheel: the package's own sources and configs.
+    """
+    root = PACKAGE_DIR.parent
+    candidates = [root / "docs", PACKAGE_DIR, root / "data" / "sample"]
+    if not (root / "conf" / "train.yaml").is_file():  # not a checkout: only the package itself is ours
+        candidates = [PACKAGE_DIR]
+    return [str(p) for p in candidates if p.exists()]
 
 
 def register_resolvers() -> None:
-    """${repo:docs} -> absolute path of docs/ in this repository, whatever the working directory."""
-    if not OmegaConf.has_resolver("repo"):
-        OmegaConf.register_new_resolver("repo", lambda sub="": str(REPO_ROOT / sub))
-    if not OmegaConf.has_resolver("cuda_devices"):  # ${cuda_devices:} -> how many GPUs are visible (at least 1)
-        OmegaConf.register_new_resolver("cuda_devices", lambda: max(1, _cuda_device_count()))
-    if not OmegaConf.has_resolver("stdlib"):  # ${stdlib:} -> this Python's standard library folder
-        OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
-
-
-register_resolvers()
-
-
-def check_trainer(trainer: Mapping, optim: Mapping) -> None:
-    """Trainer values that Lightning would reject only deep inside fit, after ingest and tokenizing."""
-    accumulate = trainer.get("accumulate_grad_batches", 1)
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(f"trainer.accumulate_grad_batches={accumulate!r} must be a whole number, at least 1")
-    interval = trainer.get("val_check_interval")
-    if interval is not None and (interval <= 0 or (isinstance(interval, float) and interval > 1)):
-        raise ValueError(
-            f"trainer.val_check_interval={interval!r} must be a number of steps (>= 1) "
-            "or a fraction of an epoch in (0, 1]"
-        )
-    max_steps = trainer.get("max_steps", -1)
-    if max_steps is not None and (max_steps == 0 or max_steps < -1):
-        raise ValueError(f"trainer.max_steps={max_steps} must be at least 1, or -1 for no limit")
-    warmup = optim.get("warmup_steps", 0)
-    if max_steps is not None and max_steps > 0 and warmup >= max_steps:
-        log.warning("optim.warmup_steps=%d >= trainer.max_steps=%d: the learning rate never reaches optim.lr",
-                    warmup, max_steps)  # fmt: skip
+    """Resolvers the YAML files use. Safe to call more than once."""
+    resolvers = {
+        "builtin_corpus": builtin_corpus,  # ${builtin_corpus:} -> the built-in corpus folders
+        "cuda_devices": lambda: max(1, _cuda_device_count()),  # ${cuda_devices:} -> visible GPUs, at least 1
+        "stdlib": lambda: sysconfig.get_paths()["stdlib"],  # ${stdlib:} -> this Python's standard library
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def _cuda_device_count() -> int:
@@ -55,7 +55,11 @@ def _cuda_device_count() -> int:
 
 
 def model_preset(name: str, **overrides) -> GPTConfig:
-    """conf/model/NAME.yaml as a GPTConfig, without Hydra (benchmarks, worked examples)."""
-    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml").config)
+    """conf/model/NAME.yaml as a GPTConfig, without Hydra (tests, benchmarks, worked examples)."""
+    path = config_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"model={name}: no such preset; choose one of {presets}")
+    node = OmegaConf.to_container(OmegaConf.load(path).config)
     node.pop("_target_", None)
     return GPTConfig(**{**node, **overrides})

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import llm.config  # noqa: F401  (registers resolvers)
+from llm.config import config_dir, register_resolvers
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tiny models are latency-bound: one thread is faster and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_resolvers()
+CONF_DIR = str(config_dir())
 
 TINY = [
     "model.config.n_layer=2",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
@@ -10,12 +9,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llm.errors import ConfigError
+
 
 @contextmanager
 def claim_device(n_devices: int, lock_dir: str | Path | None = None, poll_s: float = 1.0) -> Iterator[int]:
     """Yield the index of a device no other job holds; wait while all are taken."""
     if n_devices < 1:
-        raise ValueError("one_job_per_gpu (sweep=per_gpu) needs CUDA GPUs, and torch sees none on this machine")
+        raise ConfigError("one_job_per_gpu (sweep=per_gpu) needs CUDA GPUs, and torch sees none on this machine")
+    try:
+        import fcntl  # POSIX file locks: Linux and macOS
+    except ImportError:
+        raise ConfigError("one_job_per_gpu (sweep=per_gpu) needs POSIX file locks: use Linux or macOS") from None
     folder = Path(lock_dir or os.environ.get("LLM_GPU_LOCK_DIR", tempfile.gettempdir()))
     folder.mkdir(parents=True, exist_ok=True)
     while True:
