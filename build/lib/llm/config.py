@@ -1,0 +1,65 @@
+"""Where the Hydra configs live and what they need: the config folder, the resolvers, the model presets.
+
+The YAML files ship inside the package (the wheel holds them as `llm/conf/`); in a checkout they are the
+top-level `conf/` folder. Resolvers are registered by the entry points (`register_resolvers()`), not on import.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from llm.model import GPTConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The folder holding train.yaml, infer.yaml and the config groups."""
+    installed = PACKAGE_DIR / "conf"  # a wheel: conf/ is package data
+    if (installed / "train.yaml").is_file():
+        return installed
+    return PACKAGE_DIR.parent / "conf"  # a checkout (plain or editable)
+
+
+def builtin_corpus() -> list[str]:
+    """The corpus a run trains on when no data.paths is given: this project's docs, sources and sample files.
+
+    From a checkout: docs/, llm/ and data/sample/. From an installed wheel: the package's own sources and configs.
+    """
+    root = PACKAGE_DIR.parent
+    candidates = [root / "docs", PACKAGE_DIR, root / "data" / "sample"]
+    if not (root / "conf" / "train.yaml").is_file():  # not a checkout: only the package itself is ours
+        candidates = [PACKAGE_DIR]
+    return [str(p) for p in candidates if p.exists()]
+
+
+def register_resolvers() -> None:
+    """Resolvers the YAML files use. Safe to call more than once."""
+    resolvers = {
+        "builtin_corpus": builtin_corpus,  # ${builtin_corpus:} -> the built-in corpus folders
+        "cuda_devices": lambda: max(1, _cuda_device_count()),  # ${cuda_devices:} -> visible GPUs, at least 1
+        "stdlib": lambda: sysconfig.get_paths()["stdlib"],  # ${stdlib:} -> this Python's standard library
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def model_preset(name: str, **overrides) -> GPTConfig:
+    """conf/model/NAME.yaml as a GPTConfig, without Hydra (tests, benchmarks, worked examples)."""
+    path = config_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"model={name}: no such preset; choose one of {presets}")
+    node = OmegaConf.to_container(OmegaConf.load(path).config)
+    node.pop("_target_", None)
+    return GPTConfig(**{**node, **overrides})

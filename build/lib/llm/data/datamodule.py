@@ -1,0 +1,206 @@
+"""The LightningDataModule: folders in, batches of token windows out.
+
+prepare_data (once per machine): ingest -> split by document -> train the tokenizer on the training
+side -> write train.bin / val.bin. All of it is cached under cache_dir by a fingerprint of the corpus
+and the settings, so an unchanged corpus is tokenized once and its tokenizer reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from llm.data.ingest import DEFAULT_EXCLUDE, ingest
+from llm.data.tokens import EpochSampler, TokenWindows, split_documents, token_dtype, write_tokens
+from llm.tokenizer import load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # bump when the token files or the tokenizer recipe change (2: <|endoftext|> in text is text)
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        out_dir: str,
+        cache_dir: str,
+        vocab_size: int = 4096,
+        block_size: int = 256,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        seed: int = 1337,
+        samples_per_epoch: int | None = None,
+        val_windows: int | None = 64,
+        num_workers: int = 0,
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        ingest: dict | None = None,  # llm.data.ingester.Settings: workers, time/memory limits, strategies
+    ) -> None:
+        super().__init__()
+        if not paths:
+            raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
+        if block_size < 1:
+            raise ValueError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
+        optional = {"samples_per_epoch": samples_per_epoch, "val_windows": val_windows}  # null: all of them
+        for key, value in {"batch_size": batch_size, **optional}.items():
+            if (value is not None or key == "batch_size") and value < 1:
+                raise ValueError(f"data.{key}={value} must be at least 1" + (" (or null)" if key in optional else ""))
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if vocab_size < 257:  # byte-level BPE: the 256 bytes and the end-of-document token come first
+            raise ValueError(
+                f"data.vocab_size={vocab_size} (it follows model.config.vocab_size) must be at least 257: "
+                "the 256 bytes and the end-of-document token"
+            )
+        self.paths = [str(Path(p).expanduser()) for p in paths]
+        self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
+        self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
+        self.val_fraction, self.seed = val_fraction, seed
+        self.samples_per_epoch, self.val_windows, self.num_workers = samples_per_epoch, val_windows, num_workers
+        self.exclude = tuple(exclude)
+        self.ingest_settings = dict(ingest or {})
+        self.tokenizer: Tokenizer | None = None
+        self.meta: dict = {}
+        self._epoch, self._batches = 0, 0  # training batches consumed in this epoch (saved in checkpoints)
+        self._resume: tuple[int, int] | None = None
+
+    @property
+    def pointer(self) -> Path:
+        return self.out_dir / "dataset.json"  # tells every rank where prepare_data put the tokens
+
+    def prepare_data(self) -> None:
+        result = ingest(
+            self.paths, self.out_dir, self.exclude, settings=self.ingest_settings, cache_dir=self.cache_dir / "ingest"
+        )
+        docs = result.documents
+        if not docs:
+            raise RuntimeError(f"no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}")
+        settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
+        # text_key changes with the source, the ingester's version and its settings: new text, new tokens
+        digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())
+        folder = self.cache_dir / digest.hexdigest()[:16]
+        if (folder / "meta.json").exists():
+            log.info("corpus unchanged: reusing tokenizer and tokens in %s", folder)
+        else:
+            self._build(docs, folder)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "tokenizer.json", self.out_dir / "tokenizer.json")
+        self.pointer.write_text(json.dumps({"folder": str(folder.resolve())}))
+
+    def _build(self, docs, folder: Path) -> None:
+        train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for old in folder.parent.glob(f"{folder.name}.*.tmp"):  # left by a run that was killed while building
+            if not _alive(old.name.split(".")[1]):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # two runs building at once never share it
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
+        tok.save(str(tmp / "tokenizer.json"))
+        meta = {
+            "dtype": token_dtype(tok.get_vocab_size()).name,
+            "vocab_size": tok.get_vocab_size(),
+            "train_tokens": write_tokens(train_docs, tok, tmp / "train.bin"),
+            "val_tokens": write_tokens(val_docs, tok, tmp / "val.bin") if val_docs else 0,
+            "train_docs": [d.path for d in train_docs],
+            "val_docs": [d.path for d in val_docs],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if (folder / "meta.json").exists():  # another run finished the same entry first: use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            tmp.rename(folder)  # the cache entry appears whole or not at all
+        except OSError:
+            if not (folder / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical entry
+        log.info(
+            "tokenized %d docs: %d train / %d val tokens, vocab %d -> %s",
+            len(docs), meta["train_tokens"], meta["val_tokens"], meta["vocab_size"], folder,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        folder = Path(json.loads(self.pointer.read_text())["folder"])
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.tokenizer = load_tokenizer(folder / "tokenizer.json")
+        dtype = self.meta["dtype"]
+        self.train_set = TokenWindows(
+            folder / "train.bin", dtype, self.block_size, self.samples_per_epoch, True, self.seed
+        )
+        self.val_set = (
+            TokenWindows(folder / "val.bin", dtype, self.block_size, self.val_windows, random=False)
+            if self.meta["val_tokens"] > 1
+            else None
+        )
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, rank, world, self._position)
+        return self._loader(self.train_set, sampler, drop_last=len(sampler) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        rank, world = self._rank()
+        return self._loader(self.val_set, list(range(rank, len(self.val_set), world)), drop_last=False)
+
+    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
+        )
+
+    # Exact resume: the checkpoint records how many training batches of which epoch were consumed;
+    # the sampler of a resumed run starts after them.
+
+    def _position(self) -> tuple[int, int]:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume, self._epoch, self._batches = None, epoch, skip
+        return epoch, skip
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self._batches += 1  # called as the loop takes a batch, after any prefetching
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (state["epoch"], state["batches"])
+
+
+def _alive(pid: str) -> bool:
+    """Whether process pid still runs: the build folder it owns is not stale."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # it runs, as another user
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    return True

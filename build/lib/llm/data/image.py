@@ -1,0 +1,93 @@
+"""Images (png, jpeg, tiff with every page, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
+
+Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them.
+
+The size is read from the header before any pixel is decoded, so decompression bombs are refused cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from llm.data import ocr, offline
+from llm.data.ingester import Extraction, Ingester, Refused, Settings
+
+DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become PNG pages
+EXIF_ORIENTATION = 0x0112
+
+
+def _open(path: Path, settings: Settings):
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    if path.suffix.lower() in (".heic", ".heif"):
+        try:
+            from pi_heif import register_heif_opener
+        except ImportError as e:
+            raise Refused("skipped", "HEIC decoder not installed (pip install pi-heif)", transient=True) from e
+        register_heif_opener()
+    try:
+        with warnings.catch_warnings():  # between 1x and 2x the limit PIL only warns: the check below refuses it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise Refused("skipped", f"decompression bomb refused: {e}") from e
+    except UnidentifiedImageError as e:
+        raise Refused("error", "unreadable image: no decoder recognises its content") from e
+    w, h = image.size
+    if w * h > settings.max_image_pixels:
+        image.close()
+        raise Refused(
+            "skipped", f"decompression bomb refused: {w}x{h} pixels > max_image_pixels={settings.max_image_pixels}"
+        )
+    try:
+        image.load()  # decode now: truncated or corrupt data fails here, not inside OCR
+    except (OSError, ValueError, SyntaxError) as e:
+        image.close()
+        raise Refused("error", f"unreadable image: {e}") from e
+    return image
+
+
+def _pages(image) -> list[bytes] | None:
+    """PNG bytes of each page to OCR, upright; None when the file can be read as it is."""
+    from PIL import ImageOps
+
+    upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    count = image.n_frames if image.format == "TIFF" else 1  # a multi-page scan; a GIF's first frame only
+    if image.format in DIRECT and upright and count == 1:
+        return None
+    pages = []
+    for i in range(count):
+        image.seek(i)
+        buf = io.BytesIO()
+        ImageOps.exif_transpose(image).convert("RGB").save(buf, format="PNG")  # as a photo viewer shows it
+        pages.append(buf.getvalue())
+    return pages
+
+
+def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+    image = _open(path, settings)
+    ocr.require("tesseract")
+    offline.patch_unstructured()
+    from unstructured.partition.image import partition_image
+
+    strategy = settings.strategy.get("image") or "ocr_only"
+    langs = settings.languages
+    try:
+        pages = _pages(image)
+    finally:
+        image.close()
+    if pages is None:
+        texts = [ocr.elements_text(partition_image(filename=str(path), strategy=strategy, languages=langs))]
+    else:
+        texts = [ocr.elements_text(partition_image(file=io.BytesIO(p), strategy=strategy, languages=langs))
+                 for p in pages]  # fmt: skip
+    text = "\n\n".join(t for t in texts if t.strip())
+    if not text.strip():
+        raise Refused("empty", f"OCR found no text ({strategy})")
+    return Extraction(text, strategy, pages=len(texts))
+
+
+INGESTER = Ingester("image", 3, _extract, lambda s: [s.strategy.get("image"), s.languages, s.max_image_pixels])

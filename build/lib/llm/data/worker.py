@@ -1,0 +1,221 @@
+"""Worker processes: one file at a time each, under a time limit and a memory limit.
+
+A worker that runs past the time limit is killed with its process group (tesseract included); one
+that dies (out of memory, a crash in a C library) is replaced. Either way that file gets an `error`
+record and the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import resource
+import signal
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import forkserver
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from llm.data import offline
+from llm.data.ingester import Ingester, Refused, Settings
+
+log = logging.getLogger(__name__)
+
+MODULES = {"code": "code", "text": "text", "pdf": "pdf", "image": "image", "html": "office", "office": "office",
+           "email": "office"}  # fmt: skip
+
+
+def ingester_for(kind: str) -> Ingester:
+    return importlib.import_module(f"llm.data.{MODULES[kind]}").INGESTER
+
+
+# how an allocation refused by RLIMIT_AS shows up in C libraries and the tools they start
+OOM_MESSAGES = ("failed to map segment", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+
+
+@dataclass
+class Task:
+    index: int
+    path: str
+    kind: str
+    language: str | None = None
+
+
+def run_task(task: Task, settings: Settings) -> dict[str, Any]:
+    """Extract one file; never raises. The outcome is a plain dict that crosses the pipe."""
+    start = time.perf_counter()
+    try:
+        ex = ingester_for(task.kind).extract(Path(task.path), task.language, settings)
+        out: dict[str, Any] = {"status": "ok", "text": ex.text, "strategy": ex.strategy, "pages": ex.pages,
+                               "language": ex.language}  # fmt: skip
+    except Refused as e:
+        out = {"status": e.status, "reason": e.reason, "transient": e.transient}
+    except ImportError as e:  # a missing package is no fault of the file: not cached, tried again next run
+        reason = f"missing Python package: {e} (make install, or pip install -e '.[ingest]')"[:500]
+        out = {"status": "error", "reason": reason, "transient": True}
+    except Exception as e:  # a parser's failure on this file's bytes, or the memory guard
+        reason = f"{type(e).__name__}: {e}"[:500]
+        if isinstance(e, MemoryError) or any(m in reason for m in OOM_MESSAGES):
+            limit = f"out of memory (ingest.max_memory_mb={settings.max_memory_mb})"
+            out = {"status": "error", "reason": f"{limit}: {reason}"[:500], "limit": True}
+        else:
+            out = {"status": "error", "reason": reason}
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _worker_main(conn: Connection, settings: Settings) -> None:
+    os.setpgrp()  # so a time-out kills tesseract and pdftoppm with the worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    limit = settings.max_memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    offline.set_environment()
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair notes on broken files: the record says it
+    from PIL import Image
+
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send((task.index, run_task(task, settings)))
+
+
+_server_warm: bool | None = None  # what the running fork server preloaded; None: not started by us
+
+
+def _fork_context(warm: bool):
+    """Workers fork from one server process per parent; a warm server has unstructured imported."""
+    global _server_warm
+    ctx = mp.get_context("forkserver")
+    if warm and _server_warm is False:  # a cold server is running: restart it warm
+        stop = getattr(forkserver._forkserver, "_stop", None)
+        if stop is not None:
+            stop()
+            _server_warm = None
+    if _server_warm is None:
+        ctx.set_forkserver_preload(["llm.data.worker"] + (["llm.data.warm"] if warm else []))
+        _server_warm = warm
+    return ctx
+
+
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Start a worker without re-running the parent's __main__ (train.py, a notebook, stdin) in it.
+
+    multiprocessing re-imports the main script in every child it starts; workers need nothing from it.
+    """
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+
+
+class Pool:
+    """`workers` processes fed one task at a time; results come back as they finish."""
+
+    def __init__(self, workers: int, settings: Settings, warm: bool = False) -> None:
+        self.n, self.settings = max(1, workers), settings
+        self.ctx = _fork_context(warm)
+        self.workers: list[_Worker] = []
+
+    def _start(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True, name="ingest-worker")
+        with _without_main():
+            p.start()
+        child.close()
+        w = _Worker(p, parent)
+        self.workers.append(w)
+        return w
+
+    def _kill(self, w: _Worker) -> None:
+        try:
+            os.killpg(w.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        w.process.kill()
+        w.process.join(5)
+        w.conn.close()
+        self.workers.remove(w)
+
+    def _died(self, w: _Worker) -> dict[str, Any]:
+        w.process.join(5)
+        code = w.process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            why = f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+        else:
+            why = f"worker exited with code {code}"
+        return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
+        pending, idle = deque(tasks), []
+        busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
+        timeout = self.settings.timeout_s
+        try:
+            while pending or busy:
+                while pending and (idle or len(self.workers) < self.n):
+                    w = idle.pop() if idle else self._start()
+                    task = pending.popleft()
+                    try:
+                        w.conn.send(task)
+                    except (BrokenPipeError, OSError):
+                        pending.appendleft(task)
+                        self._kill(w)
+                        continue
+                    now = time.monotonic()
+                    busy[w.conn] = (w, task, now, now + timeout)
+                next_deadline = min(d for _, _, _, d in busy.values())
+                for conn in wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic())):
+                    w, task, started, _ = busy.pop(conn)
+                    try:
+                        _, out = conn.recv()
+                        idle.append(w)
+                    except (EOFError, OSError):
+                        out = self._died(w)
+                        out["seconds"] = time.monotonic() - started
+                        self._kill(w)
+                    yield task, out
+                now = time.monotonic()
+                for conn, (w, task, started, deadline) in list(busy.items()):
+                    if now >= deadline:
+                        del busy[conn]
+                        self._kill(w)
+                        reason = f"timed out after {timeout:g} s (ingest.timeout_s)"
+                        yield task, {"status": "error", "reason": reason, "seconds": now - started, "limit": True}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for w in list(self.workers):
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in list(self.workers):
+            w.process.join(2)
+            self._kill(w)

@@ -1,0 +1,43 @@
+"""python -m llm.ingest INPUT [INPUT ...] --out DIR [--workers N]: the DataModule's ingestion, alone.
+
+Writes DIR/manifest.jsonl and DIR/text/, prints the summary; exits 1 when no usable document remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from llm.data.discover import DEFAULT_EXCLUDE
+from llm.data.ingest import format_summary, ingest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m llm.ingest", description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", help="folders or files")
+    p.add_argument("--out", required=True, help="output folder: manifest.jsonl, text/, cache/")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per file")
+    p.add_argument("--exclude", action="append", default=None, help="glob to exclude (repeatable; replaces defaults)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    settings = {"timeout_s": args.timeout} if args.timeout else {}
+    try:
+        result = ingest(args.inputs, args.out, tuple(args.exclude or DEFAULT_EXCLUDE), settings=settings,
+                        cache_dir=args.cache, workers=args.workers)  # fmt: skip
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    print(f"manifest: {args.out}/manifest.jsonl")
+    if not result.documents:
+        print(f"error: no usable document under {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""A decoder-only transformer, written out by hand.
+
+Reads top to bottom like the papers it comes from:
+GPTConfig -> RMSNorm -> rotary embedding -> attention -> MLP -> Block -> GPT.
+
+The module is plain PyTorch: it never sees a Hydra config, a Lightning trainer or a tokenizer.
+Shapes use B = batch, T = time (tokens), C = channels (n_embd), nh = heads, hs = head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHOICES = {
+    "attn": ("explicit", "sdpa"),
+    "pos": ("rope", "learned"),
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("swiglu", "gelu"),
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096  # tokenizer size; the embedding is padded up to a multiple of 64
+    block_size: int = 256  # longest context the model attends over
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: one K/V head per query head; fewer: grouped-query attention
+    n_embd: int = 256
+    mlp_hidden: int | None = None  # None: 4*C for GELU, ~8/3*C (multiple of 64) for SwiGLU
+    attn: str = "sdpa"  # explicit: the math written out; sdpa: torch's fused kernel
+    pos: str = "rope"  # rope: rotary embedding of q and k; learned: absolute position table
+    norm: str = "rmsnorm"
+    mlp: str = "swiglu"
+    bias: bool = False  # biases in Linear layers and LayerNorm (GPT-2 has them)
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for key in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.config.{key}={getattr(self, key)} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"model.config.n_head={self.n_head} must be divisible by model.config.n_kv_head={self.n_kv_head}"
+            )
+        if self.pos == "rope" and self.head_size % 2:
+            raise ValueError(f"rotary embedding needs an even head size, got {self.head_size}")
+        if self.mlp_hidden is None:
+            if self.mlp == "gelu":
+                self.mlp_hidden = 4 * self.n_embd
+            else:  # keeps SwiGLU's three matrices at the parameter count of GELU's two
+                self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return 64 * math.ceil(self.vocab_size / 64)  # matmuls run faster on multiples of 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without the mean subtraction or bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # the mean of squares in float32 even under autocast
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_cache(length: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, each (length, head_size // 2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + hs/2]) of x (B, nh, T, hs) by its position's angle.
+
+    cos and sin are (T, hs/2) or (B, 1, T, hs/2) when rows sit at different positions.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return rotated.type_as(x)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): each K/V head serves n_rep query heads."""
+    if n_rep == 1:
+        return x
+    B, n_kv, T, hs = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """softmax(Q Kᵀ / sqrt(hs) + causal mask) V, step by step. q (B, nh, T, hs); k, v (B, nh, S, hs).
+
+    dropout_p drops attention weights, as SDPA does."""
+    T, S = q.size(-2), k.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    if mask is None:  # query t sees keys 0..t (the last T of S keys are the queries' own)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores.float(), dim=-1).type_as(q)  # each row sums to 1
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v  # (B, nh, T, hs)
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention, with grouped-query K/V heads when n_kv_head < n_head."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
+        kv_size = 2 * config.n_kv_head * config.head_size
+        self.qkv = nn.Linear(config.n_embd, config.n_embd + kv_size, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.kv_cache: nn.Module | None = None  # attached by llm.sampler for decoding, never in training
+        self.impl = config.attn  # explicit or sdpa; the sampler may pick the other for its decode step
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([C, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv, S, hs): every position so far
+        rep = self.n_head // self.n_kv_head
+        k, v = repeat_kv(k, rep), repeat_kv(v, rep)  # (B, nh, S, hs)
+        dropout = self.dropout if self.training else 0.0
+        if self.impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+        else:
+            y = explicit_attention(q, k, v, mask, dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return F.dropout(self.proj(y), dropout, self.training)  # GPT-2's residual dropout, as after the MLP
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU (GPT-2) or SwiGLU (LLaMA)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        n_in = 2 * config.mlp_hidden if self.gated else config.mlp_hidden  # SwiGLU: gate and value in one matmul
+        self.fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        self.proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.gated:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = Attention(config)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, input_pos=None, mask=None):
+        x = x + self.attn(self.norm1(x), rope, input_pos, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
+        if config.pos == "rope":
+            cos, sin = rope_cache(config.block_size, config.head_size, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # Residual projections add into the stream 2 * n_layer times: scale them so it does not grow.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, padded_vocab_size).
+
+        input_pos: positions of idx, (T,) shared by the batch or (B, T) per row; default 0..T-1.
+        mask: boolean (B or 1, 1, T, S), True where a query may attend; default causal.
+        """
+        B, T = idx.shape
+        if input_pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+            input_pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(input_pos)
+        else:
+            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, hs/2) or (B, T, hs/2)
+            if input_pos.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs/2) broadcasts over heads
+            rope = (cos, sin)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, input_pos, mask)
+        return self.lm_head(self.norm(x))
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; the tied embedding counts once, position tables are left out by default."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L C T (PaLM, appendix B)."""
+        T = seq_len or self.config.block_size
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Decay matrices (embeddings, linear weights); never biases or norm gains.
+
+        Chosen by name, not by shape: under FSDP every parameter is a flat 1-D shard by the time the
+        optimizer is built."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            owner = name.rsplit(".", 2)[-2] if "." in name else ""  # norm1, norm2, norm (final) hold gains
+            (no_decay if name.endswith("bias") or owner.startswith("norm") else decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]

@@ -1,0 +1,62 @@
+"""Byte-level BPE trained on your own corpus with Hugging Face `tokenizers`.
+
+Byte-level means every string round-trips: the base alphabet is the 256 bytes, so nothing is ever
+unknown, and merges learned from the corpus make frequent byte sequences single tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOD = "<|endoftext|>"  # separates documents in the token stream
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Learn merges from texts until the vocabulary holds vocab_size tokens (or no pair repeats)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batched(texts), trainer=trainer)
+    return _text_is_text(tok)
+
+
+def _text_is_text(tok: Tokenizer) -> Tokenizer:
+    """The string "<|endoftext|>" inside a document or prompt is encoded as ordinary text: only the
+    data pipeline inserts the end-of-document token, by id. (Not saved in tokenizer.json: set on load.)"""
+    tok.encode_special_tokens = True
+    return tok
+
+
+def _batched(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def eod_id(tok: Tokenizer) -> int:
+    token_id = tok.token_to_id(EOD)
+    if token_id is None:
+        raise ValueError(f"tokenizer has no {EOD} token")
+    return token_id
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """From a tokenizer.json path, or from the JSON string a checkpoint carries."""
+    if isinstance(source, Path) or not source.lstrip().startswith("{"):
+        return _text_is_text(Tokenizer.from_file(str(source)))
+    return _text_is_text(Tokenizer.from_str(source))

@@ -1,0 +1,129 @@
+"""`python train.py [overrides]` (or `python -m llm.train` when installed): train a GPT on your documents.
+
+This module only composes: it builds the data, the model, the callbacks, the loggers and the trainer from
+the Hydra config, and calls fit. Every key is in conf/train.yaml and its groups (docs/configuration.md).
+
+Resuming: `python train.py ckpt_path=last` (or a run folder, or a .ckpt file) continues that run in its own
+folder with its own overrides; what you add on the command line applies on top (resume.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from llm.checkpoint import find_checkpoint
+from llm.config import config_dir, register_resolvers
+from llm.errors import ConfigError
+from llm.resume import check_resume, resume_argv, resume_logger_kwargs
+from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
+from llm.training.checks import check_trainer
+from llm.training.distributed import check_shared_run_dir, job_scope
+from llm.training.gpu_slots import claim_device
+from llm.training.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+# The DataModule, not the DataLoader, carries the position in the epoch: resuming mid-epoch is exact.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra's instantiate, with a ConfigError raised inside the target reported as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model the config describes; returns the final logged metrics."""
+    check_shared_run_dir()
+    os.environ.setdefault("WANDB_MODE", "offline")  # wandb never phones home unless you ask for it
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_trainer(cfg.trainer, cfg.optim)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
+    ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if ckpt_path is not None:
+        check_resume(ckpt_path, OmegaConf.create(resolved))  # before any data work
+    (out / "config.yaml").write_text(resolved)
+    log.info("config:\n%s", resolved)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build(cfg.data)
+    module = build(cfg.module)
+    module.run_config = resolved
+    callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
+    loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
+    n = module.net.num_params()
+    log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
+
+    gpu_slot = claim_device(torch.cuda.device_count()) if cfg.get("one_job_per_gpu") else nullcontext()
+    with gpu_slot as gpu, job_scope():  # job_scope: DDP ranks of a sweep job run that job only
+        devices = {"devices": [gpu]} if gpu is not None else {}
+        trainer: L.Trainer = build(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision, **devices
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    last = last_checkpoint_path(trainer)
+    if trainer.is_global_zero and last:
+        print(f"checkpoint: {last}")
+        best = trainer.checkpoint_callback
+        if best is not None and best.best_model_path and best.best_model_score is not None:
+            print(f"best ({best.monitor}={float(best.best_model_score):.4f}): {best.best_model_path}")
+        print(f"generate:   python infer.py ckpt_path={last} 'prompt=\"def \"'")
+        print(f"resume:     python train.py ckpt_path={Path(last).parent.parent} trainer.max_steps=N")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        metrics = train(cfg)
+    except ConfigError as e:
+        log.error("%s", e)
+        if multirun:
+            raise  # a failed job: the sweep goes on and reports it at the end
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        if multirun:
+            raise
+        sys.exit(1)
+    return metrics.get("val/loss")  # what a sweeper minimises
+
+
+def main() -> None:
+    register_resolvers()
+    try:
+        sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The LightningModule: owns the loss, the metrics, the optimizer and the schedule; the network is injected."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from llm.model import GPT
+from llm.training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 100  # optimizer steps
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "beta1": (0 <= self.beta1 < 1, "in [0, 1)"),
+            "beta2": (0 <= self.beta2 < 1, "in [0, 1)"),
+            "eps": (self.eps > 0, "> 0"),
+            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+            "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+        }
+        for key, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"optim.{key}={getattr(self, key)} must be {rule}")
+
+
+class Perplexity(MeanMetric):
+    """exp of the token-weighted mean cross-entropy, summed across batches and ranks by torchmetrics."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().exp()
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every token of (B, T, V) logits, in float32 whatever their dtype."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+class LitGPT(L.LightningModule):
+    def __init__(
+        self, net: GPT, optim: dict | OptimConfig | None = None, compile: bool | str = "auto", seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.seed = seed
+        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        self.compile = compile
+        self.val_loss = MeanMetric()
+        self.val_ppl = Perplexity()
+        self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
+        self._cross_entropy = token_cross_entropy
+
+    def configure_model(self) -> None:
+        use = self.device.type == "cuda" if self.compile == "auto" else bool(self.compile)
+        if use:
+            self.net.compile()  # in place: parameter names and checkpoints stay those of the plain module
+            # Compiled, the upcast to float32 happens inside the fused softmax: the float32 copy of the
+            # whole logits (B*T*V*4 bytes, 3.3 GB for GPT-2 at 16 x 1024) is never written.
+            self._cross_entropy = torch.compile(token_cross_entropy)
+
+    def on_fit_start(self) -> None:
+        o = self.optim  # one line per rank: shows that every rank of a job trains the same hyperparameters
+        log.info(
+            "rank %d/%d: optim.lr=%g weight_decay=%g", self.global_rank, self.trainer.world_size, o.lr, o.weight_decay
+        )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._cross_entropy(logits, targets)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Counter-based randomness: dropout in each micro-batch draws from a seed made of (seed, rank,
+        # step, batch), all of which the checkpoint restores, so a resumed run repeats the same draws.
+        # A saved generator state would not: loaders and validation also draw from the global RNG.
+        if self.net.config.dropout > 0:  # nothing else in a training step draws random numbers
+            step = self.trainer.global_step
+            torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.net(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        loss = self.loss(self.net(x), y)
+        self.val_loss.update(loss, weight=y.numel())
+        self.val_ppl.update(loss, weight=y.numel())
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/ppl", self.val_ppl)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("lr", optimizer.param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        o = self.optim
+        fused = self.device.type == "cuda"  # one kernel for the whole update where the device has it
+        opt = torch.optim.AdamW(
+            self.net.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=o.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer."""
+        trainer = self._trainer  # None when loaded outside a Trainer (LitGPT.load_from_checkpoint)
+        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is not None and "tokenizer" in checkpoint and checkpoint["tokenizer"] != tokenizer.to_str():
+            raise ValueError(
+                "the checkpoint's tokenizer differs from the one built for this corpus (data.paths or the documents "
+                "changed since it was saved): its embeddings would read other token ids. Resume on the same "
+                "corpus, or start a new run"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config."""
+        checkpoint["model_config"] = self.net.config.to_dict()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
