@@ -268,17 +268,28 @@ def test_attention_prose_numbers_match_the_example() -> None:
     assert r(ex["weights_1"][1, :2]) == [0.5, 0.5] and "splits its attention evenly" in doc
 
 
-def test_plots_from_a_run_folder(tmp_path: Path) -> None:
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+@pytest.mark.parametrize("bpb", [True, False], ids=["with-val-bpb", "old-run-without-bpb"])
+def test_plots_from_a_run_folder(tmp_path: Path, bpb: bool) -> None:
     """python -m tools.plots RUN_DIR writes every figure with its caption, from the files a run leaves."""
     pytest.importorskip("matplotlib")
     from tools import plots
 
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)
-    rows = ["epoch,lr,step,train/loss,train/tokens_per_sec,val/loss,val/ppl"]
-    rows += [f"0,{1e-3 * s / 40},{s},{6 - s / 20},{1000 + s},," for s in range(9, 40, 10)]
-    rows += ["0,,39,,,5.5,244.7"]
-    (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    header = "epoch,lr,step,train/loss,train/tokens_per_sec,val/loss,val/ppl"
+    rows = [f"0,{1e-3 * s / 40},{s},{6 - s / 20},{1000 + s},," for s in range(9, 40, 10)]
+    last = "0,,39,,,5.5,244.7"
+    if bpb:
+        header += ",val/bpb"
+        rows = [row + "," for row in rows]
+        last += ",2.1"
+    (run / "csv" / "metrics.csv").write_text("\n".join([header, *rows, last]) + "\n")
     cfg = _write_checkpoint(run / "checkpoints" / "last.ckpt")
     run_config = {
         "task_name": "t",
@@ -292,3 +303,6 @@ def test_plots_from_a_run_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths) == ["t-attention.png", "t-loss.png", "t-lr.png", "t-throughput.png"]
     caption = (out / "t-loss.txt").read_text()
     assert "40 steps x 128 tokens" in caption and "test CPU" in caption and "2 layers x 16" in caption
+    assert ("bits per byte" in caption) == bpb
+    width, height = _png_size(out / "t-loss.png")
+    assert width == 700 and height == (600 if bpb else 400)  # a second panel for val/bpb

@@ -3,8 +3,9 @@
     python -m tools.plots RUN_DIR [--out docs/images] [--name NAME] [--hardware "..."]
 
 Reads RUN_DIR/csv/metrics.csv, RUN_DIR/config.yaml, RUN_DIR/train.log and RUN_DIR/checkpoints/last.ckpt;
-writes NAME-loss.png, NAME-lr.png, NAME-throughput.png and NAME-attention.png, each with a caption
-(corpus, preset, steps, hardware) in its title and in NAME-*.txt beside it.
+writes NAME-loss.png (with a bits-per-byte panel when the run logged val/bpb), NAME-lr.png,
+NAME-throughput.png and NAME-attention.png, each with a caption (corpus, preset, steps, hardware) in its
+title and in NAME-*.txt beside it.
 """
 
 from __future__ import annotations
@@ -163,18 +164,36 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def plot_loss(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    """Loss per token; below it val/bpb (bits per byte) when the run logged it."""
+    bpb = "val/bpb" in series
+    if bpb:
+        fig, (ax, ax_bpb) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for key, style in (("train/loss", {"alpha": 0.8, "lw": 1}), ("val/loss", {"marker": "o", "lw": 2})):
         if key in series:
             steps, values = zip(*series[key], strict=True)
             ax.plot(steps, values, label=key, **style)
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)")
+    ax.set(ylabel="cross-entropy (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
     if "val/ppl" in series:
         step, ppl = series["val/ppl"][-1]
         ax.annotate(f"val/ppl {ppl:.1f} at step {step}", xy=(0.98, 0.9), xycoords="axes fraction", ha="right")
-    return _save(fig, out, f"{name}-loss", "Training and validation loss", info)
+    what = "Training and validation loss"
+    if bpb:
+        steps, values = zip(*series["val/bpb"], strict=True)
+        ax_bpb.plot(steps, values, label="val/bpb", marker="o", lw=2, color="C2")
+        ax_bpb.set(ylabel="bits per byte")
+        ax_bpb.grid(alpha=0.3)
+        ax_bpb.legend()
+        ax_bpb.annotate(
+            f"val/bpb {values[-1]:.3f} at step {steps[-1]}", xy=(0.98, 0.9), xycoords="axes fraction", ha="right"
+        )
+        what += "; validation bits per byte (comparable across tokenizers)"
+        ax = ax_bpb
+    ax.set(xlabel="optimizer step")
+    return _save(fig, out, f"{name}-loss", what, info)
 
 
 def plot_lr(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
