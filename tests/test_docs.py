@@ -266,6 +266,9 @@ def test_attention_prose_numbers_match_the_example() -> None:
     assert r(ex["weights_0"][1, :2]) == [0.25, 0.75] and "= 0.25 and 0.75" in doc
     assert r(ex["weights_0"][2]) == [0.57, 0.24, 0.19] and "57 %" in doc and "24 %" in doc and "19 %" in doc
     assert r(ex["weights_1"][1, :2]) == [0.5, 0.5] and "splits its attention evenly" in doc
+    assert r(ex["out_0"][2]) == [0.25, -0.40]
+    by_hand = attention.weighted_sum_by_hand(h=0, query=2)
+    assert by_hand.endswith("= [0.25, −0.40]") and by_hand in doc
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from llm.config import model_preset
 from llm.model import Attention, GPTConfig, explicit_attention, repeat_kv
-from tools.docs_examples.printing import PRESETS, labels, matrix, numbers, rounded, table, text
+from tools.docs_examples.printing import PRESETS, labels, matrix, number, numbers, rounded, table, text
 
 TOKENS = ["Hello", " World", "!"]
 TOKEN_LABELS = [repr(t) for t in TOKENS]
@@ -146,6 +146,16 @@ def render_gqa() -> str:
     )
     repeat = "repeat_kv(K, 2): one K/V head (B, 1, T, 2) serves both query heads (B, 2, T, 2)\n" + heads
     return table(header, rows) + "\n\n" + text(shapes, repeat)
+
+
+def weighted_sum_by_hand(h: int = 0, query: int = 2) -> str:
+    """The prose's Step 5 line: out_h[query] as weights times values, from the printed (rounded) numbers."""
+    ex = attention_example()
+    hs = attention_config().head_size
+    weights = ex[f"weights_{h}"][query, : query + 1]
+    values = ex["V"][: query + 1, h * hs : (h + 1) * hs]
+    terms = " + ".join(f"{number(float(w), 2)} × [{numbers(v, 2)}]" for w, v in zip(weights, values, strict=True))
+    return f"{terms} = [{numbers(ex[f'out_{h}'][query], 2)}]".replace("-", "−")
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
