@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
@@ -75,9 +76,27 @@ def test_relative_links_and_images_resolve() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            if path.parent == DOCS and target in ("generation.md", "data.md", "scaling.md", "benchmarks.md"):
-                continue  # written alongside; linked before they land
             assert (path.parent / target).exists(), f"{path.name} links {target}, which does not exist"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth of the file (imports on use included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_package_never_imports_docs_tooling() -> None:
+    """tools/ imports llm; llm imports neither tools nor the plotting library (wandb heatmaps are arrays)."""
+    for path in sorted((ROOT / "llm").rglob("*.py")):
+        imported = _imported_modules(path)
+        bad = sorted(m for m in imported if m.split(".")[0] in ("tools", "matplotlib"))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    assert "llm.model" in _imported_modules(ROOT / "tools" / "docs_examples" / "attention.py")
 
 
 # ---------------------------------------------------------------------------------------------- key facts
