@@ -28,13 +28,13 @@ test: install
 	$(PY) -m pytest -q $(ARGS)
 
 lint: install
-	$(PY) -m ruff check llm tests train.py infer.py bench
+	$(PY) -m ruff check llm tools tests train.py infer.py bench
 
 # make plots RUN=outputs/train/<timestamp> — the figures in docs/images from one run (ARGS: --name, --out)
 .PHONY: plots
 plots: install
 	@test -n "$(RUN)" || { echo "usage: make plots RUN=outputs/<task>/<timestamp> [ARGS='--name NAME']"; exit 2; }
-	$(PY) -m llm.plots $(RUN) $(ARGS)
+	$(PY) -m tools.plots $(RUN) $(ARGS)
 
 clean:
 	rm -rf outputs multirun .cache/llm

@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--no-cache-tokens", type=int, default=None, help="new tokens without cache (default: same)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the fastest counts")
     parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--plot", metavar="NAME", help="also draw the table as docs/images/NAME.png (llm.plots)")
+    parser.add_argument("--plot", metavar="NAME", help="also draw the table as docs/images/NAME.png (tools.plots)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -153,7 +153,7 @@ def main() -> None:
                     out.append(f"batch {batch}: {ours_name} / {other} = {ratio:.1f}x{note}")
     sys.stdout.write("\n".join(out) + "\n")
     if args.plot:
-        from llm.plots import plot_bench
+        from tools.plots import plot_bench
 
         where = (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
@@ -14,16 +15,26 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from llm import explain
+from llm.config import model_preset
 from llm.model import GPT, GPTConfig
+from tools import explain
+from tools.docs_examples import attention, embeddings, layers, training
+from tools.docs_examples.tokenization import TOKENIZER_TEXT
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 DOC_FILES = sorted(DOCS.glob("*.md"))
 PLACEHOLDER_RE = re.compile(r"""["'][^"'\n]*<[A-Za-z_][\w-]*>[^"'\n]*["']""")  # "outputs/<run>/last.ckpt"
 SNIPPET_RE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.M | re.S)
-REQUIRED = ["attention.md", "embeddings.md", "tokenization.md", "layers.md", "training.md", "architecture.md",
-            "configuration.md"]  # fmt: skip
+REQUIRED = [
+    "attention.md",
+    "embeddings.md",
+    "tokenization.md",
+    "layers.md",
+    "training.md",
+    "architecture.md",
+    "configuration.md",
+]
 LINKED = [*REQUIRED, "generation.md", "data.md", "scaling.md"]
 
 
@@ -38,11 +49,11 @@ def _block_cases() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("doc", "name", "body"), _block_cases(), ids=lambda v: v if len(v) < 40 else "")
 def test_worked_example_matches_code(doc: str, name: str, body: str, rendered: dict[str, str]) -> None:
-    """Each <!-- explain:NAME --> block is exactly what `python -m llm.explain NAME` prints."""
+    """Each <!-- explain:NAME --> block is exactly what `python -m tools.explain NAME` prints."""
     if name not in rendered:
         rendered[name] = explain.BLOCKS[name]()
     assert body == rendered[name] + "\n", (
-        f"docs/{doc}: block {name!r} differs from the code; run `python -m llm.explain --write` "
+        f"docs/{doc}: block {name!r} differs from the code; run `python -m tools.explain --write` "
         "after checking that the change is intended"
     )
 
@@ -65,9 +76,27 @@ def test_relative_links_and_images_resolve() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            if path.parent == DOCS and target in ("generation.md", "data.md", "scaling.md", "benchmarks.md"):
-                continue  # written alongside; linked before they land
             assert (path.parent / target).exists(), f"{path.name} links {target}, which does not exist"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth of the file (imports on use included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_package_never_imports_docs_tooling() -> None:
+    """tools/ imports llm; llm imports neither tools nor the plotting library (wandb heatmaps are arrays)."""
+    for path in sorted((ROOT / "llm").rglob("*.py")):
+        imported = _imported_modules(path)
+        bad = sorted(m for m in imported if m.split(".")[0] in ("tools", "matplotlib"))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    assert "llm.model" in _imported_modules(ROOT / "tools" / "docs_examples" / "attention.py")
 
 
 # ---------------------------------------------------------------------------------------------- key facts
@@ -79,32 +108,35 @@ def test_softmax_of_two_scores() -> None:
 
 
 def test_attention_example_is_causal_and_normalised() -> None:
-    ex = explain.attention_example()
+    ex = attention.attention_example()
     for h in range(2):
         w = ex[f"weights_{h}"]
         torch.testing.assert_close(w.sum(-1), torch.ones(3))
         assert torch.all(w.triu(diagonal=1) == 0), "a token attends to a later token"
         assert w[0, 0] == 1.0  # the first token can only look at itself
     # grouped-query: two query heads read the one K/V head
-    gqa = explain.attention_example(n_kv_head=1)
+    gqa = attention.attention_example(n_kv_head=1)
     assert gqa["K"].shape == (3, 2) and gqa["Q"].shape == (3, 4)
 
 
 def test_attention_maps_of_a_model_are_its_attention() -> None:
+    """The heatmaps (tools.plots, wandb_extras) come from GPT.attention_weights: causal, normalised, per layer."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)).eval()
-    maps = explain.attention_maps(model, torch.randint(0, 64, (1, 6)))
-    assert len(maps) == 2 and maps[0].shape == (2, 6, 6)
+    model = GPT(model_preset("tiny", vocab_size=64, block_size=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)).eval()
+    with torch.no_grad():
+        maps = model.attention_weights(torch.randint(0, 64, (1, 6)))
+    assert len(maps) == 2 and maps[0].shape == (1, 2, 6, 6)
     for w in maps:
-        torch.testing.assert_close(w.sum(-1), torch.ones(2, 6))
+        torch.testing.assert_close(w.sum(-1), torch.ones(1, 2, 6))
         assert torch.all(w.triu(diagonal=1) == 0)
+        torch.testing.assert_close(w[..., 0, :], torch.eye(6)[0].expand(1, 2, 6))  # the first token sees itself only
 
 
 def test_norm_and_rope_facts() -> None:
-    out = explain.render_norm()
+    out = layers.render_norm()
     assert "0.3651, 0.7303, 1.0954, 1.4606" in out  # [1,2,3,4] / sqrt(7.5)
     assert "-1.3416, -0.4472, 0.4472, 1.3416" in out  # ([1,2,3,4] - 2.5) / sqrt(1.25)
-    rows = [r for r in explain.render_rope().splitlines() if r.startswith("| ") and r[2].isdigit()]
+    rows = [r for r in embeddings.render_rope().splitlines() if r.startswith("| ") and r[2].isdigit()]
     by_offset: dict[str, set[str]] = {}
     for r in rows:
         m, n, d, score = (c.strip() for c in r.strip("|").split("|"))
@@ -113,7 +145,7 @@ def test_norm_and_rope_facts() -> None:
 
 
 def test_initial_loss_is_log_vocab() -> None:
-    assert f"| `tiny` | 2,048 | {math.log(2048):.3f} |" in explain.render_loss()
+    assert f"| `tiny` | 2,048 | {math.log(2048):.3f} |" in training.render_loss()
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -205,8 +237,14 @@ def snippet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("doc", "index", "code"), _snippets(), ids=lambda v: str(v) if not isinstance(v, str) or
-                         len(v) < 40 else "")  # fmt: skip
+def _snippet_id(value: object) -> str:
+    """Test ids show the doc and block index, not the code."""
+    if isinstance(value, str) and len(value) >= 40:
+        return ""
+    return str(value)
+
+
+@pytest.mark.parametrize(("doc", "index", "code"), _snippets(), ids=_snippet_id)
 def test_python_snippet_runs(
     doc: str, index: int, code: str, snippet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,8 +264,9 @@ def _write_checkpoint(path: Path, cfg: GPTConfig | None = None) -> GPTConfig:
     """A checkpoint as train.py writes it (weights under net., model_config, tokenizer), untrained."""
     from llm.tokenizer import train_tokenizer
 
-    cfg = cfg or GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
-    tok = train_tokenizer([explain.TOKENIZER_TEXT], vocab_size=cfg.vocab_size)
+    if cfg is None:
+        cfg = model_preset("tiny", vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
+    tok = train_tokenizer([TOKENIZER_TEXT], vocab_size=cfg.vocab_size)
     torch.manual_seed(0)
     state = {f"net.{k}": v for k, v in GPT(cfg).state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +277,7 @@ def _write_checkpoint(path: Path, cfg: GPTConfig | None = None) -> GPTConfig:
 def test_attention_prose_numbers_match_the_example() -> None:
     """The hand calculations written in docs/attention.md's prose, recomputed."""
     doc = (DOCS / "attention.md").read_text()
-    ex = explain.attention_example()
+    ex = attention.attention_example()
     r = lambda t: [round(float(v), 2) for v in t.flatten()]  # noqa: E731
     x, wq = ex["x"][0], ex["W_q"][0]
     assert r(x @ wq) == [-0.26] and "= −0.26." in doc
@@ -246,25 +285,46 @@ def test_attention_prose_numbers_match_the_example() -> None:
     assert r(ex["weights_0"][1, :2]) == [0.25, 0.75] and "= 0.25 and 0.75" in doc
     assert r(ex["weights_0"][2]) == [0.57, 0.24, 0.19] and "57 %" in doc and "24 %" in doc and "19 %" in doc
     assert r(ex["weights_1"][1, :2]) == [0.5, 0.5] and "splits its attention evenly" in doc
+    assert r(ex["out_0"][2]) == [0.25, -0.40]
+    by_hand = attention.weighted_sum_by_hand(h=0, query=2)
+    assert by_hand.endswith("= [0.25, −0.40]") and by_hand in doc
 
 
-def test_plots_from_a_run_folder(tmp_path: Path) -> None:
-    """python -m llm.plots RUN_DIR writes every figure with its caption, from the files a run leaves."""
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+@pytest.mark.parametrize("bpb", [True, False], ids=["with-val-bpb", "old-run-without-bpb"])
+def test_plots_from_a_run_folder(tmp_path: Path, bpb: bool) -> None:
+    """python -m tools.plots RUN_DIR writes every figure with its caption, from the files a run leaves."""
     pytest.importorskip("matplotlib")
-    from llm import plots
+    from tools import plots
 
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)
-    rows = ["epoch,lr,step,train/loss,train/tokens_per_sec,val/loss,val/ppl"]
-    rows += [f"0,{1e-3 * s / 40},{s},{6 - s / 20},{1000 + s},," for s in range(9, 40, 10)]
-    rows += ["0,,39,,,5.5,244.7"]
-    (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    header = "epoch,lr,step,train/loss,train/tokens_per_sec,val/loss,val/ppl"
+    rows = [f"0,{1e-3 * s / 40},{s},{6 - s / 20},{1000 + s},," for s in range(9, 40, 10)]
+    last = "0,,39,,,5.5,244.7"
+    if bpb:
+        header += ",val/bpb"
+        rows = [row + "," for row in rows]
+        last += ",2.1"
+    (run / "csv" / "metrics.csv").write_text("\n".join([header, *rows, last]) + "\n")
     cfg = _write_checkpoint(run / "checkpoints" / "last.ckpt")
-    OmegaConf.save({"task_name": "t", "data": {"paths": [str(tmp_path)], "batch_size": 2},
-                    "model": {"config": cfg.to_dict()}, "trainer": {"accumulate_grad_batches": 1}},
-                   run / "config.yaml")  # fmt: skip
+    run_config = {
+        "task_name": "t",
+        "data": {"paths": [str(tmp_path)], "batch_size": 2},
+        "model": {"config": cfg.to_dict()},
+        "trainer": {"accumulate_grad_batches": 1},
+    }
+    OmegaConf.save(run_config, run / "config.yaml")
     out = tmp_path / "images"
     paths = plots.plot_run(run, out, hw="test CPU")
     assert sorted(p.name for p in paths) == ["t-attention.png", "t-loss.png", "t-lr.png", "t-throughput.png"]
     caption = (out / "t-loss.txt").read_text()
     assert "40 steps x 128 tokens" in caption and "test CPU" in caption and "2 layers x 16" in caption
+    assert ("bits per byte" in caption) == bpb
+    width, height = _png_size(out / "t-loss.png")
+    assert width == 700 and height == (600 if bpb else 400)  # a second panel for val/bpb

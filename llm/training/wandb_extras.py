@@ -42,7 +42,8 @@ class WandbExtras(L.Callback):
         attention_text: str = "def add(a, b):\n    return a + b\n",
     ) -> None:
         self.every_n_steps = every("every_n_steps", every_n_steps)
-        self.prompts, self.max_new_tokens = list(prompts), max_new_tokens
+        self.prompts = list(prompts)
+        self.max_new_tokens = max_new_tokens
         self.attention_text = attention_text
         self._rows: list[list] = []
         self._last_step = -1
@@ -67,13 +68,13 @@ class WandbExtras(L.Callback):
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps or not trainer.is_global_zero:
             return
-        logger, tokenizer = _wandb(trainer), getattr(trainer.datamodule, "tokenizer", None)
+        logger = _wandb(trainer)
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         if logger is None or tokenizer is None:
             return
         self._last_step = step
         import wandb
 
-        from llm.explain import attention_maps
         from llm.sampler import generate
 
         net = pl_module.net
@@ -85,7 +86,7 @@ class WandbExtras(L.Callback):
                 ids = torch.tensor(
                     [tokenizer.encode(self.attention_text).ids[: net.config.block_size]], device=pl_module.device
                 )
-                maps = attention_maps(net, ids)
+                maps = [w[0] for w in net.attention_weights(ids)]  # (n_head, T, T) per layer
         finally:
             net.train(was_training)
         self._rows += [[step, p, g.text] for p, g in zip(self.prompts, texts, strict=True)]

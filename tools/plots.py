@@ -1,10 +1,11 @@
 """Figures from a training run: loss, learning rate, throughput, attention heatmaps.
 
-    python -m llm.plots RUN_DIR [--out docs/images] [--name NAME] [--hardware "..."]
+    python -m tools.plots RUN_DIR [--out docs/images] [--name NAME] [--hardware "..."]
 
 Reads RUN_DIR/csv/metrics.csv, RUN_DIR/config.yaml, RUN_DIR/train.log and RUN_DIR/checkpoints/last.ckpt;
-writes NAME-loss.png, NAME-lr.png, NAME-throughput.png and NAME-attention.png, each with a caption
-(corpus, preset, steps, hardware) in its title and in NAME-*.txt beside it.
+writes NAME-loss.png (with a bits-per-byte panel when the run logged val/bpb), NAME-lr.png,
+NAME-throughput.png and NAME-attention.png, each with a caption (corpus, preset, steps, hardware) in its
+title and in NAME-*.txt beside it.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from llm.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
-from llm.config import REPO_ROOT  # noqa: E402
-from llm.data.ingest import DEFAULT_EXCLUDE  # noqa: E402
-from llm.explain import attention_maps  # noqa: E402
+from llm.data.discover import DEFAULT_EXCLUDE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "docs" / "images"
 ATTENTION_TEXT = "def hello(name):\n    return 'Hello ' + name\n"
 DPI = 100
@@ -100,7 +100,8 @@ def describe(run_dir: str | Path, series: dict, hw: str | None = None) -> dict[s
     if meta:
         corpus += f", {meta['train_tokens']:,} training tokens"
     m = cfg.model.config
-    preset = f"{_preset_name(m)} preset, " if _preset_name(m) else ""
+    preset_name = _preset_name(m)
+    preset = f"{preset_name} preset, " if preset_name else ""
     preset += f"{m.n_layer} layers x {m.n_embd}, {m.n_head} heads ({m.n_kv_head} K/V), context {m.block_size}"
     steps = max((s for v in series.values() for s, _ in v), default=-1) + 1  # logged steps count from 0
     batch = cfg.data.batch_size * m.block_size * cfg.trainer.accumulate_grad_batches
@@ -150,7 +151,9 @@ def _save(fig, out: Path, name: str, what: str, info: dict[str, str]) -> Path:
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
+    """Caption parts ("a | b | c") joined into lines of at most `width` characters, breaking only at " | "."""
+    lines: list[str] = []
+    line = ""
     for part in text.split(" | "):
         if line and len(line) + len(part) + 3 > width:
             lines.append(line)
@@ -161,18 +164,36 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def plot_loss(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    """Loss per token; below it val/bpb (bits per byte) when the run logged it."""
+    bpb = "val/bpb" in series
+    if bpb:
+        fig, (ax, ax_bpb) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for key, style in (("train/loss", {"alpha": 0.8, "lw": 1}), ("val/loss", {"marker": "o", "lw": 2})):
         if key in series:
             steps, values = zip(*series[key], strict=True)
             ax.plot(steps, values, label=key, **style)
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)")
+    ax.set(ylabel="cross-entropy (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
     if "val/ppl" in series:
         step, ppl = series["val/ppl"][-1]
         ax.annotate(f"val/ppl {ppl:.1f} at step {step}", xy=(0.98, 0.9), xycoords="axes fraction", ha="right")
-    return _save(fig, out, f"{name}-loss", "Training and validation loss", info)
+    what = "Training and validation loss"
+    if bpb:
+        steps, values = zip(*series["val/bpb"], strict=True)
+        ax_bpb.plot(steps, values, label="val/bpb", marker="o", lw=2, color="C2")
+        ax_bpb.set(ylabel="bits per byte")
+        ax_bpb.grid(alpha=0.3)
+        ax_bpb.legend()
+        ax_bpb.annotate(
+            f"val/bpb {values[-1]:.3f} at step {steps[-1]}", xy=(0.98, 0.9), xycoords="axes fraction", ha="right"
+        )
+        what += "; validation bits per byte (comparable across tokenizers)"
+        ax = ax_bpb
+    ax.set(xlabel="optimizer step")
+    return _save(fig, out, f"{name}-loss", what, info)
 
 
 def plot_lr(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
@@ -194,14 +215,21 @@ def plot_throughput(series: dict, out: Path, name: str, info: dict[str, str]) ->
     return _save(fig, out, f"{name}-throughput", "Throughput (train/tokens_per_sec)", info)
 
 
-def plot_attention(ckpt: str | Path, out: Path, name: str, info: dict[str, str], text: str = ATTENTION_TEXT,
-                   max_heads: int = 4) -> Path:  # fmt: skip
+def plot_attention(
+    ckpt: str | Path,
+    out: Path,
+    name: str,
+    info: dict[str, str],
+    text: str = ATTENTION_TEXT,
+    max_heads: int = 4,
+) -> Path:
     """Heatmaps of the first and last layer's heads on a short text (row: query token, column: key)."""
     model, tok, _ = load_checkpoint(ckpt)
     enc = tok.encode(text)
     ids = enc.ids[: model.config.block_size]
     labels = [t.replace("Ġ", "·").replace("Ċ", "\\n") for t in enc.tokens[: len(ids)]]
-    maps = attention_maps(model, torch.tensor([ids]))
+    with torch.no_grad():
+        maps = [w[0].float().cpu() for w in model.attention_weights(torch.tensor([ids]))]  # (n_head, T, T) each
     layers = sorted({0, len(maps) - 1})
     heads = min(max_heads, model.config.n_head)
     size = max(2.6, 0.22 * len(ids))
@@ -218,10 +246,15 @@ def plot_attention(ckpt: str | Path, out: Path, name: str, info: dict[str, str],
     return _save(fig, out, f"{name}-attention", what, info)
 
 
-def plot_run(run_dir: str | Path, out: str | Path = DEFAULT_OUT, name: str | None = None,
-             hw: str | None = None) -> list[Path]:  # fmt: skip
+def plot_run(
+    run_dir: str | Path,
+    out: str | Path = DEFAULT_OUT,
+    name: str | None = None,
+    hw: str | None = None,
+) -> list[Path]:
     """Every figure for one run; returns the PNG paths."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     series = read_metrics(run_dir)
     info = describe(run_dir, series, hw)
@@ -240,8 +273,12 @@ def plot_run(run_dir: str | Path, out: str | Path = DEFAULT_OUT, name: str | Non
     return paths
 
 
-def plot_bench(results: Sequence[dict], out: str | Path = DEFAULT_OUT, name: str = "kv-cache",
-               title: str = "") -> Path:  # fmt: skip
+def plot_bench(
+    results: Sequence[dict],
+    out: str | Path = DEFAULT_OUT,
+    name: str = "kv-cache",
+    title: str = "",
+) -> Path:
     """Hook for benchmark scripts: rows of {"label", "tokens_per_sec"} as a bar chart."""
     fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
     bars = ax.barh([r["label"] for r in results], [r["tokens_per_sec"] for r in results])
@@ -257,7 +294,7 @@ def plot_bench(results: Sequence[dict], out: str | Path = DEFAULT_OUT, name: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llm.plots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.plots", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a training run folder, e.g. outputs/train/2026-01-01_12-00-00")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where the PNGs go (default: docs/images)")
     parser.add_argument("--name", help="file name prefix (default: the run's task_name)")

@@ -1,0 +1,141 @@
+"""docs/training.md: the loss, the learning-rate schedule, gradient accumulation and number formats."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from llm.config import model_preset
+from llm.model import GPT
+from llm.training.precision import resolve_precision
+from llm.training.schedule import warmup_cosine
+from tools.docs_examples.printing import PRESETS, number, numbers, table, text
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def train_defaults() -> dict:
+    """optim, trainer and data defaults from conf/ (no Hydra needed)."""
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    trainer = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
+    data = OmegaConf.load(CONF_DIR / "data" / "default.yaml")
+    return {
+        "optim": dict(train.optim),
+        "max_steps": int(trainer.max_steps),
+        "accumulate": int(trainer.accumulate_grad_batches),
+        "batch_size": int(data.batch_size),
+    }
+
+
+def render_loss() -> str:
+    from llm.training.module import LitGPT  # Lightning is heavy: import on use
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[[2.0, 1.0, 0.1, -1.0]]])  # (B=1, T=1, vocab=4)
+    p = F.softmax(logits[0, 0], dim=-1)
+    lit = LitGPT(GPT(model_preset("tiny", vocab_size=4, block_size=4, n_layer=1, n_head=1, n_kv_head=1, n_embd=8)))
+    rows = []
+    for target in (0, 1, 3):
+        loss = float(lit.loss(logits, torch.tensor([[target]])))
+        rows.append([target, number(float(p[target]), 3), number(loss, 3), number(math.exp(loss), 2)])
+    init = []
+    for name in PRESETS:
+        c = model_preset(name)
+        u = float(lit.loss(torch.zeros(1, 1, c.padded_vocab_size), torch.tensor([[0]])))
+        init.append([f"`{name}`", f"{c.padded_vocab_size:,}", number(u, 3), f"{math.exp(u):,.0f}"])
+    return "\n\n".join(
+        [
+            f"Logits `[2.0, 1.0, 0.1, -1.0]` over a 4-token vocabulary; softmax gives probabilities {numbers(p, 3)}:",
+            table(["target", "p(target)", "loss = −ln p", "perplexity = e^loss"], rows),
+            "A model that knows nothing gives every token the same logit; its loss is ln(vocabulary):",
+            table(["preset", "logits per position", "loss", "perplexity"], init),
+        ]
+    )
+
+
+def render_schedule() -> str:
+    d = train_defaults()
+    o = d["optim"]
+    total = d["max_steps"]
+    w = o["warmup_steps"]
+    # through the warmup, along the cosine, and its end
+    steps = sorted({0, w // 5, w // 2, w - 1, w, *(w + (total - w) * k // 4 for k in (1, 2, 3)), total - 1, total})
+    rows = []
+    for step in steps:
+        m = warmup_cosine(step, w, total, o["min_lr_ratio"])
+        rows.append([step, number(m, 4), f"{m * o['lr']:.2e}"])
+    call = (
+        f"`warmup_cosine(step, warmup_steps={w}, total_steps={total}, "
+        f"min_lr_ratio={o['min_lr_ratio']})` times `optim.lr={o['lr']}`:"
+    )
+    return call + "\n\n" + table(["optimizer step", "multiplier", "lr"], rows)
+
+
+def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:
+    """Gradient of one batch of 8 vs `micro` accumulated micro-batches, each loss divided by `micro`."""
+    from llm.training.module import LitGPT
+
+    torch.manual_seed(seed)
+    lit = LitGPT(GPT(model_preset("tiny", vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)))
+    x = torch.randint(0, 64, (8, 8))
+    y = torch.randint(0, 64, (8, 8))
+    lit.loss(lit(x), y).backward()
+    full = [p.grad.clone() for p in lit.parameters()]
+    lit.zero_grad()
+    for xs, ys in zip(x.chunk(micro), y.chunk(micro), strict=True):
+        (lit.loss(lit(xs), ys) / micro).backward()  # what Trainer(accumulate_grad_batches=micro) does
+    diff = max(float((a - p.grad).abs().max()) for a, p in zip(full, lit.parameters(), strict=True))
+    scale = max(float(a.abs().max()) for a in full)
+    return {"max_abs_diff": diff, "max_abs_grad": scale}
+
+
+def render_accumulation() -> str:
+    d = train_defaults()
+    ex = accumulation_example()
+    same = ex["max_abs_diff"] < 1e-6 * max(1.0, ex["max_abs_grad"])
+    runs = (
+        ("tiny (default)", d["batch_size"], model_preset("tiny").block_size),
+        ("stdlib-small", 32, model_preset("small").block_size),
+    )
+    rows = []
+    for name, batch, block in runs:
+        for accum in (1, 4):
+            rows.append([name, batch, block, accum, f"{batch * block * accum:,}"])
+    header = ["run", "data.batch_size", "block_size", "accumulate_grad_batches", "tokens per optimizer step"]
+    check = f"one batch of 8 vs 4 micro-batches of 2 (loss / 4 each): same gradient to 1e-6: {str(same).lower()}"
+    return table(header, rows) + "\n\n" + text(check)
+
+
+def render_precision() -> str:
+    rows = []
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        fi = torch.finfo(dt)
+        name = str(dt).removeprefix("torch.")
+        rows.append([f"`{name}`", fi.bits, f"{fi.max:.3g}", f"{fi.tiny:.3g}", f"{fi.eps:.3g}"])
+    g = torch.tensor(1e-8)
+    scale = 65536.0
+    scaled = (g * scale).half()
+    lines = [
+        f"gradient 1e-8 in float16: {float(g.half()):.3g}   (below float16's smallest value: lost)",
+        f"x {scale:.0f} (loss scale) in float16: {float(scaled):.4g}   unscaled in float32: "
+        f"{float(scaled.float() / scale):.3g}",
+        f"gradient 1e-8 in bfloat16: {float(g.bfloat16()):.4g}   (same range as float32)",
+        f"1 + 0.001 in bfloat16: {float(torch.tensor(1.001).bfloat16()):.4g}   in float16: "
+        f"{float(torch.tensor(1.001).half()):.4g}   (bfloat16 keeps ~3 significant digits)",
+        f"trainer.precision=auto on a CPU: {resolve_precision('auto', 'cpu')}",
+    ]
+    formats = table(["dtype", "bits", "largest", "smallest normal", "eps (1 + eps > 1)"], rows)
+    return formats + "\n\n" + text("\n".join(lines))
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "loss": render_loss,
+    "schedule": render_schedule,
+    "accumulation": render_accumulation,
+    "precision": render_precision,
+}
