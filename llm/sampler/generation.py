@@ -1,4 +1,5 @@
-"""Text generation from a trained GPT: prefill the prompts, then decode one token at a time.
+"""Text generation from a trained GPT, in three steps: prepare the batch, prefill the caches with the prompts,
+then decode one token per row per step.
 
 Prompts of different lengths share a batch right-padded: row i's prompt sits at positions
 0..L_i-1 and its new tokens at L_i, L_i+1, ... (per-row positions), so every row sees exactly what it
@@ -14,22 +15,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tokenizers import Tokenizer
 
 from llm.model import GPT
-from llm.sampler.kv_cache import kv_caches
-from llm.sampler.processors import Sampler, SamplingParams
+from llm.sampler.params import SamplingParams, check_max_new_tokens, check_prompts, generation_defaults
+from llm.sampler.processors import Sampler
 from llm.sampler.streaming import TextStream
 from llm.tokenizer import eod_id
 
 log = logging.getLogger(__name__)
 
 OnText = Callable[[int, str], None]  # (row, new text) as it becomes safe to show
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # weights and cache
+# (tokens (B,), their positions (B, 1), step number) -> the next tokens (B,)
+Step = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 @dataclass
@@ -42,35 +44,200 @@ class Generation:
     prompt_tokens: int  # after any truncation to the context
 
 
-def prefill(model: GPT, idx: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Run the prompts (B, T) at positions (T,) through the model, filling the caches; logits (B, T, V)."""
-    return model(idx, input_pos, mask)
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class Batch:
+    """The prompts of one call laid out on the device, with what each row may still produce."""
+
+    idx: torch.Tensor  # (B, T0) prompt ids, right-padded with 0
+    lengths: torch.Tensor  # (B,) prompt lengths
+    prompt_lengths: list[int]  # the same, on the host
+    budgets: list[int]  # new tokens row b may make: max_new_tokens, or fewer where the context fills first
+    cache_len: int  # positions a cache holds: S
+    counts: torch.Tensor | None  # (B, V) how often each token appears in each row, for the repetition penalty
+
+    @property
+    def steps(self) -> int:
+        return max(self.budgets)
+
+
+def fit_prompt(ids: list[int], block_size: int, max_new_tokens: int) -> list[int]:
+    """The context rule for prompts: one that leaves no room for a new token keeps its end."""
+    if len(ids) < block_size:
+        return ids
+    keep = max(block_size - max_new_tokens, block_size // 2)
+    log.warning(
+        "prompt of %d tokens does not fit the context of %d: keeping its last %d tokens", len(ids), block_size, keep
+    )
+    return ids[-keep:]
+
+
+def prepare(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    count_tokens: bool = False,
+    cache_len: int | None = None,
+) -> Batch:
+    """Check the prompts and max_new_tokens, fit each prompt to the context and pad them into one tensor.
+
+    count_tokens: count each row's prompt tokens (padding left out) for the repetition penalty. cache_len:
+    positions the cache holds (default just enough); a fixed value lets one compiled step serve every
+    prompt length and max_new_tokens.
+    """
+    check_max_new_tokens(max_new_tokens)
+    check_prompts(prompts)
+    block = model.config.block_size
+    fitted = [fit_prompt(list(p), block, max_new_tokens) for p in prompts]
+    lengths = [len(p) for p in fitted]
+    budgets = [min(max_new_tokens, block - n) for n in lengths]
+    S = max(n + b for n, b in zip(lengths, budgets, strict=True))
+    if cache_len is not None:
+        S = max(S, min(cache_len, block))
+    B, T0 = len(fitted), max(lengths)
+    idx = torch.zeros(B, T0, dtype=torch.long)
+    for r, p in enumerate(fitted):
+        idx[r, : len(p)] = torch.tensor(p)
+    device = model.lm_head.weight.device
+    idx = idx.to(device)
+    lengths_t = torch.tensor(lengths, device=device)
+    counts = None
+    if count_tokens:
+        real = (torch.arange(T0, device=device) < lengths_t[:, None]).int()  # (B, T0): 0 on padding
+        counts = torch.zeros(B, model.config.vocab_size, dtype=torch.int, device=device).scatter_add_(1, idx, real)
+    return Batch(idx, lengths_t, lengths, budgets, S, counts)
+
+
+def last_logits(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) -> (B, V): each row's logits at its last prompt token."""
+    rows = torch.arange(logits.size(0), device=logits.device)
+    return logits[rows, lengths - 1]
+
+
+# ---------------------------------------------------------------------------------------------- prefill, decode
+
+
+def prefill(model: GPT, batch: Batch, sampler: Sampler, attn_impl: str | None = None) -> torch.Tensor:
+    """Run the prompts through the model at positions 0..T0-1, filling its caches; each row's first new token (B,)."""
+    T0 = batch.idx.size(1)
+    positions = torch.arange(T0, device=batch.idx.device)
+    logits = model(batch.idx, positions, model.causal_mask[None, None, :T0], attn_impl)
+    return sampler(last_logits(logits, batch.lengths), batch.counts)
 
 
 def decode_one_token(
     model: GPT,
     x: torch.Tensor,
     input_pos: torch.Tensor,
-    causal_mask: torch.Tensor,
     counts: torch.Tensor | None,
     sampler: Sampler,
+    attn_impl: str | None = None,
 ) -> torch.Tensor:
     """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,). Static shapes: compiled on CUDA."""
-    mask = causal_mask[input_pos][:, None]  # (B, 1, 1, S): row b sees cache positions <= its own
-    logits = model(x, input_pos, mask)[:, -1]  # (B, V)
+    mask = model.causal_mask[input_pos][:, None]  # (B, 1, 1, S): row b sees cache positions <= its own
+    logits = model(x, input_pos, mask, attn_impl)[:, -1]  # (B, V)
     return sampler(logits, counts)
 
 
-_compiled_decode: Callable | None = None
-
-
 def compiled_decode() -> Callable:
-    """decode_one_token compiled once per process: CUDA graphs on GPU (reduce-overhead), whole graph."""
-    global _compiled_decode
-    if _compiled_decode is None:
-        mode = "reduce-overhead" if torch.cuda.is_available() else "default"
-        _compiled_decode = torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
-    return _compiled_decode
+    """decode_one_token compiled: CUDA graphs on GPU (reduce-overhead), one whole graph.
+
+    A new wrapper per call costs nothing after the first compile: torch.compile keeps its code with
+    decode_one_token's, and wrappers of the same settings share it.
+    """
+    mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+    return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
+
+
+class CachedStep:
+    """decode_one_token as a Step, compiled or not; past torch's recompile limit it runs eagerly."""
+
+    def __init__(self, model: GPT, sampler: Sampler, counts: torch.Tensor | None, compile: bool, attn_impl: str | None):
+        self.model = model
+        self.sampler = sampler
+        self.counts = counts
+        self.attn_impl = attn_impl
+        self.step = compiled_decode() if compile else decode_one_token
+        # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
+        self.recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
+        try:
+            out = self.step(self.model, token[:, None], pos, self.counts, self.sampler, self.attn_impl)
+        except self.recompile_limit:  # raised while compiling, before the step has run: nothing to undo
+            log.warning(
+                "the compiled decode step met torch's recompile limit (one compile per batch size, cache "
+                "length and sampling settings): this call runs eagerly. A fixed cache_len helps."
+            )
+            self.step = decode_one_token
+            out = self.step(self.model, token[:, None], pos, self.counts, self.sampler, self.attn_impl)
+        return out.clone()  # a CUDA graph's output is overwritten by its next replay
+
+
+def decode(batch: Batch, first: torch.Tensor, step: Step, rows: Rows, sync_every: int) -> None:
+    """From each row's first new token (B,), `step` gives the next one, each row at its own position.
+
+    The host reads the new tokens every sync_every steps (one sync) and the loop ends once every row is
+    done; tokens after a row's end are computed and thrown away.
+    """
+    counts = batch.counts
+    out = torch.empty(len(batch.budgets), batch.steps, dtype=torch.long, device=batch.idx.device)
+    out[:, 0] = first
+    token = first
+    pos = batch.lengths[:, None].clone()  # (B, 1): where the newest token goes
+    written = 1
+    for t in range(1, batch.steps):
+        if t % sync_every == 0 and rows.take(out, t):
+            break
+        if counts is not None:
+            counts.scatter_add_(1, token[:, None], torch.ones_like(counts[:, :1]))
+        token = step(token, pos, t)
+        out[:, t] = token
+        written = t + 1
+        pos = (pos + 1).clamp_(max=batch.cache_len - 1)  # rows already done may run past their end: ignored
+    rows.take(out, written)
+
+
+def run_with_cache(model: GPT, batch: Batch, sampler: Sampler, rows: Rows, sync_every: int, compile: bool) -> None:
+    """Prefill the model's caches with the prompts, then decode each token from them.
+
+    The caches are freed afterwards; a compiled step keeps them on the model for the next call (same
+    buffers, so a CUDA graph replays without re-recording) until model.clear_caches().
+    """
+    # Compiled on CPU, attention written out lets the compiler fuse it with its neighbours: 1.4x the speed of
+    # SDPA's CPU kernel for one query in bfloat16 (docs/benchmarks.md). Elsewhere the model's own choice.
+    attn_impl = "explicit" if compile and batch.idx.device.type == "cpu" else None
+    model.setup_caches(len(batch.budgets), batch.cache_len)
+    try:
+        first = prefill(model, batch, sampler, attn_impl)
+        decode(batch, first, CachedStep(model, sampler, batch.counts, compile, attn_impl), rows, sync_every)
+    finally:
+        if not compile:
+            model.clear_caches()
+
+
+def run_without_cache(model: GPT, batch: Batch, sampler: Sampler, rows: Rows, sync_every: int) -> None:
+    """The comparison path: every step runs the whole sequence so far through the model, no cache.
+
+    Rows end at different lengths; the causal mask keeps each row's later padding out of its logits.
+    """
+    B, T0 = batch.idx.shape
+    seq = torch.zeros(B, batch.cache_len, dtype=torch.long, device=batch.idx.device)
+    seq[:, :T0] = batch.idx
+    row = torch.arange(B, device=seq.device)
+
+    def step(token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
+        seq[row, pos[:, 0]] = token
+        logits = model(seq[:, : min(T0 + t, batch.cache_len)])  # the longest row's tokens so far
+        return sampler(logits[row, pos[:, 0]], batch.counts)
+
+    first = sampler(last_logits(model(batch.idx), batch.lengths), batch.counts)
+    decode(batch, first, step, rows, sync_every)
+
+
+# ---------------------------------------------------------------------------------------------- host side
 
 
 @dataclass
@@ -84,7 +251,7 @@ class _Row:
     finish_reason: str | None = None
 
 
-class _Rows:
+class Rows:
     """Takes each row's new tokens from the device, applies stop tokens, stop strings and budgets."""
 
     def __init__(
@@ -96,11 +263,12 @@ class _Rows:
         stop_strings: Sequence[str],
         on_text: OnText | None,
     ) -> None:
-        self.rows = [
-            _Row(b, b < max_new_tokens, TextStream(tokenizer, stop_strings) if tokenizer is not None else None)
-            for b in budgets
-        ]
-        self.stop_tokens, self.on_text = stop_tokens, on_text
+        self.rows = []
+        for budget in budgets:
+            stream = TextStream(tokenizer, stop_strings) if tokenizer is not None else None
+            self.rows.append(_Row(budget, budget < max_new_tokens, stream))
+        self.stop_tokens = stop_tokens
+        self.on_text = on_text
         self.seen = 0  # columns of the output already taken
 
     def take(self, out: torch.Tensor, upto: int) -> bool:
@@ -137,128 +305,13 @@ class _Rows:
             if row.finish_reason == "context":
                 log.warning(
                     "row %d stopped after %d new tokens: the context of %d tokens is full (prompt %d tokens)",
-                    r, len(row.ids), block_size, n_prompt,
-                )  # fmt: skip
+                    r,
+                    len(row.ids),
+                    block_size,
+                    n_prompt,
+                )
             results.append(Generation(text, row.ids, row.finish_reason or "max_new_tokens", n_prompt))
         return results
-
-
-def fit_prompt(ids: list[int], block_size: int, max_new_tokens: int) -> list[int]:
-    """The context rule for prompts: one that leaves no room for a new token keeps its end."""
-    if len(ids) < block_size:
-        return ids
-    keep = max(block_size - max_new_tokens, block_size // 2)
-    log.warning(
-        "prompt of %d tokens does not fit the context of %d: keeping its last %d tokens", len(ids), block_size, keep
-    )
-    return ids[-keep:]
-
-
-@torch.inference_mode()
-def generate_ids(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    params: SamplingParams | None = None,
-    *,
-    stop_tokens: Sequence[int] = (),
-    tokenizer: Tokenizer | None = None,
-    stop_strings: Sequence[str] = (),
-    on_text: OnText | None = None,
-    kv_cache: bool = True,
-    compile: bool = False,
-    sync_every: int = 16,
-    cache_len: int | None = None,
-) -> list[Generation]:
-    """Continue each prompt (token ids); the batch runs together. Text fields are filled when tokenizer is given.
-
-    kv_cache=False recomputes the whole sequence every step (for comparison). compile=True compiles the
-    decode step. The device is read every sync_every tokens (every token when streaming or stopping on
-    strings) to check what has stopped; tokens after a stop are computed and thrown away. cache_len:
-    positions the cache holds (default just enough); a fixed value lets one compiled step serve every
-    prompt length and max_new_tokens (each batch size and set of sampling settings compiles its own).
-    """
-    params = params or SamplingParams()
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("a prompt is empty: every prompt needs at least one token")
-    block = model.config.block_size
-    prompts = [fit_prompt(list(p), block, max_new_tokens) for p in prompts]
-    device = model.lm_head.weight.device
-    B, lengths = len(prompts), [len(p) for p in prompts]
-    budgets = [min(max_new_tokens, block - n) for n in lengths]
-    T0, S, steps = max(lengths), max(n + b for n, b in zip(lengths, budgets, strict=True)), max(budgets)
-    if cache_len is not None:
-        S = max(S, min(cache_len, block))
-
-    idx = torch.zeros(B, T0, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        idx[r, : len(p)] = torch.tensor(p)
-    idx, lengths_t = idx.to(device), torch.tensor(lengths, device=device)
-    rows_t = torch.arange(B, device=device)
-
-    sampler = Sampler(params, model.config.vocab_size)
-    counts = None
-    if sampler.needs_counts:  # how often each token appears in each row, padding left out
-        real = (torch.arange(T0, device=device) < lengths_t[:, None]).int()
-        counts = torch.zeros(B, model.config.vocab_size, dtype=torch.int, device=device).scatter_add_(1, idx, real)
-
-    host = _Rows(budgets, max_new_tokens, set(stop_tokens), tokenizer, stop_strings, on_text)
-    if on_text is not None or stop_strings:
-        sync_every = 1
-    out = torch.empty(B, steps, dtype=torch.long, device=device)
-    step = compiled_decode() if compile else decode_one_token
-    # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
-    recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
-
-    # A seed is applied inside a fork of the random state, so the caller's stream is left as it was; without
-    # one, the draw continues the global stream and each call gives a fresh sample.
-    rng = nullcontext()
-    if params.seed is not None:
-        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
-    # Compiled on CPU, attention written out lets the compiler fuse it with its neighbours: 1.4x the speed of
-    # SDPA's CPU kernel for one query in bfloat16 (docs/benchmarks.md). Elsewhere the model's own choice.
-    attn = "explicit" if compile and device.type == "cpu" else None
-    caches = kv_caches(model, B, S, reuse=compile, attn=attn) if kv_cache else nullcontext(None)
-    with rng, caches as causal, _eval_mode(model):
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        if kv_cache:
-            logits = prefill(model, idx, torch.arange(T0, device=device), causal[None, None, :T0])
-        else:
-            logits = model(idx)
-        token = sampler(logits[rows_t, lengths_t - 1], counts)  # (B,): each row's first new token
-        out[:, 0] = token
-        buf = None if kv_cache else torch.zeros(B, S, dtype=torch.long, device=device)
-        if buf is not None:
-            buf[:, :T0] = idx
-        pos = lengths_t[:, None].clone()  # (B, 1): where the newest token goes
-        written = 1
-        for t in range(1, steps):
-            if t % sync_every == 0 and host.take(out, t):
-                break
-            if counts is not None:
-                counts.scatter_add_(1, token[:, None], torch.ones_like(counts[:, :1]))
-            if kv_cache:
-                try:
-                    token = step(model, token[:, None], pos, causal, counts, sampler).clone()
-                except recompile_limit:  # raised while compiling, before the step has run: nothing to undo
-                    log.warning(
-                        "the compiled decode step met torch's recompile limit (one compile per batch size, cache "
-                        "length and sampling settings): this call runs eagerly. A fixed cache_len helps."
-                    )
-                    step = decode_one_token
-                    token = step(model, token[:, None], pos, causal, counts, sampler).clone()
-            else:  # the whole sequence again: rows end at different lengths, the causal mask hides the padding
-                buf[rows_t, pos[:, 0]] = token
-                logits = model(buf[:, : min(T0 + t, S)])
-                token = sampler(logits[rows_t, pos[:, 0]], counts)
-            out[:, t] = token
-            written = t + 1
-            pos = (pos + 1).clamp_(max=S - 1)  # rows already done may run past their end: their output is ignored
-        host.take(out, written)
-    return host.finish(lengths, block)
 
 
 @contextmanager
@@ -272,52 +325,123 @@ def _eval_mode(model: GPT) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """A seed applies inside a fork of the random state, so the caller's stream is left as it was; without one,
+    the draw continues the global stream and each call gives a fresh sample."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+    *,
+    stop_tokens: Sequence[int] = (),
+    tokenizer: Tokenizer | None = None,
+    stop_strings: Sequence[str] = (),
+    on_text: OnText | None = None,
+    kv_cache: bool | None = None,
+    compile: bool = False,
+    sync_every: int = 16,
+    cache_len: int | None = None,
+) -> list[Generation]:
+    """Continue each prompt (token ids); the batch runs together. Text fields are filled when tokenizer is given.
+
+    params and kv_cache default to conf/infer.yaml's. kv_cache=False recomputes the whole sequence every step
+    (for comparison). compile=True compiles the decode step and keeps the caches on the model between calls.
+    The device is read every sync_every tokens (every token when streaming or stopping on strings) to check
+    what has stopped. cache_len: positions the cache holds (default just enough); a fixed value lets one
+    compiled step serve every prompt length and max_new_tokens (each batch size and set of sampling settings
+    compiles its own).
+    """
+    if params is None:
+        params = SamplingParams.defaults()
+    if kv_cache is None:
+        kv_cache = generation_defaults()["kv_cache"]
+    sampler = Sampler(params, model.config.vocab_size)
+    batch = prepare(model, prompts, max_new_tokens, sampler.needs_counts, cache_len)
+    rows = Rows(batch.budgets, max_new_tokens, set(stop_tokens), tokenizer, stop_strings, on_text)
+    if on_text is not None or stop_strings:
+        sync_every = 1
+    with _seeded(params.seed, batch.idx.device), _eval_mode(model):
+        if kv_cache:
+            run_with_cache(model, batch, sampler, rows, sync_every, compile)
+        else:
+            run_without_cache(model, batch, sampler, rows, sync_every)
+    return rows.finish(batch.prompt_lengths, model.config.block_size)
+
+
 def generate(
     model: GPT,
     tokenizer: Tokenizer,
     prompts: str | Sequence[str],
-    max_new_tokens: int = 200,
+    max_new_tokens: int | None = None,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
+    params: SamplingParams | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
     seed: int | None = None,
-    stop: str | Sequence[str] = (),
+    stop: str | Sequence[str] | None = None,
     stop_tokens: Sequence[int] | None = None,
-    kv_cache: bool = True,
+    kv_cache: bool | None = None,
     compile: bool = False,
     on_text: OnText | None = None,
     cache_len: int | None = None,
 ) -> list[Generation]:
     """Continue one prompt or a batch of prompts; one Generation per prompt, in order.
 
-    temperature 0 is greedy. stop: a string or strings that end a row (left out of its text).
-    stop_tokens: ids that end a row; default the tokenizer's end-of-document token. on_text(row, text)
-    streams.
+    A setting left at None takes conf/infer.yaml's value, as `python infer.py` does (docs/configuration.md);
+    params, when given, replaces the sampling ones, and the keywords given change it. temperature 0 is greedy.
+    stop: a string or strings that end a row (left out of its text). stop_tokens: ids that end a row; default
+    the tokenizer's end-of-document token. on_text(row, text) streams. compile, cache_len: see generate_ids.
     """
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-    stop = [stop] if isinstance(stop, str) else list(stop)
+    settings = generation_defaults()
+    if params is not None:
+        settings.update(asdict(params))
+    given = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+        "stop": stop,
+        "kv_cache": kv_cache,
+    }
+    settings.update({key: value for key, value in given.items() if value is not None})
+    stop = settings["stop"]
+    if isinstance(stop, str):
+        stop = [stop]
     if isinstance(prompts, str):
         prompts = [prompts]
-    if not prompts:
-        raise ValueError("no prompts given")
-    for i, prompt in enumerate(prompts):
-        if not prompt:
-            raise ValueError(f"prompt {i} is empty: give some text to continue, e.g. prompt='def '")
-    stop_tokens = [eod_id(tokenizer)] if stop_tokens is None else list(stop_tokens)
-    ids = [tokenizer.encode(p).ids for p in prompts]
+    if stop_tokens is None:
+        stop_tokens = [eod_id(tokenizer)]
     return generate_ids(
         model,
-        ids,
-        max_new_tokens,
-        params,
+        [tokenizer.encode(p).ids for p in prompts],
+        settings["max_new_tokens"],
+        SamplingParams.from_config(settings),
         stop_tokens=stop_tokens,
         tokenizer=tokenizer,
-        stop_strings=stop,
+        stop_strings=list(stop),
         on_text=on_text,
-        kv_cache=kv_cache,
+        kv_cache=settings["kv_cache"],
         compile=compile,
         cache_len=cache_len,
     )
