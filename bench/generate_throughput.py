@@ -91,7 +91,7 @@ def main() -> None:
             hf = hf_gpt2(config, device, dtype)
         except ImportError:
             log.warning("transformers is not installed (pip install -e '.[bench]'): Hugging Face rows skipped")
-    greedy = SamplingParams(temperature=0)
+    greedy = SamplingParams.defaults(temperature=0)
     n_new = args.new_tokens
 
     def prompts(batch: int) -> torch.Tensor:

@@ -127,21 +127,55 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(Q Kᵀ / sqrt(hs) + causal mask) in float32: (B, nh, T, S), each row sums to 1.
+
+    q (B, nh, T, hs); k (B, nh, S, hs). mask: boolean, True where a query may attend; None: causal, query t
+    seeing keys 0..t (the last T of S keys are the queries' own)."""
+    T, S = q.size(-2), k.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores.float(), dim=-1)
+
+
 def explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0
 ) -> torch.Tensor:
     """softmax(Q Kᵀ / sqrt(hs) + causal mask) V, step by step. q (B, nh, T, hs); k, v (B, nh, S, hs).
 
     dropout_p drops attention weights, as SDPA does."""
-    T, S = q.size(-2), k.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
-    if mask is None:  # query t sees keys 0..t (the last T of S keys are the queries' own)
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores.float(), dim=-1).type_as(q)  # each row sums to 1
+    weights = attention_probs(q, k, mask).type_as(q)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return weights @ v  # (B, nh, T, hs)
+
+
+class KVCache(nn.Module):
+    """K and V of one attention layer for every position decoded so far: (B, n_kv, S, hs) each.
+
+    Allocated at full length and written in place at input_pos, so every decode step has the same shapes
+    and a compiled step never respecialises. GPT.setup_caches makes them; training never has one."""
+
+    def __init__(
+        self, batch: int, n_kv_head: int, length: int, head_size: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        shape = (batch, n_kv_head, length, head_size)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv, T, hs) at input_pos, (T,) shared or (B, T) per row; return the whole cache."""
+        if input_pos.dim() == 1:  # every row at the same positions (prefill)
+            self.k_cache.index_copy_(2, input_pos, k)
+            self.v_cache.index_copy_(2, input_pos, v)
+        else:  # each row at its own positions (decode of prompts of different lengths)
+            index = input_pos[:, None, :, None].expand_as(k)  # (B, n_kv, T, hs): row b's slots
+            self.k_cache.scatter_(2, index, k)
+            self.v_cache.scatter_(2, index, v)
+        return self.k_cache, self.v_cache
 
 
 class Attention(nn.Module):
@@ -155,16 +189,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, config.n_embd + kv_size, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
-        self.kv_cache: nn.Module | None = None  # attached by llm.sampler for decoding, never in training
-        self.impl = config.attn  # explicit or sdpa; the sampler may pick the other for its decode step
+        self.kv_cache: KVCache | None = None  # set by GPT.setup_caches for decoding, never in training
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        input_pos: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q (B, nh, T, hs), k and v (B, n_kv, T, hs); q and k rotated when rope is given."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size], dim=-1)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -172,17 +202,34 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.kv_cache is not None:
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        attn_impl: str | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.project(x, rope)
+        if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv, S, hs): every position so far
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)  # (B, nh, S, hs)
         dropout = self.dropout if self.training else 0.0
-        if self.impl == "sdpa":
+        if (attn_impl or self.config.attn) == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         else:
             y = explicit_attention(q, k, v, mask, dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return F.dropout(self.proj(y), dropout, self.training)  # GPT-2's residual dropout, as after the MLP
+
+    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The causal attention weights of x (B, T, C), without dropout: (B, nh, T, T) float32, rows sum to 1."""
+        q, k, _ = self.project(x, rope)
+        return attention_probs(q, repeat_kv(k, self.n_head // self.n_kv_head), None)
 
 
 class MLP(nn.Module):
@@ -216,9 +263,13 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, input_pos=None, mask=None):
-        x = x + self.attn(self.norm1(x), rope, input_pos, mask)
+    def forward(self, x, rope, input_pos=None, mask=None, attn_impl=None):
+        x = x + self.attn(self.norm1(x), rope, input_pos, mask, attn_impl)
         return x + self.mlp(self.norm2(x))
+
+    def attention_weights(self, x, rope):
+        """The weights this block's attention gives its input x (B, T, C): (B, nh, T, T)."""
+        return self.attn.weights(self.norm1(x), rope)
 
 
 class GPT(nn.Module):
@@ -236,6 +287,7 @@ class GPT(nn.Module):
             cos, sin = rope_cache(config.block_size, config.head_size, config.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("causal_mask", None, persistent=False)  # (S, S) with the caches: setup_caches
         self.apply(self._init_weights)
         # Residual projections add into the stream 2 * n_layer times: scale them so it does not grow.
         for name, p in self.named_parameters():
@@ -256,13 +308,25 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        attn_impl: str | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, padded_vocab_size).
 
-        input_pos: positions of idx, (T,) shared by the batch or (B, T) per row; default 0..T-1.
+        input_pos: positions of idx, (T,) shared by the batch or (B, T) per row; default 0..T-1. Given while
+        caches are set up (setup_caches), K and V are written there and attention reads the whole cache.
         mask: boolean (B or 1, 1, T, S), True where a query may attend; default causal.
+        attn_impl: "explicit" or "sdpa" for this call; default config.attn.
         """
-        B, T = idx.shape
+        x, rope = self._embed(idx, input_pos)
+        for block in self.blocks:
+            x = block(x, rope, input_pos, mask, attn_impl)
+        return self.lm_head(self.norm(x))
+
+    def _embed(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token ids (B, T) -> the residual stream (B, T, C) and the rotary cos, sin of their positions."""
+        T = idx.size(1)
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
@@ -276,10 +340,53 @@ class GPT(nn.Module):
             if input_pos.dim() == 2:
                 cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs/2) broadcasts over heads
             rope = (cos, sin)
-        x = self.drop(x)
+        return self.drop(x), rope
+
+    @torch.no_grad()
+    def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's attention weights for token ids idx (B, T): one (B, n_head, T, T) float32 per layer.
+
+        Row t holds how much query t draws from each key 0..t: it sums to 1 and the upper triangle is 0.
+        The layers' own projection, rotary embedding and softmax compute them (Attention.weights); in eval
+        mode they are the weights of model(idx).
+        """
+        x, rope = self._embed(idx)
+        maps = []
         for block in self.blocks:
-            x = block(x, rope, input_pos, mask)
-        return self.lm_head(self.norm(x))
+            maps.append(block.attention_weights(x, rope))
+            x = block(x, rope)
+        return maps
+
+    def setup_caches(self, batch: int, length: int, dtype: torch.dtype | None = None) -> None:
+        """Give every attention layer a KVCache of `length` positions for `batch` rows, and the model the causal
+        mask `causal_mask` (length, length), True where a query may attend, on the weights' device.
+
+        dtype: the caches' (default the weights'). A no-op when the caches already have this shape, dtype and
+        device, so a compiled decode step replayed as a CUDA graph finds its buffers at the same addresses.
+        Entries left by an earlier call are harmless: a position is written before any query may attend to it.
+        Only calls given input_pos use the caches; clear_caches() frees them.
+        """
+        if length > self.config.block_size:
+            raise ValueError(f"cache of {length} positions is longer than block_size={self.config.block_size}")
+        weight = self.lm_head.weight
+        dtype = dtype or weight.dtype
+        c = self.config
+        shape = (batch, c.n_kv_head, length, c.head_size)
+        cache = self.blocks[0].attn.kv_cache
+        if cache is not None:
+            k = cache.k_cache
+            if k.shape == shape and k.dtype == dtype and k.device == weight.device:
+                return
+        self.clear_caches()  # the old buffers go before the new ones are allocated
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch, c.n_kv_head, length, c.head_size, dtype, weight.device)
+        self.causal_mask = torch.ones(length, length, dtype=torch.bool, device=weight.device).tril()
+
+    def clear_caches(self) -> None:
+        """Free the caches and the causal mask of setup_caches."""
+        for block in self.blocks:
+            block.attn.kv_cache = None
+        self.causal_mask = None
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; the tied embedding counts once, position tables are left out by default."""

@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 import infer
 from llm.checkpoint import load_checkpoint
+from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
-from llm.sampler import generate
+from llm.sampler import generate, read_stop
 from llm.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,13 +95,17 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     [
         (["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError, "no such file"),
         (["ckpt_path=last", "paths.outputs_root=/nowhere"], FileNotFoundError, "no last.ckpt"),
-        (["prompt="], ValueError, "prompt is empty"),
-        (["top_p=1.5"], ValueError, "top_p=1.5 is outside (0, 1]"),
-        (["temperature=-1"], ValueError, "temperature=-1 is negative"),
-        (["compile=maybe"], ValueError, "compile='maybe'"),
-        (["max_new_tokens=abc"], ValueError, "max_new_tokens='abc' must be an integer"),
-        (["seed=abc"], ValueError, "seed='abc' must be an integer"),
-        (["device=gpu"], ValueError, "device='gpu' is not a device"),
+        (["prompt="], ConfigError, "prompt is empty"),
+        (["prompt_file=/nowhere/prompts.txt"], ConfigError, "prompt_file=/nowhere/prompts.txt: no such file"),
+        (["top_p=1.5"], ConfigError, "top_p=1.5 is outside (0, 1]"),
+        (["temperature=-1"], ConfigError, "temperature=-1 is negative"),
+        (["compile=maybe"], ConfigError, "compile='maybe'"),
+        (["max_new_tokens=abc"], ConfigError, "max_new_tokens='abc' must be an integer"),
+        (["seed=abc"], ConfigError, "seed='abc' must be an integer"),
+        (["device=gpu"], ConfigError, "device='gpu' is not a device"),
+        (["dtype=float8"], ConfigError, "dtype='float8' is not one of ['auto', 'float32'"),
+        (["kv_cache=maybe"], ConfigError, "kv_cache='maybe' must be true or false"),
+        (["stream=1"], ConfigError, "stream=1 must be true or false"),
     ],
 )
 def test_errors_name_the_problem(checkpoint: Path, overrides: list[str], error: type, message: str) -> None:
@@ -112,8 +117,8 @@ def test_errors_name_the_problem(checkpoint: Path, overrides: list[str], error: 
 def test_stop_strings_from_the_command_line(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     # Hydra keeps \n as two characters inside a quoted value; infer.py reads it as a newline
     cfg = compose_infer(r'stop=["\n\n", "a\tb", "C:\\x"]')
-    assert infer.read_stop(cfg.stop) == ["\n\n", "a\tb", "C:\\x"]
-    assert infer.read_stop(compose_infer("stop=ab").stop) == ["ab"]  # one string, not one stop per character
+    assert read_stop(cfg.stop) == ["\n\n", "a\tb", "C:\\x"]
+    assert read_stop(compose_infer("stop=ab").stop) == ["ab"]  # one string, not one stop per character
     # a prompt that Hydra reads as a number is still a prompt
     infer.infer(compose_infer(f"ckpt_path={checkpoint}", "prompt=0", "max_new_tokens=3", "temperature=0"))
     assert capsys.readouterr().out.startswith("0")
@@ -146,3 +151,47 @@ def test_cli_text_on_stdout_logs_on_stderr(checkpoint: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("def") and "INFO" not in run.stdout
     assert "loaded" in run.stderr
+
+
+def test_cli_bad_key_is_one_line_and_exit_code_2(checkpoint: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "infer.py"), f"ckpt_path={checkpoint}", "top_p=1.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "top_p=1.5 is outside (0, 1]" in lines[0]
+    assert run.stdout == ""
+
+
+def test_configuration_reference_covers_every_infer_key() -> None:
+    """docs/configuration.md's infer.py section lists every key of conf/infer.yaml with its default."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    section = doc[doc.index("## `infer.py`") :]
+    end = section.find("\n## ", 1)  # the next section, if any
+    if end != -1:
+        section = section[:end]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", section, re.M))
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "infer.yaml"), resolve=False)
+    flat = {f"paths.{k}": v for k, v in cfg.pop("paths").items()}
+    flat.update({k: v for k, v in cfg.items() if k not in ("defaults", "hydra")})
+
+    def written(v: object) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ", ".join(written(x) for x in v) + "]"
+        return str(v)
+
+    assert sorted(rows) == sorted(flat), "docs/configuration.md's infer.py section and conf/infer.yaml differ"
+    wrong = {k: (rows[k], written(v)) for k, v in flat.items() if rows[k] != written(v)}
+    assert not wrong, f"stale defaults (doc, conf): {wrong}"

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.model import GPT, GPTConfig
+from llm.model import GPT, GPTConfig, KVCache, repeat_kv
 
 VARIANTS = {
     "rope-rms-swiglu-gqa": dict(n_kv_head=2),
@@ -118,8 +118,17 @@ def test_too_long_sequence_is_refused():
 
 
 def test_gpt2_preset_shape_has_124m_parameters():
-    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
-                       pos="learned", norm="layernorm", mlp="gelu", bias=True)  # fmt: skip
+    config = GPTConfig(
+        vocab_size=50257,
+        block_size=1024,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        pos="learned",
+        norm="layernorm",
+        mlp="gelu",
+        bias=True,
+    )
     with torch.device("meta"):
         model = GPT(config)
     assert config.padded_vocab_size == 50304
@@ -136,3 +145,75 @@ def test_both_attentions_drop_weights_not_outputs(attn):
     model(torch.randint(0, 100, (2, 16)))
     assert (seen[0] == 0).float().mean() < 0.3  # dropping the outputs would zero about half (the early
     # rows of few keys may lose them all)
+
+
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+@pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
+def test_attention_weights_are_the_ones_attention_uses(attn, kw):
+    torch.manual_seed(0)
+    model = GPT(tiny(attn=attn, **kw)).eval()
+    idx = torch.randint(0, 100, (2, 7))
+    seen = []  # each layer's attention input and output during model(idx)
+    hooks = [
+        block.attn.register_forward_hook(lambda module, args, out: seen.append((args[0], args[1], out)))
+        for block in model.blocks
+    ]
+    model(idx)
+    for h in hooks:
+        h.remove()
+    maps = model.attention_weights(idx)
+    assert len(maps) == 2
+    for block, w, (x, rope, out) in zip(model.blocks, maps, seen, strict=True):
+        attn_layer = block.attn
+        assert w.shape == (2, 4, 7, 7) and w.dtype == torch.float32 and not w.requires_grad
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 7))
+        assert torch.all(w.triu(diagonal=1) == 0), "a token attends to a later token"
+        assert torch.all(w[:, :, 0, 0] == 1)  # the first token can only look at itself
+        _, _, v = attn_layer.project(x, rope)
+        y = w @ repeat_kv(v, attn_layer.n_head // attn_layer.n_kv_head)  # (B, nh, T, hs)
+        y = attn_layer.proj(y.transpose(1, 2).reshape(2, 7, -1))
+        torch.testing.assert_close(y, out, rtol=1e-5, atol=1e-6)  # weights @ V is the layer's output, either impl
+
+
+def test_setup_caches_and_clear_caches():
+    model = GPT(tiny(n_kv_head=2))
+    assert model.causal_mask is None and all(b.attn.kv_cache is None for b in model.blocks)  # training has none
+    model.setup_caches(3, 12)
+    caches = [b.attn.kv_cache for b in model.blocks]
+    assert all(isinstance(c, KVCache) for c in caches)
+    assert caches[0].k_cache.shape == caches[1].v_cache.shape == (3, 2, 12, 8)  # (B, n_kv, S, hs)
+    assert caches[0].k_cache.dtype == torch.float32
+    assert torch.equal(model.causal_mask, torch.ones(12, 12, dtype=torch.bool).tril())
+    assert "blocks.0.attn.kv_cache" in dict(model.named_modules())  # a child module: moves with model.to()
+    assert not any("cache" in k or "causal" in k for k in model.state_dict())  # never saved in a checkpoint
+    model.setup_caches(3, 12)
+    assert [b.attn.kv_cache for b in model.blocks] == caches  # the same shape: the same buffers
+    model.setup_caches(3, 12, dtype=torch.bfloat16)
+    assert model.blocks[0].attn.kv_cache is not caches[0]
+    assert model.blocks[0].attn.kv_cache.k_cache.dtype == torch.bfloat16
+    model.setup_caches(1, 16)
+    assert model.blocks[0].attn.kv_cache.k_cache.shape == (1, 2, 16, 8)
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        model.setup_caches(1, 17)
+    model.clear_caches()
+    assert model.causal_mask is None and all(b.attn.kv_cache is None for b in model.blocks)
+
+
+def test_a_forward_without_positions_leaves_the_caches_alone():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    x = torch.randint(0, 100, (2, 9))
+    expected = model(x)
+    model.setup_caches(2, 16)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert all(b.attn.kv_cache.k_cache.abs().sum() == 0 for b in model.blocks)
+
+
+@pytest.mark.parametrize("impl", ["explicit", "sdpa"])
+def test_attention_implementation_per_call(impl):
+    torch.manual_seed(0)
+    model = GPT(tiny(attn="sdpa" if impl == "explicit" else "explicit")).eval()
+    x = torch.randint(0, 100, (2, 9))
+    reference = GPT(tiny(attn=impl)).eval()
+    reference.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x, attn_impl=impl), reference(x), rtol=0, atol=0)

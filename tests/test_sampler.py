@@ -8,14 +8,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
-from llm.sampler import SamplingParams, TextStream, generate, generate_ids
-from llm.sampler.generate import decode_one_token
-from llm.sampler.kv_cache import kv_caches
+from llm.sampler import SamplingParams, TextStream, generate, generate_ids, generation
+from llm.sampler.generation import decode_one_token
+from llm.sampler.params import SHARED_KEYS, generation_defaults
 from llm.sampler.processors import MinP, RepetitionPenalty, Sampler, Temperature, TopK, TopP
 from llm.tokenizer import EOD, train_tokenizer
 
-GREEDY = SamplingParams(temperature=0)
+GREEDY = SamplingParams.defaults(temperature=0)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 
 
@@ -69,16 +70,20 @@ def test_batch_equals_one_by_one(variant: str) -> None:
     assert batch == alone
 
 
-def test_cache_is_removed_after_generation() -> None:
-    model = make_model()
+def test_cache_is_removed_after_generation(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
     generate_ids(model, PROMPTS, 5, GREEDY)
     assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert model.causal_mask is None
     assert model.config.attn == "sdpa"
-    with pytest.raises(ValueError), kv_caches(model, 1, 8, attn="explicit"):
-        assert model.blocks[0].attn.kv_cache.k_cache.shape == (1, 4, 8, 16)
-        assert all(block.attn.impl == "explicit" for block in model.blocks)  # the decode step's choice
-        raise ValueError("boom")
-    assert all(block.attn.kv_cache is None and block.attn.impl == "sdpa" for block in model.blocks)
+
+    def boom(row: int, text: str) -> None:
+        assert model.blocks[0].attn.kv_cache.k_cache.shape[:2] == (1, 4)  # in use while decoding
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model, tokenizer, "def add", 20, temperature=0, stop_tokens=[], on_text=boom)
+    assert all(block.attn.kv_cache is None for block in model.blocks)  # freed on error too
 
 
 def test_prefill_fills_the_cache_like_a_full_forward() -> None:
@@ -87,29 +92,30 @@ def test_prefill_fills_the_cache_like_a_full_forward() -> None:
     T = idx.size(1)
     with torch.no_grad():
         full = model(idx)
-        with kv_caches(model, 1, 32) as causal:
-            cached = model(idx, torch.arange(T), causal[None, None, :T])
-            cache = model.blocks[0].attn.kv_cache
-            assert cache.k_cache.shape == (1, 2, 32, 16)
-            assert cache.k_cache[:, :, T:].abs().sum() == 0  # nothing written past the prompt
+        model.setup_caches(1, 32)
+        cached = model(idx, torch.arange(T), model.causal_mask[None, None, :T])
+        cache = model.blocks[0].attn.kv_cache
+        assert cache.k_cache.shape == (1, 2, 32, 16)
+        assert cache.k_cache[:, :, :T].abs().sum() > 0
+        assert cache.k_cache[:, :, T:].abs().sum() == 0  # nothing written past the prompt
     torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
 
 
 def test_top_k_1_and_tiny_top_p_equal_greedy() -> None:
     model = make_model()
     greedy = ids_of(generate_ids(model, PROMPTS, 40, GREEDY))
-    top_k = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.5, top_k=1, seed=3)))
-    top_p = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, top_p=1e-6, seed=4)))
+    top_k = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams.defaults(temperature=1.5, top_k=1, seed=3)))
+    top_p = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams.defaults(temperature=1.0, top_p=1e-6, seed=4)))
     assert top_k == greedy
     assert top_p == greedy
 
 
 def test_seed_reproducible() -> None:
     model = make_model()
-    params = SamplingParams(temperature=1.0, top_p=0.9, seed=123)
+    params = SamplingParams.defaults(temperature=1.0, top_p=0.9, seed=123)
     first = ids_of(generate_ids(model, PROMPTS, 40, params))
     again = ids_of(generate_ids(model, PROMPTS, 40, params))
-    other = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, top_p=0.9, seed=124)))
+    other = ids_of(generate_ids(model, PROMPTS, 40, SamplingParams.defaults(temperature=1.0, top_p=0.9, seed=124)))
     assert first == again
     assert first != other
     # the cache changes the speed, not the draw
@@ -118,7 +124,7 @@ def test_seed_reproducible() -> None:
 
 def test_no_seed_gives_a_fresh_sample_each_call() -> None:
     model = make_model()
-    params = SamplingParams(temperature=1.0)
+    params = SamplingParams.defaults(temperature=1.0)
     torch.manual_seed(0)
     first = ids_of(generate_ids(model, PROMPTS, 40, params))
     second = ids_of(generate_ids(model, PROMPTS, 40, params))
@@ -127,7 +133,7 @@ def test_no_seed_gives_a_fresh_sample_each_call() -> None:
     assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first  # ... which the caller may seed
     # a seeded call leaves the caller's stream where it was
     torch.manual_seed(0)
-    generate_ids(model, PROMPTS, 40, SamplingParams(temperature=1.0, seed=7))
+    generate_ids(model, PROMPTS, 40, SamplingParams.defaults(temperature=1.0, seed=7))
     assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first
 
 
@@ -223,15 +229,19 @@ def test_eod_stops_by_default(tokenizer: Tokenizer) -> None:
 )
 def test_bad_sampling_values_are_named(tokenizer: Tokenizer, kwargs: dict, message: str) -> None:
     model = make_model(vocab_size=tokenizer.get_vocab_size())
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         generate(model, tokenizer, "def", 5, **kwargs)
     assert message in str(err.value)
 
 
 def test_empty_prompt_is_named(tokenizer: Tokenizer) -> None:
     model = make_model(vocab_size=tokenizer.get_vocab_size())
-    with pytest.raises(ValueError, match="prompt 1 is empty"):
+    with pytest.raises(ConfigError, match="prompt 1 is empty"):
         generate(model, tokenizer, ["def", ""], 5)
+    with pytest.raises(ConfigError, match="prompt: none given"):
+        generate(model, tokenizer, [], 5)
+    with pytest.raises(ConfigError, match="max_new_tokens=0 must be an integer, at least 1"):
+        generate(model, tokenizer, "def", 0)
 
 
 def test_processors_worked_example() -> None:
@@ -260,11 +270,11 @@ def test_greedy_ignores_padding_rows_of_the_embedding() -> None:
 def test_repetition_penalty_changes_greedy_output() -> None:
     model = make_model(pos="learned", norm="layernorm", mlp="gelu", bias=True)
     plain = generate_ids(model, PROMPTS[:1], 40, GREEDY)[0].token_ids
-    penalised = generate_ids(model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0))[0]
+    penalised = generate_ids(model, PROMPTS[:1], 40, SamplingParams.defaults(temperature=0, repetition_penalty=3.0))[0]
     assert len(set(penalised.token_ids)) > len(set(plain))
-    cached = generate_ids(model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0))[0]
+    cached = generate_ids(model, PROMPTS[:1], 40, SamplingParams.defaults(temperature=0, repetition_penalty=3.0))[0]
     recomputed = generate_ids(
-        model, PROMPTS[:1], 40, SamplingParams(temperature=0, repetition_penalty=3.0), kv_cache=False
+        model, PROMPTS[:1], 40, SamplingParams.defaults(temperature=0, repetition_penalty=3.0), kv_cache=False
     )[0]
     assert cached.token_ids == recomputed.token_ids
 
@@ -272,19 +282,21 @@ def test_repetition_penalty_changes_greedy_output() -> None:
 def test_decode_step_compiles_as_one_graph() -> None:
     """fullgraph=True: the decode step has no graph break (what CUDA graphs need). The eager backend keeps it fast."""
     model = make_model(n_kv_head=2)
-    sampler = Sampler(SamplingParams(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05), model.config.vocab_size)
+    params = SamplingParams.defaults(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05)
+    sampler = Sampler(params, model.config.vocab_size)
     step = torch.compile(decode_one_token, backend="eager", fullgraph=True)
-    with torch.no_grad(), kv_caches(model, 2, 16) as causal:
-        idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
-        model(idx, torch.arange(3), causal[None, None, :3])
-        pos = torch.tensor([[3], [3]])
-        torch.manual_seed(0)
-        compiled = step(model, idx[:, -1:], pos, causal, None, sampler)
-    with torch.no_grad(), kv_caches(model, 2, 16) as causal:
-        model(idx, torch.arange(3), causal[None, None, :3])
-        torch.manual_seed(0)
-        eager = decode_one_token(model, idx[:, -1:], pos, causal, None, sampler)
-    assert compiled.tolist() == eager.tolist()
+    idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    pos = torch.tensor([[3], [3]])
+    tokens = []
+    for decode in (step, decode_one_token):
+        with torch.no_grad():
+            model.setup_caches(2, 16)
+            model(idx, torch.arange(3), model.causal_mask[None, None, :3])
+            torch.manual_seed(0)
+            tokens.append(decode(model, idx[:, -1:], pos, None, sampler).tolist())
+            model.clear_caches()
+    compiled, eager = tokens
+    assert compiled == eager
 
 
 def test_fixed_cache_length_gives_the_same_tokens() -> None:
@@ -294,24 +306,24 @@ def test_fixed_cache_length_gives_the_same_tokens() -> None:
 
 
 def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """compile=True keeps one set of cache buffers between calls (for CUDA graphs); stale entries never leak."""
-    import importlib
-
-    from llm.sampler.kv_cache import _kept, release_kept_caches
-
-    gen = importlib.import_module("llm.sampler.generate")  # the module: the package exports a function of that name
-    monkeypatch.setattr(gen, "compiled_decode", lambda: decode_one_token)  # the reuse path, without compiling
+    """compile=True keeps the caches on the model between calls (for CUDA graphs); stale entries never leak."""
+    monkeypatch.setattr(generation, "compiled_decode", lambda: decode_one_token)  # the reuse path, no compiling
     model = make_model(n_kv_head=2)
     first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
-    kept = next(iter(_kept.values()))[1][0]
+    kept = model.blocks[0].attn.kv_cache
+    buffer = kept.k_cache.data_ptr()
     other = [[5, 4, 3], [2, 1], [40, 41, 42, 43]]
     second = ids_of(generate_ids(model, other, 30, GREEDY, compile=True, cache_len=80))
-    assert next(iter(_kept.values()))[1][0] is kept  # same buffers, already holding the first call's entries
+    assert model.blocks[0].attn.kv_cache is kept  # same buffers, already holding the first call's entries
+    assert kept.k_cache.data_ptr() == buffer
     assert first == ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
     assert second == ids_of(generate_ids(model, other, 30, GREEDY))  # compiled on CPU: explicit attention, same ids
-    assert all(block.attn.kv_cache is None and block.attn.impl == "sdpa" for block in model.blocks)
-    release_kept_caches()
-    assert not _kept
+    assert all(block.attn.kv_cache is None for block in model.blocks)  # another shape, then freed
+    assert model.config.attn == "sdpa"
+    generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80)
+    assert model.blocks[0].attn.kv_cache is not None
+    model.clear_caches()
+    assert all(block.attn.kv_cache is None for block in model.blocks) and model.causal_mask is None
 
 
 def test_generation_runs_in_eval_mode_and_restores_the_mode() -> None:
@@ -323,33 +335,76 @@ def test_generation_runs_in_eval_mode_and_restores_the_mode() -> None:
 
 def test_kept_caches_go_with_their_model_and_never_to_another_shape() -> None:
     import gc
-
-    from llm.sampler import kv_cache
+    import weakref
 
     a = make_model()
-    with kv_caches(a, 1, 32, reuse=True):
-        pass
-    kept = next(iter(kv_cache._kept.values()))[1]
+    a.setup_caches(1, 32)
+    kept = weakref.ref(a.blocks[0].attn.kv_cache.k_cache)
     b = make_model(n_head=2, n_embd=32)  # another shape: never served a's buffers
-    with kv_caches(b, 1, 32, reuse=True):
-        assert b.blocks[0].attn.kv_cache is not kept[0]
-        assert b.blocks[0].attn.kv_cache.k_cache.shape[1] == b.config.n_kv_head
-    del b
+    b.setup_caches(1, 32)
+    assert b.blocks[0].attn.kv_cache.k_cache is not kept()
+    assert b.blocks[0].attn.kv_cache.k_cache.shape[1] == b.config.n_kv_head
+    del a
     gc.collect()
-    assert not kv_cache._kept  # freed with the model that used them last
+    assert kept() is None  # freed with the model that holds them
 
 
 def test_compiled_step_past_the_recompile_limit_runs_eagerly(monkeypatch, caplog) -> None:
-    import importlib
-
-    gen = importlib.import_module("llm.sampler.generate")  # the module: the package exports a function of that name
-
     def limit_hit(*args, **kwargs):
         raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile limit")
 
     model = make_model()
     eager = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
-    monkeypatch.setattr(gen, "compiled_decode", lambda: limit_hit)
+    monkeypatch.setattr(generation, "compiled_decode", lambda: limit_hit)
     with caplog.at_level(logging.WARNING):
         assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, compile=True)) == eager
     assert "recompile limit" in caplog.text
+
+
+def test_sampling_defaults_are_written_once_in_conf_infer_yaml() -> None:
+    """infer.py and generate() share one set of defaults: conf/infer.yaml's; the code repeats none of them."""
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from llm.config import REPO_ROOT
+
+    yaml = OmegaConf.load(REPO_ROOT / "conf" / "infer.yaml")
+    defaults = generation_defaults()
+    assert set(defaults) == set(SHARED_KEYS)
+    for key in SHARED_KEYS:
+        assert key in yaml, f"conf/infer.yaml lacks {key}"
+        if key != "stop":
+            assert defaults[key] == yaml[key]
+    assert defaults["stop"] == list(yaml.stop)
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(SamplingParams))
+    params = SamplingParams.defaults()
+    assert {f.name: getattr(params, f.name) for f in dataclasses.fields(SamplingParams)} == {
+        f.name: yaml[f.name] for f in dataclasses.fields(SamplingParams)
+    }
+    for fn in (generate, generate_ids):
+        shared = [p for p in inspect.signature(fn).parameters.values() if p.name in SHARED_KEYS]
+        assert shared
+        for p in shared:  # None: conf/infer.yaml's value; or no default at all
+            assert p.default is None or p.default is inspect.Parameter.empty, f"{fn.__name__}({p.name}={p.default!r})"
+    # compile is the one key that differs: infer.py's auto is a CLI policy (compile on CUDA); a Python caller,
+    # e.g. a training callback, compiles only when it asks to
+    assert inspect.signature(generate).parameters["compile"].default is False
+
+
+def test_generate_takes_conf_infer_yaml_defaults(tokenizer: Tokenizer) -> None:
+    model = make_model(vocab_size=tokenizer.get_vocab_size())
+    yaml = generation_defaults()
+    implicit = generate(model, tokenizer, "def add", seed=5, stop_tokens=[])[0]
+    explicit_values = {k: yaml[k] for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")}
+    explicit = generate(model, tokenizer, "def add", yaml["max_new_tokens"], seed=5, stop_tokens=[], **explicit_values)[
+        0
+    ]
+    assert implicit.token_ids == explicit.token_ids
+    assert len(implicit.token_ids) == yaml["max_new_tokens"]
+    # params replaces the defaults; a keyword changes one setting of it
+    greedy = generate(model, tokenizer, "def add", 10, params=GREEDY, stop_tokens=[])[0]
+    assert greedy.token_ids == generate_ids(model, [tokenizer.encode("def add").ids], 10, GREEDY)[0].token_ids
+    hot = generate(model, tokenizer, "def add", 10, params=GREEDY, temperature=1.0, seed=5, stop_tokens=[])[0]
+    assert hot.token_ids != greedy.token_ids

@@ -1,22 +1,35 @@
-"""Inference: turn a trained checkpoint into text, with a KV cache, sampling controls and streaming."""
+"""Inference: turn a trained checkpoint into text, with the model's KV caches, sampling controls and streaming."""
 
-from llm.sampler.generate import DTYPES, Generation, generate, generate_ids
-from llm.sampler.kv_cache import KVCache, kv_caches, release_kept_caches, remove_caches, setup_caches
-from llm.sampler.processors import Sampler, SamplingParams, build_processors
+from llm.sampler.device import DTYPES, resolve_compile, resolve_device, resolve_dtype
+from llm.sampler.generation import Generation, generate, generate_ids
+from llm.sampler.params import (
+    SamplingParams,
+    check_flag,
+    check_max_new_tokens,
+    check_prompts,
+    generation_defaults,
+    read_prompts,
+    read_stop,
+)
+from llm.sampler.processors import Sampler, build_processors
 from llm.sampler.streaming import TextStream
 
 __all__ = [
     "DTYPES",
     "Generation",
-    "KVCache",
     "Sampler",
     "SamplingParams",
     "TextStream",
     "build_processors",
+    "check_flag",
+    "check_max_new_tokens",
+    "check_prompts",
     "generate",
     "generate_ids",
-    "kv_caches",
-    "release_kept_caches",
-    "remove_caches",
-    "setup_caches",
+    "generation_defaults",
+    "read_prompts",
+    "read_stop",
+    "resolve_compile",
+    "resolve_device",
+    "resolve_dtype",
 ]

@@ -7,44 +7,9 @@ device with static shapes, so a compiled decode step can include it.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 is greedy; top_k 0, top_p 1, min_p 0 and repetition_penalty 1 switch a control off."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r} must be a finite number")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} is negative: use 0 for greedy, or a value > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} is outside (0, 1]: it is the probability mass to keep")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p={self.min_p} is outside [0, 1): it is a fraction of the top probability")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0: off)")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed={self.seed!r} must be an integer, or None for a fresh draw each call")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1: off)")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from llm.sampler.params import SamplingParams
 
 
 class RepetitionPenalty:
