@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-import infer
+from llm import infer
 from llm.checkpoint import load_checkpoint
 from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
@@ -93,8 +93,8 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        (["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError, "no such file"),
-        (["ckpt_path=last", "paths.outputs_root=/nowhere"], FileNotFoundError, "no last.ckpt"),
+        (["ckpt_path=/nowhere/x.ckpt"], ConfigError, "no such file"),
+        (["ckpt_path=last", "paths.outputs_root=/nowhere"], ConfigError, "no last.ckpt"),
         (["prompt="], ConfigError, "prompt is empty"),
         (["prompt_file=/nowhere/prompts.txt"], ConfigError, "prompt_file=/nowhere/prompts.txt: no such file"),
         (["top_p=1.5"], ConfigError, "top_p=1.5 is outside (0, 1]"),
@@ -137,7 +137,7 @@ def test_checkpoint_of_a_compiled_wrapper_loads(checkpoint: Path, tmp_path: Path
 def test_corrupt_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
         infer.infer(compose_infer(f"ckpt_path={bad}"))
 
 

@@ -368,9 +368,9 @@ def test_sampling_defaults_are_written_once_in_conf_infer_yaml() -> None:
 
     from omegaconf import OmegaConf
 
-    from llm.config import REPO_ROOT
+    from llm.config import config_dir
 
-    yaml = OmegaConf.load(REPO_ROOT / "conf" / "infer.yaml")
+    yaml = OmegaConf.load(config_dir() / "infer.yaml")
     defaults = generation_defaults()
     assert set(defaults) == set(SHARED_KEYS)
     for key in SHARED_KEYS:

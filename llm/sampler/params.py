@@ -16,10 +16,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from llm.config import REPO_ROOT
+from llm.config import config_dir
 from llm.errors import ConfigError
 
-INFER_YAML = REPO_ROOT / "conf" / "infer.yaml"
+INFER_YAML = config_dir() / "infer.yaml"
 # keys of conf/infer.yaml that are also arguments of generate(): there they default to None, "the YAML's value"
 SHARED_KEYS = (
     "max_new_tokens",

@@ -1,0 +1,131 @@
+"""`python infer.py [overrides]` (or `llm-infer` when installed): generate text from a trained checkpoint.
+
+Example: `python infer.py ckpt_path=last 'prompt="def "'`.
+
+The quotes inside keep the trailing space: Hydra strips it from an unquoted value.
+
+`prompt_file=prompts.txt` runs one prompt per line as a batch; `interactive=true` opens a REPL.
+See conf/infer.yaml for every key. The generated text goes to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tokenizers import Tokenizer
+
+from llm.checkpoint import find_checkpoint, load_checkpoint
+from llm.config import config_dir, register_resolvers
+from llm.errors import ConfigError
+from llm.model import GPT
+from llm.sampler import (
+    SamplingParams,
+    check_flag,
+    check_max_new_tokens,
+    generate,
+    read_prompts,
+    read_stop,
+    resolve_compile,
+    resolve_device,
+    resolve_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load(cfg: DictConfig) -> tuple[GPT, Tokenizer, torch.device]:
+    path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer, _ = load_checkpoint(path)
+    model.to(device=device, dtype=dtype)
+    log.info("loaded %s (%.2fM parameters) on %s", path, model.num_params() / 1e6, device)
+    return model, tokenizer, device
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def write_row(_row: int, text: str) -> None:
+    """on_text for one stream: the text as it arrives."""
+    write(text)
+
+
+def infer(cfg: DictConfig) -> None:
+    # every key is checked before the checkpoint loads
+    interactive = check_flag("interactive", cfg.interactive)
+    stream = check_flag("stream", cfg.stream)
+    kv_cache = check_flag("kv_cache", cfg.kv_cache)
+    prompts = [] if interactive else read_prompts(cfg.prompt, cfg.prompt_file)
+    options = dict(
+        max_new_tokens=check_max_new_tokens(cfg.max_new_tokens),
+        params=SamplingParams.from_config(cfg),
+        stop=read_stop(cfg.stop),
+        kv_cache=kv_cache,
+    )
+    model, tokenizer, device = load(cfg)
+    options["compile"] = resolve_compile(cfg.compile, device, kv_cache)
+    if interactive:
+        if options["compile"]:  # one cache size for every turn, so the step compiles once
+            options["cache_len"] = model.config.block_size
+        repl(model, tokenizer, stream, options)
+        return
+    stream = stream and len(prompts) == 1
+    if stream:
+        write(prompts[0])
+    results = generate(model, tokenizer, prompts, on_text=write_row if stream else None, **options)
+    for i, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
+        if not stream:
+            separator = "\n" if i else ""
+            write(separator + prompt + result.text)
+        write("\n")
+        log.info("prompt %d: %d new tokens, finished by %s", i, len(result.token_ids), result.finish_reason)
+
+
+def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
+    """Each line continues the transcript so far (older text falls out of the context). /reset, /quit."""
+    sys.stderr.write("interactive: type a line and press enter; /reset forgets the conversation, /quit ends\n")
+    on_text = write_row if stream else None
+    transcript = ""
+    while True:
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":  # end of input or /quit
+            return
+        if line.strip() == "/reset":
+            transcript = ""
+            continue
+        if not line.strip():
+            continue
+        transcript += line
+        result = generate(model, tokenizer, transcript, on_text=on_text, **options)[0]
+        if not stream:
+            write(result.text)
+        write("\n")
+        transcript += result.text + "\n"
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="infer")
+def _hydra_main(cfg: DictConfig) -> None:
+    """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
+    try:
+        infer(cfg)
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+def main() -> None:
+    register_resolvers()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
