@@ -65,6 +65,7 @@ def test_windows_are_shifted_by_one_and_reproducible(tmp_path):
     assert len(seq) == 10 and seq[(0, 1)][0][0] == 100 and seq[(0, 8)][1][-1] == 900
     assert seq[(0, 9)][1][-1] == 0  # the last window wraps round: the first token is a target too
     assert torch.equal(seq[(0, 3)][0], seq[(7, 3)][0])  # seed=None: the same windows every epoch
+    assert torch.equal(ds[4][0], ds[(0, 4)][0])  # a plain index: that window of epoch 0
 
 
 def token_stream(n: int, mean_doc: float, seed: int) -> np.ndarray:

@@ -168,7 +168,7 @@ class TextDataModule(L.LightningDataModule):
             return []
         rank, world = self._rank()
         n = len(self.val_set) if self.val_windows is None else min(self.val_windows, len(self.val_set))
-        return self._loader(self.val_set, [(0, k) for k in range(rank, n, world)])
+        return self._loader(self.val_set, list(range(rank, n, world)))
 
     def _loader(self, dataset, sampler) -> DataLoader:
         return DataLoader(

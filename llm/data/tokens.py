@@ -127,10 +127,11 @@ class TokenWindows(Dataset):
       short documents packed behind each other, or continues a document longer than a window where
       the previous window cut it. They are the same every epoch (only the order changes, EpochSampler).
 
-    Items are keyed by (epoch, k); there are len(self) windows in every epoch. A window that predicts
-    fewer than block_size tokens is padded: inputs with the end-of-document id, targets with IGNORE.
-    With token_bytes (token_byte_lengths), an item carries a third element: the number of UTF-8 bytes
-    of the text its targets stand for.
+    Items are keyed by (epoch, k); there are len(self) windows in every epoch. A plain k is window k of
+    epoch 0 (what an ordinary sampler gives, such as the one Lightning's overfit_batches puts in). A
+    window that predicts fewer than block_size tokens is padded: inputs with the end-of-document id,
+    targets with IGNORE. With token_bytes (token_byte_lengths), an item carries a third element: the
+    number of UTF-8 bytes of the text its targets stand for.
     """
 
     def __init__(
@@ -178,10 +179,11 @@ class TokenWindows(Dataset):
         start = k * self.block_size
         return (self.phase(epoch) + start) % self.n_tokens, min(self.block_size, self.n_tokens - start)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, ...]:
         if self._tokens is None:
             self._tokens = self._open()
-        first, n = self.span(*key)
+        epoch, k = key if isinstance(key, tuple) else (0, key)
+        first, n = self.span(epoch, k)
         window = self._tokens[first : first + n + 1]
         while len(window) < n + 1:  # past the file's end: on from its first token
             window = np.concatenate([window, self._tokens[: n + 1 - len(window)]])
