@@ -6,7 +6,16 @@ import torch
 
 from llm.data.datamodule import TextDataModule
 from llm.data.ingest import Document
-from llm.data.tokens import TokenWindows, split_documents, write_tokens
+from llm.data.tokens import (
+    IGNORE,
+    EpochSampler,
+    TokenWindows,
+    document_starts,
+    split_documents,
+    token_byte_lengths,
+    write_tokens,
+)
+from llm.errors import ConfigError
 from llm.tokenizer import eod_id, train_tokenizer
 
 
@@ -46,19 +55,131 @@ def test_token_file_puts_eod_after_every_document(tmp_path):
 
 def test_windows_are_shifted_by_one_and_reproducible(tmp_path):
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    ds = TokenWindows(tmp_path / "t.bin", "uint16", block_size=32, num_samples=10, random=True, seed=3)
-    x, y = ds[4]
+    ds = TokenWindows(tmp_path / "t.bin", "uint16", block_size=32, eod=0, seed=3, align="none")
+    x, y = ds[(0, 4)]
     assert x.shape == y.shape == (32,) and x.dtype == torch.int64
     assert torch.equal(x[1:], y[:-1]) and y[-1] == x[-1] + 1
-    assert torch.equal(ds[4][0], TokenWindows(tmp_path / "t.bin", "uint16", 32, 10, True, 3)[4][0])
-    seq = TokenWindows(tmp_path / "t.bin", "uint16", block_size=100, random=False)
-    assert len(seq) == 9 and seq[1][0][0] == 100 and seq[8][1][-1] == 900
+    assert torch.equal(ds[(0, 4)][0], TokenWindows(tmp_path / "t.bin", "uint16", 32, 0, 3, "none")[(0, 4)][0])
+    assert not torch.equal(ds[(0, 4)][0], ds[(1, 4)][0])  # another epoch, another phase
+    seq = TokenWindows(tmp_path / "t.bin", "uint16", block_size=100, eod=0, seed=None, align="none")
+    assert len(seq) == 10 and seq[(0, 1)][0][0] == 100 and seq[(0, 8)][1][-1] == 900
+    assert seq[(0, 9)][1][-1] == 0  # the last window wraps round: the first token is a target too
+    assert torch.equal(seq[(0, 3)][0], seq[(7, 3)][0])  # seed=None: the same windows every epoch
+    assert torch.equal(ds[4][0], ds[(0, 4)][0])  # a plain index: that window of epoch 0
+
+
+def token_stream(n: int, mean_doc: float, seed: int) -> np.ndarray:
+    """n tokens of ids 1..299 with end-of-document (0) ending documents of random lengths, the last at n - 1."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 300, n).astype(np.uint16)
+    tokens[rng.random(n) < 1 / mean_doc] = 0
+    tokens[-1] = 0
+    return tokens
+
+
+def epoch_targets(ds: TokenWindows, tokens: np.ndarray, epoch: int) -> np.ndarray:
+    """The positions every window of the epoch predicts, after checking each item against the token stream."""
+    n = len(tokens)
+    positions = []
+    for k in range(len(ds)):
+        first, count = ds.span(epoch, k)
+        assert 1 <= count <= ds.block_size
+        x, y = ds[(epoch, k)]
+        read = (first + np.arange(count + 1)) % n
+        assert np.array_equal(x[:count].numpy(), tokens[read[:-1]]) and np.array_equal(
+            y[:count].numpy(), tokens[read[1:]]
+        )
+        assert (x[count:] == 0).all() and (y[count:] == IGNORE).all()  # padding: EOD in, nothing to predict
+        positions.append(read[1:])
+    return np.concatenate(positions)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 31, 32, 33, 700])
+@pytest.mark.parametrize("block_size", [1, 7, 32, 100])
+@pytest.mark.parametrize("align", ["none", "document"])
+def test_an_epoch_predicts_every_token_exactly_once(tmp_path, n_tokens, block_size, align):
+    tokens = token_stream(n_tokens, mean_doc=20, seed=n_tokens + block_size)
+    tokens.tofile(tmp_path / "t.bin")
+    ds = TokenWindows(tmp_path / "t.bin", "uint16", block_size, eod=0, seed=5, align=align)
+    for epoch in range(3):
+        assert np.array_equal(np.sort(epoch_targets(ds, tokens, epoch)), np.arange(n_tokens))
+    if align == "none" and block_size > 1 and n_tokens > block_size:
+        assert len({ds.phase(e) for e in range(10)}) > 1  # the cuts move between epochs
+
+
+@pytest.mark.parametrize("mean_doc", [5, 40, 400])
+def test_document_aligned_windows_start_at_document_starts(tmp_path, mean_doc):
+    block_size = 32
+    tokens = token_stream(5000, mean_doc, seed=mean_doc)
+    tokens.tofile(tmp_path / "t.bin")
+    ds = TokenWindows(tmp_path / "t.bin", "uint16", block_size, eod=0, seed=5, align="document")
+    starts = set(document_starts(tokens, 0).tolist())
+    assert starts == {0, *(np.flatnonzero(tokens[:-1] == 0) + 1).tolist()}
+    spans = [ds.span(0, k) for k in range(len(ds))]
+    for k, (first, _) in enumerate(spans):
+        if first in starts:
+            continue
+        # not a document start: the previous window was a full one, inside a document longer than a window
+        before, full = spans[k - 1]
+        assert full == block_size and before + block_size == first
+        assert not starts & set(range(before + 1, first + 1))
+    continued = sum(first not in starts for first, _ in spans)
+    if mean_doc == 5:  # short documents: several packed into a window, never a window begun mid-document
+        assert continued == 0 and len(ds) < len(starts) / 3
+    if mean_doc == 400:  # long documents: split into consecutive windows
+        assert continued > len(ds) / 2
+    assert np.array_equal(np.sort(epoch_targets(ds, tokens, 0)), np.arange(len(tokens)))
+
+
+@pytest.mark.parametrize("align", ["none", "document"])
+def test_two_ranks_share_an_epoch_without_overlap_and_resume_midway(tmp_path, align):
+    tokens = token_stream(3001, mean_doc=30, seed=1)
+    tokens.tofile(tmp_path / "t.bin")
+    ds = TokenWindows(tmp_path / "t.bin", "uint16", 16, eod=0, seed=5, align=align)
+
+    def keys(epoch: int, rank: int, done: int = 0) -> list[tuple[int, int]]:
+        return list(EpochSampler(len(ds), 4, seed=9, rank=rank, world_size=2, position=lambda: (epoch, done)))
+
+    for epoch in range(2):
+        ranks = [keys(epoch, 0), keys(epoch, 1)]
+        assert set(ranks[0]).isdisjoint(ranks[1])
+        assert sorted(ranks[0] + ranks[1]) == [(epoch, k) for k in range(len(ds))]
+        assert len(ranks[0]) == len(EpochSampler(len(ds), 4, 9, 0, 2))
+        assert keys(epoch, 1, done=3) == ranks[1][3 * 4 :]  # three batches done: the rest, in the same order
+    assert [k for _, k in keys(0, 0)] != [k for _, k in keys(1, 0)]  # each epoch its own order
+
+
+def test_bad_align_is_named(tmp_path, corpus):
+    with pytest.raises(ConfigError, match=r"data.align=pages must be one of: none, document"):
+        TextDataModule([str(corpus)], str(tmp_path / "o"), str(tmp_path / "c"), align="pages")
+
+
+def test_byte_lengths_add_up_to_the_utf8_bytes_of_the_text():
+    tricky = [
+        "héllo wörld, naïve café ",
+        "日本語のテキスト ",
+        "emoji 😀👍🏽 family 👨‍👩‍👧 ",
+        "\t  spaces\n\n\r\n",
+        "def f(x):\n    return x\n",
+    ]
+    tok = train_tokenizer([t * 20 for t in tricky], vocab_size=400)
+    lengths = token_byte_lengths(tok)
+    eod = eod_id(tok)
+    assert lengths.shape == (tok.get_vocab_size(),) and lengths[eod] == 0 and (np.delete(lengths, eod) >= 1).all()
+    for text in [*tricky, "".join(tricky), "unseen: Ωmega ∑ 𝔘nicode \u00a0 ", "<|endoftext|> is text here"]:
+        ids = tok.encode(text).ids
+        assert lengths[ids].sum() == len(text.encode("utf-8")), text
+    whole = [i for i in range(tok.get_vocab_size()) if i != eod and "\ufffd" not in tok.decode([i])]
+    assert len(whole) > 150  # tokens that are whole characters: their decoded text has their byte count
+    assert all(lengths[i] == len(tok.decode([i]).encode("utf-8")) for i in whole)
 
 
 def test_datamodule_caches_tokenizer_and_tokens(tmp_path, corpus):
     def make(out):
         out, cache = str(tmp_path / out), str(tmp_path / "cache")
-        return TextDataModule([str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, val_fraction=0.25)
+        return TextDataModule(
+            [str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, val_fraction=0.25, align="none"
+        )
 
     dm = make("a")
     dm.prepare_data()
@@ -85,7 +206,7 @@ def test_datamodule_caches_tokenizer_and_tokens(tmp_path, corpus):
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    dm = TextDataModule([str(tmp_path / "empty")], str(tmp_path / "o"), str(tmp_path / "c"))
+    dm = TextDataModule([str(tmp_path / "empty")], str(tmp_path / "o"), str(tmp_path / "c"), align="none")
     with pytest.raises(RuntimeError, match="no usable document"):
         dm.prepare_data()
 
@@ -97,8 +218,8 @@ def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypa
     import llm.data.text
 
     def folder():
-        dm = TextDataModule([str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300,
-                            block_size=16, batch_size=2)  # fmt: skip
+        out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
+        dm = TextDataModule([str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, align="none")
         dm.prepare_data()
         dm.setup("fit")
         return dm.folder
@@ -116,8 +237,8 @@ def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, 
     import llm.data.datamodule as datamodule
 
     def make():
-        return TextDataModule([str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300,
-                              block_size=16, batch_size=2)  # fmt: skip
+        out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
+        return TextDataModule([str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, align="none")
 
     first = make()
     first.prepare_data()

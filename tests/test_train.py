@@ -1,8 +1,11 @@
 """End to end on CPU: the composed train config trains, checkpoints, resumes, and generates."""
 
 import csv
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,48 @@ def test_training_lowers_val_loss_and_writes_self_sufficient_checkpoints(trained
     ckpt = torch.load(last, weights_only=True)  # no pickled objects inside
     assert ckpt["model_config"]["n_layer"] == 2 and "tokenizer" in ckpt and "optim" in ckpt["config"]
     assert find_checkpoint(run, "/nonexistent") == last
+
+
+def test_val_bpb_is_the_cross_entropy_in_bits_per_byte_of_the_validation_text(trained):
+    """Recomputed here from last.ckpt, val.bin and the tokenizer: the windows of docs/training.md, the text's bytes."""
+    cfg, metrics = trained
+    run = Path(cfg.paths.output_dir)
+    rows = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("val/bpb")]
+    assert len(rows) == 3 and rows[-1]["step"] == str(cfg.trainer.max_steps - 1)  # each validation, in metrics.csv
+    assert float(rows[-1]["val/bpb"]) < float(rows[0]["val/bpb"])
+    model, tokenizer, _ = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    folder = Path(json.loads((run / "data" / "dataset.json").read_text())["folder"])
+    tokens = torch.from_numpy(np.fromfile(folder / "val.bin", dtype=np.uint16).astype(np.int64))
+    block = cfg.model.config.block_size
+    scored = min(cfg.data.val_windows * block, len(tokens))  # whole windows from token 0; the last may be short
+    stream = torch.cat([tokens, tokens[:1]])  # the last window predicts the first token: the stream is a circle
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, scored, block):
+            x, y = stream[start : min(start + block, scored)], stream[start + 1 : min(start + block, scored) + 1]
+            nats += F.cross_entropy(model.eval()(x[None])[0], y, reduction="sum").item()
+    targets = stream[1 : scored + 1].tolist()
+    text_bytes = len(tokenizer.decode(targets).encode("utf-8"))  # the end-of-document token decodes to nothing
+    assert text_bytes > len(targets)  # more bytes than tokens: merges were learned
+    expected = nats / math.log(2) / text_bytes
+    assert float(rows[-1]["val/bpb"]) == pytest.approx(expected, rel=1e-4)
+    assert float(rows[-1]["val/loss"]) == pytest.approx(nats / scored, rel=1e-4)
+    assert metrics["val/bpb"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_padding_targets_are_left_out_of_the_loss() -> None:
+    from llm.data.tokens import IGNORE
+    from llm.training.module import token_cross_entropy
+
+    logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
+    padded = targets.clone()
+    padded[1, 3:] = IGNORE
+    kept = torch.ones(2, 5, dtype=torch.bool)
+    kept[1, 3:] = False
+    expected = F.cross_entropy(logits[kept], targets[kept])
+    assert torch.allclose(token_cross_entropy(logits, padded), expected)
+    assert not torch.allclose(token_cross_entropy(logits, targets), expected)
 
 
 def test_checkpoint_alone_restores_the_trained_model(trained, corpus):
@@ -98,10 +143,8 @@ def test_compiled_training_matches_eager() -> None:
     for compile in (False, True):
         torch.manual_seed(0)
         module = LitGPT(GPT(config), {"lr": 1e-2, "warmup_steps": 1}, compile=compile)
-        trainer = L.Trainer(
-            max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False,
-        )  # fmt: skip
+        quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+        trainer = L.Trainer(max_steps=3, accelerator="cpu", enable_model_summary=False, **quiet)
         trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))
         assert hasattr(module._cross_entropy, "_torchdynamo_orig_callable") == compile  # the loss compiled too
         weights[compile] = dict(module.net.named_parameters())  # names unchanged by compiling
@@ -162,6 +205,23 @@ def test_plain_progress_eta_counts_from_the_resumed_step(monkeypatch, caplog) ->
     with caplog.at_level(logging.INFO, logger="llm.train"):
         bar.on_train_batch_end(trainer, None, None, None, 0)
     assert "step 210/300" in caplog.text and "ETA 0m09s" in caplog.text
+
+
+def test_plain_progress_shows_val_bpb(caplog) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from llm.training import callbacks
+
+    bar = callbacks.PlainProgress(every_n_steps=10)
+    metrics = {"val/loss": torch.tensor(2.5), "val/ppl": torch.tensor(12.18), "val/bpb": torch.tensor(1.2341)}
+    trainer = SimpleNamespace(global_step=20, max_steps=300, callback_metrics=metrics, sanity_checking=False)
+    with caplog.at_level(logging.INFO, logger="llm.train"):
+        bar.on_validation_end(trainer, None)
+        bar.on_train_batch_end(trainer, None, None, None, 0)
+    validation, step = caplog.messages
+    assert validation == "validation at step 20 | val/loss 2.5000 | val/ppl 12.18 | val/bpb 1.234"
+    assert step.startswith("step 20/300 | val/loss 2.5000 | val/bpb 1.234")
 
 
 def test_a_zero_interval_is_named(train_cfg) -> None:

@@ -21,8 +21,17 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from llm.data.ingest import DEFAULT_EXCLUDE, ingest
-from llm.data.tokens import EpochSampler, TokenWindows, split_documents, token_dtype, write_tokens
-from llm.tokenizer import load_tokenizer, train_tokenizer
+from llm.data.tokens import (
+    EpochSampler,
+    TokenWindows,
+    check_align,
+    split_documents,
+    token_byte_lengths,
+    token_dtype,
+    write_tokens,
+)
+from llm.errors import ConfigError
+from llm.tokenizer import eod_id, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +49,22 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 16,
         val_fraction: float = 0.1,
         seed: int = 1337,
-        samples_per_epoch: int | None = None,
         val_windows: int | None = 64,
         num_workers: int = 0,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         ingest: dict | None = None,  # llm.data.ingester.Settings: workers, time/memory limits, strategies
+        *,
+        align: str,  # none | document: where training windows start (TokenWindows)
     ) -> None:
         super().__init__()
         if not paths:
             raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
         if block_size < 1:
             raise ValueError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
-        optional = {"samples_per_epoch": samples_per_epoch, "val_windows": val_windows}  # null: all of them
-        for key, value in {"batch_size": batch_size, **optional}.items():
-            if (value is not None or key == "batch_size") and value < 1:
-                raise ValueError(f"data.{key}={value} must be at least 1" + (" (or null)" if key in optional else ""))
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        if val_windows is not None and val_windows < 1:
+            raise ConfigError(f"data.val_windows={val_windows} must be at least 1, or null (all of them)")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
         if vocab_size < 257:  # byte-level BPE: the 256 bytes and the end-of-document token come first
@@ -66,7 +76,7 @@ class TextDataModule(L.LightningDataModule):
         self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
         self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
         self.val_fraction, self.seed = val_fraction, seed
-        self.samples_per_epoch, self.val_windows, self.num_workers = samples_per_epoch, val_windows, num_workers
+        self.val_windows, self.num_workers, self.align = val_windows, num_workers, check_align(align)
         self.exclude = tuple(exclude)
         self.ingest_settings = dict(ingest or {})
         self.tokenizer: Tokenizer | None = None
@@ -126,10 +136,8 @@ class TextDataModule(L.LightningDataModule):
             if not (folder / "meta.json").exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical entry
-        log.info(
-            "tokenized %d docs: %d train / %d val tokens, vocab %d -> %s",
-            len(docs), meta["train_tokens"], meta["val_tokens"], meta["vocab_size"], folder,
-        )  # fmt: skip
+        counts = f"{meta['train_tokens']} train / {meta['val_tokens']} val tokens, vocab {meta['vocab_size']}"
+        log.info("tokenized %d docs: %s -> %s", len(docs), counts, folder)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
@@ -138,15 +146,12 @@ class TextDataModule(L.LightningDataModule):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = load_tokenizer(folder / "tokenizer.json")
-        dtype = self.meta["dtype"]
-        self.train_set = TokenWindows(
-            folder / "train.bin", dtype, self.block_size, self.samples_per_epoch, True, self.seed
-        )
-        self.val_set = (
-            TokenWindows(folder / "val.bin", dtype, self.block_size, self.val_windows, random=False)
-            if self.meta["val_tokens"] > 1
-            else None
-        )
+        dtype, eod = self.meta["dtype"], eod_id(self.tokenizer)
+        self.train_set = TokenWindows(folder / "train.bin", dtype, self.block_size, eod, self.seed, self.align)
+        self.val_set = None
+        if self.meta["val_tokens"] > 0:  # phase 0, in order: the same windows every validation and every run
+            token_bytes = token_byte_lengths(self.tokenizer)
+            self.val_set = TokenWindows(folder / "val.bin", dtype, self.block_size, eod, None, "none", token_bytes)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -155,15 +160,17 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, rank, world, self._position)
-        return self._loader(self.train_set, sampler, drop_last=len(sampler) >= self.batch_size)
+        return self._loader(self.train_set, sampler)  # the last batch of an epoch may be short: no window dropped
 
     def val_dataloader(self) -> DataLoader | list:
+        """The first val_windows windows of val.bin (all when null), consecutive from its first token."""
         if self.val_set is None:
             return []
         rank, world = self._rank()
-        return self._loader(self.val_set, list(range(rank, len(self.val_set), world)), drop_last=False)
+        n = len(self.val_set) if self.val_windows is None else min(self.val_windows, len(self.val_set))
+        return self._loader(self.val_set, list(range(rank, n, world)))
 
-    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, sampler) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -171,7 +178,6 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=drop_last,
         )
 
     # Exact resume: the checkpoint records how many training batches of which epoch were consumed;

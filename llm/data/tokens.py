@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 from torch.utils.data import Dataset, Sampler
 
 from llm.data.ingest import Document
+from llm.errors import ConfigError
 from llm.tokenizer import eod_id
 
 
@@ -56,11 +57,81 @@ def write_tokens(docs: Sequence[Document], tok: Tokenizer, path: Path, chunk: in
     return n
 
 
-class TokenWindows(Dataset):
-    """Windows of block_size + 1 tokens from a token file, returned as (input, target) shifted by one.
+IGNORE = -100  # the target of a padding position: F.cross_entropy's default ignore_index skips it
+ALIGNS = ("none", "document")  # data.align
 
-    random=True: window i starts at an offset drawn from a generator seeded by (seed, i), so item i
-    is the same window on every rank, worker and resumed run. random=False: consecutive windows.
+
+def check_align(align: str) -> str:
+    if align not in ALIGNS:
+        raise ConfigError(f"data.align={align} must be one of: {', '.join(ALIGNS)}")
+    return align
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """(vocab,) int64: how many bytes of UTF-8 text each token id stands for; special tokens (EOD) stand for none.
+
+    A byte-level BPE token is a fixed byte string, spelt in its vocabulary entry with one character of
+    ByteLevel's 256-character alphabet per byte, so its byte count is its string's length. Summed over
+    the ids of an encoded text, it gives len(text.encode("utf-8")).
+    """
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    added = tok.get_added_tokens_decoder()
+    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for text, i in tok.get_vocab().items():
+        if i in added:
+            lengths[i] = 0 if added[i].special else len(text.encode("utf-8"))  # added tokens are raw text
+        elif set(text) <= alphabet:
+            lengths[i] = len(text)
+        else:
+            raise ValueError(f"token {i} ({text!r}) is not spelt in ByteLevel's alphabet: not a byte-level BPE")
+    return lengths
+
+
+def document_starts(tokens: np.ndarray, eod: int, chunk: int = 1 << 26) -> np.ndarray:
+    """(docs,) int64: position 0 and every position right after an end-of-document token (bar the file's end)."""
+    ends = [np.flatnonzero(tokens[i : i + chunk] == eod) + i for i in range(0, len(tokens), chunk)]
+    after = np.concatenate([np.zeros(0, dtype=np.int64), *ends]) + 1
+    return np.concatenate([[0], after[after < len(tokens)]]).astype(np.int64)
+
+
+def document_cuts(starts: np.ndarray, n_tokens: int, block_size: int) -> np.ndarray:
+    """(windows + 1,) int64 boundaries 0 = c_0 < c_1 < ... < c_m = n_tokens of document-aligned windows.
+
+    Window k reads tokens c_k .. c_{k+1} and predicts c_k + 1 .. c_{k+1}. From each boundary the next is
+    the furthest document start (or the end of the file) at most block_size tokens on: the documents in
+    between are packed into one window. Where there is none, a document longer than a window starts or
+    continues there, and is cut after block_size tokens.
+    """
+    ends = np.append(starts[1:], n_tokens)  # where a window may end: before a document start, or at the end
+    cuts = [0]
+    while cuts[-1] < n_tokens:
+        c = cuts[-1]
+        j = int(np.searchsorted(ends, c + block_size, side="right")) - 1  # the furthest end within reach
+        cuts.append(int(ends[j]) if j >= 0 and ends[j] > c else c + block_size)
+    return np.asarray(cuts, dtype=np.int64)
+
+
+class TokenWindows(Dataset):
+    """One epoch's windows over a token file: (input, target) of up to block_size tokens, shifted by one.
+
+    The file is read as a circle: its last token, an end-of-document, is followed by its first. An
+    epoch's windows cut the circle into consecutive pieces that share their boundary token, window k
+    reading tokens c_k .. c_{k+1} and predicting c_k + 1 .. c_{k+1} (mod n), so every token, the first
+    included, is a target exactly once per epoch:
+
+    - align="none": c_k = phase + k * block_size for k < ceil(n / block_size), and the circle closes at
+      phase + n: the last window predicts the n mod block_size tokens left over (when there are any).
+      With a seed, the phase is drawn from (seed, epoch) in [0, block_size), so each epoch cuts the
+      stream elsewhere; seed=None: phase 0, windows consecutive from the file's first token.
+    - align="document": the boundaries are `document_cuts`: every window starts at a document start,
+      short documents packed behind each other, or continues a document longer than a window where
+      the previous window cut it. They are the same every epoch (only the order changes, EpochSampler).
+
+    Items are keyed by (epoch, k); there are len(self) windows in every epoch. A plain k is window k of
+    epoch 0 (what an ordinary sampler gives, such as the one Lightning's overfit_batches puts in). A
+    window that predicts fewer than block_size tokens is padded: inputs with the end-of-document id,
+    targets with IGNORE. With token_bytes (token_byte_lengths), an item carries a third element: the
+    number of UTF-8 bytes of the text its targets stand for.
     """
 
     def __init__(
@@ -68,37 +139,68 @@ class TokenWindows(Dataset):
         path: Path,
         dtype: str,
         block_size: int,
-        num_samples: int | None = None,
-        random: bool = True,
-        seed: int = 0,
-    ):
-        self.path, self.dtype, self.random, self.seed = Path(path), np.dtype(dtype), random, seed
-        n_tokens = self.path.stat().st_size // self.dtype.itemsize
-        self.block_size = min(block_size, n_tokens - 1)  # a tiny validation split gives one short window
-        if self.block_size < 1:
-            raise ValueError(f"{self.path.name} holds {n_tokens} tokens: too few to make a training window")
-        self.n_starts = n_tokens - self.block_size  # starts 0 .. n_tokens - block_size - 1
-        default = self.n_starts // self.block_size if random else max(1, (n_tokens - 1) // self.block_size)
-        self.num_samples = default if num_samples is None else (num_samples if random else min(num_samples, default))
-        self.num_samples = max(1, self.num_samples)
+        eod: int,
+        seed: int | None,
+        align: str,
+        token_bytes: np.ndarray | None = None,
+    ) -> None:
+        check_align(align)
+        self.path, self.dtype, self.block_size, self.eod = Path(path), np.dtype(dtype), block_size, eod
+        self.seed, self.align, self.token_bytes = seed, align, token_bytes
+        self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
+        if self.n_tokens < 1:
+            raise ValueError(f"{self.path} holds no tokens: nothing to make a window of")
+        self.cuts: np.ndarray | None = None
+        if align == "document":
+            self.cuts = document_cuts(document_starts(self._open(), eod), self.n_tokens, block_size)
         self._tokens: np.ndarray | None = None  # opened lazily: a memmap per worker process
+        self._phase = (-1, 0)  # (epoch, its phase)
+
+    def _open(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=self.dtype, mode="r")
 
     def __len__(self) -> int:
-        return self.num_samples
+        if self.cuts is not None:
+            return len(self.cuts) - 1
+        return -(-self.n_tokens // self.block_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def phase(self, epoch: int) -> int:
+        """Where epoch's first window starts (align="none"): drawn from (seed, epoch), 0 without a seed."""
+        if self.seed is None:
+            return 0
+        if self._phase[0] != epoch:  # one draw per epoch, not per window
+            self._phase = (epoch, int(np.random.default_rng((self.seed, epoch)).integers(self.block_size)))
+        return self._phase[1]
+
+    def span(self, epoch: int, k: int) -> tuple[int, int]:
+        """(first token, number of targets) of window k in epoch: it reads tokens first .. first + targets (mod n)."""
+        if self.cuts is not None:
+            return int(self.cuts[k]), int(self.cuts[k + 1] - self.cuts[k])
+        start = k * self.block_size
+        return (self.phase(epoch) + start) % self.n_tokens, min(self.block_size, self.n_tokens - start)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, ...]:
         if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        if self.random:
-            start = int(np.random.default_rng((self.seed, i)).integers(self.n_starts))
-        else:
-            start = i * self.block_size
-        window = torch.from_numpy(self._tokens[start : start + self.block_size + 1].astype(np.int64))
-        return window[:-1], window[1:]
+            self._tokens = self._open()
+        epoch, k = key if isinstance(key, tuple) else (0, key)
+        first, n = self.span(epoch, k)
+        window = self._tokens[first : first + n + 1]
+        while len(window) < n + 1:  # past the file's end: on from its first token
+            window = np.concatenate([window, self._tokens[: n + 1 - len(window)]])
+        window = window.astype(np.int64)
+        if n == self.block_size:
+            x, y = torch.from_numpy(window[:-1]), torch.from_numpy(window[1:])
+        else:  # padded to block_size: inputs with the end-of-document id, targets with IGNORE
+            x = torch.full((self.block_size,), self.eod, dtype=torch.int64)
+            y = torch.full((self.block_size,), IGNORE, dtype=torch.int64)
+            x[:n], y[:n] = torch.from_numpy(window[:-1]), torch.from_numpy(window[1:])
+        if self.token_bytes is None:
+            return x, y
+        return x, y, torch.tensor(int(self.token_bytes[window[1:]].sum()))
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffled window indices that a resumed run picks up exactly where the killed one stopped.
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Shuffled window keys (epoch, k) that a resumed run picks up exactly where the killed one stopped.
 
     Epoch e visits a permutation of range(n) drawn from (seed, e); rank r of w takes every w-th index
     (so DDP needs no DistributedSampler). `position()` returns (epoch, batches already done in it):
@@ -121,8 +223,9 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, done = self.position()
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         mine = torch.randperm(self.n, generator=g)[self.rank :: self.world_size]
-        yield from mine[done * self.batch_size :].tolist()
+        for k in mine[done * self.batch_size :].tolist():
+            yield epoch, k

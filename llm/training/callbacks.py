@@ -136,10 +136,9 @@ class PlainProgress(ProgressBar):
         self._last_step = step
         m = trainer.callback_metrics
         parts = [f"step {step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")]
-        for key, fmt in (("train/loss", "loss {:.4f}"), ("val/loss", "val/loss {:.4f}"),
-                         ("train/tokens_per_sec", "{:,.0f} tok/s")):  # fmt: skip
-            if key in m:
-                parts.append(fmt.format(float(m[key])))
+        shown = {"train/loss": "loss {:.4f}", "val/loss": "val/loss {:.4f}", "val/bpb": "val/bpb {:.3f}"}
+        shown["train/tokens_per_sec"] = "{:,.0f} tok/s"
+        parts += [fmt.format(float(m[key])) for key, fmt in shown.items() if key in m]
         if trainer.max_steps > 0 and step > self._start_step:
             eta = (time.perf_counter() - self._start) / (step - self._start_step) * (trainer.max_steps - step)
             parts.append(f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
@@ -147,9 +146,14 @@ class PlainProgress(ProgressBar):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics
-        if self._enabled and not trainer.sanity_checking and "val/loss" in m:
-            log.info("validation at step %d | val/loss %.4f | val/ppl %.2f", trainer.global_step,
-                     float(m["val/loss"]), float(m.get("val/ppl", float("nan"))))  # fmt: skip
+        if not self._enabled or trainer.sanity_checking or "val/loss" not in m:
+            return
+        parts = [f"validation at step {trainer.global_step}", f"val/loss {float(m['val/loss']):.4f}"]
+        if "val/ppl" in m:
+            parts.append(f"val/ppl {float(m['val/ppl']):.2f}")
+        if "val/bpb" in m:  # bits per UTF-8 byte: comparable across tokenizers
+            parts.append(f"val/bpb {float(m['val/bpb']):.3f}")
+        log.info(" | ".join(parts))
 
 
 class TerminalProgress(TQDMProgressBar):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -10,8 +11,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from llm.data.tokens import IGNORE
 from llm.model import GPT
 from llm.training.schedule import warmup_cosine
 
@@ -50,9 +52,31 @@ class Perplexity(MeanMetric):
         return super().compute().exp()
 
 
+class BitsPerByte(Metric):
+    """Cross-entropy in bits per UTF-8 byte of the text scored: the sum of nats over every batch and rank,
+    divided by ln 2 and by the sum of bytes. Unlike nats per token, it compares models whose tokenizers differ."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nats", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("bytes", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, nats: torch.Tensor, n_bytes: torch.Tensor) -> None:
+        self.nats += nats.detach().float().sum()
+        self.bytes += n_bytes.float().sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.nats / math.log(2) / self.bytes
+
+
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every token of (B, T, V) logits, in float32 whatever their dtype."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    """Mean cross-entropy over the tokens of (B, T, V) logits, in float32 whatever their dtype.
+
+    Targets equal to IGNORE (the padding of a short window) are left out.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 class LitGPT(L.LightningModule):
@@ -66,6 +90,7 @@ class LitGPT(L.LightningModule):
         self.compile = compile
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
+        self.val_bpb = BitsPerByte()
         self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
         self._cross_entropy = token_cross_entropy
 
@@ -103,13 +128,18 @@ class LitGPT(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """batch: (input, target) and, where the data knows them, the UTF-8 bytes of each window's targets."""
+        x, y, *n_bytes = batch
         loss = self.loss(self.net(x), y)
-        self.val_loss.update(loss, weight=y.numel())
-        self.val_ppl.update(loss, weight=y.numel())
+        n = (y != IGNORE).sum()  # the targets scored: padding left out
+        self.val_loss.update(loss, weight=n)
+        self.val_ppl.update(loss, weight=n)
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/ppl", self.val_ppl)
+        if n_bytes:
+            self.val_bpb.update(loss * n, n_bytes[0])
+            self.log("val/bpb", self.val_bpb, prog_bar=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.log("lr", optimizer.param_groups[0]["lr"])
