@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.checkpoint import find_checkpoint, load_checkpoint
+from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
 from tests.conftest import compose_train
 from train import train
@@ -110,22 +111,27 @@ def test_resume_continues_from_last_checkpoint(trained, train_cfg):
     assert ckpt["global_step"] == 28
 
 
-def test_resuming_on_another_corpus_is_a_clear_error(trained, tmp_path):
+def test_resuming_on_another_corpus_is_a_clear_error(trained, tmp_path, corpus):
     cfg, _ = trained
     other = tmp_path / "other"
     other.mkdir()
     for i in range(6):
         (other / f"doc{i}.md").write_text(f"Entirely different words, number {i}. " * 40)
     resumed = compose_train(tmp_path / "b", ["trainer.max_steps=28", f"ckpt_path={cfg.paths.output_dir}"], other)
+    with pytest.raises(ConfigError, match="^data.paths=.* the corpus and its tokenizer cannot change on a resume"):
+        train(resumed)  # refused by name before any data work
+    for doc in corpus.iterdir():  # the same folder, other documents: caught when the tokenizers differ
+        doc.write_text(f"Entirely different words in {doc.name}. " * 40)
+    resumed = compose_train(tmp_path / "c", ["trainer.max_steps=28", f"ckpt_path={cfg.paths.output_dir}"], corpus)
     with pytest.raises(ValueError, match="tokenizer differs from the one built for this corpus"):
         train(resumed)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
+    with pytest.raises(ConfigError, match="no last.ckpt under"):
         find_checkpoint("last", tmp_path)
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.ckpt")
 
 
@@ -202,7 +208,7 @@ def test_plain_progress_eta_counts_from_the_resumed_step(monkeypatch, caplog) ->
     trainer = SimpleNamespace(global_step=200, max_steps=300, callback_metrics={})
     bar.on_train_start(trainer, None)
     trainer.global_step = 210
-    with caplog.at_level(logging.INFO, logger="llm.train"):
+    with caplog.at_level(logging.INFO, logger="llm.training.callbacks"):
         bar.on_train_batch_end(trainer, None, None, None, 0)
     assert "step 210/300" in caplog.text and "ETA 0m09s" in caplog.text
 
@@ -216,7 +222,7 @@ def test_plain_progress_shows_val_bpb(caplog) -> None:
     bar = callbacks.PlainProgress(every_n_steps=10)
     metrics = {"val/loss": torch.tensor(2.5), "val/ppl": torch.tensor(12.18), "val/bpb": torch.tensor(1.2341)}
     trainer = SimpleNamespace(global_step=20, max_steps=300, callback_metrics=metrics, sanity_checking=False)
-    with caplog.at_level(logging.INFO, logger="llm.train"):
+    with caplog.at_level(logging.INFO, logger="llm.training.callbacks"):
         bar.on_validation_end(trainer, None)
         bar.on_train_batch_end(trainer, None, None, None, 0)
     validation, step = caplog.messages

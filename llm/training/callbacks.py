@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 
 from llm.training.flops import peak_flops
 
-log = logging.getLogger("llm.train")
+log = logging.getLogger(__name__)
 
 
 def every(name: str, value: int) -> int:
@@ -28,7 +28,7 @@ class Throughput(L.Callback):
     Reads only host-side clocks and counters: no device synchronisation in the training loop.
     """
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    def __init__(self, every_n_steps: int) -> None:
         self.every_n_steps = every("every_n_steps", every_n_steps)
         self._t0: float | None = None
         self._tokens = 0
@@ -70,7 +70,7 @@ class StopOnNonFiniteLoss(L.Callback):
     last checkpoint on disk stays the last good one.
     """
 
-    def __init__(self, check_every_n_steps: int = 10) -> None:
+    def __init__(self, check_every_n_steps: int) -> None:
         self.check_every_n_steps = every("check_every_n_steps", check_every_n_steps)
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (global step, batch, loss) not yet read
         self._checked_step = -1
@@ -113,7 +113,7 @@ class StopOnNonFiniteLoss(L.Callback):
 class PlainProgress(ProgressBar):
     """One log line every `every_n_steps` optimizer steps: for output that is not a terminal."""
 
-    def __init__(self, every_n_steps: int = 25) -> None:
+    def __init__(self, every_n_steps: int) -> None:
         super().__init__()
         self.every_n_steps = every("every_n_steps", every_n_steps)
         self._enabled = True
@@ -163,7 +163,7 @@ class TerminalProgress(TQDMProgressBar):
     is every step. The bar itself still moves every `refresh_rate` batches.
     """
 
-    def __init__(self, refresh_rate: int = 1, metrics_every_n_steps: int = 10) -> None:
+    def __init__(self, metrics_every_n_steps: int, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.metrics_every_n_steps = every("metrics_every_n_steps", metrics_every_n_steps)
         self._metrics: dict | None = None
@@ -176,11 +176,11 @@ class TerminalProgress(TQDMProgressBar):
         return self._metrics
 
 
-def progress_bar(every_n_steps: int = 25, refresh_rate: int = 1, metrics_every_n_steps: int = 10) -> ProgressBar:
+def progress_bar(every_n_steps: int, metrics_every_n_steps: int) -> ProgressBar:
     """A TQDM bar on a terminal, plain log lines every `every_n_steps` steps otherwise (a Rich bar is
     unreadable in log files)."""
     if sys.stdout.isatty():
-        return TerminalProgress(refresh_rate, metrics_every_n_steps)
+        return TerminalProgress(metrics_every_n_steps)
     return PlainProgress(every_n_steps)
 
 
@@ -191,7 +191,7 @@ class LastCheckpoint(ModelCheckpoint):
     mid-save leaves the previous last.ckpt intact.
     """
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
+    def __init__(self, dirpath: str, every_n_train_steps: int) -> None:
         every_n_train_steps = every("every_n_train_steps", every_n_train_steps)
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
 

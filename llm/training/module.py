@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, Metric
 
 from llm.data.tokens import IGNORE
+from llm.errors import ConfigError
 from llm.model import GPT
 from llm.training.schedule import warmup_cosine
 
@@ -159,10 +160,10 @@ class LitGPT(L.LightningModule):
         trainer = self._trainer  # None when loaded outside a Trainer (LitGPT.load_from_checkpoint)
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is not None and "tokenizer" in checkpoint and checkpoint["tokenizer"] != tokenizer.to_str():
-            raise ValueError(
-                "the checkpoint's tokenizer differs from the one built for this corpus (data.paths or the documents "
-                "changed since it was saved): its embeddings would read other token ids. Resume on the same "
-                "corpus, or start a new run"
+            raise ConfigError(
+                "ckpt_path: the checkpoint's tokenizer differs from the one built for this corpus (the documents "
+                "changed since it was saved): its embeddings would read other token ids. Resume on the same corpus, "
+                "or start a new run"
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -19,14 +19,6 @@ from llm.training.callbacks import every
 log = logging.getLogger(__name__)
 
 
-def resume_kwargs(logger_node, ckpt_path: str | Path | None) -> dict:
-    """id/resume arguments for a WandbLogger, taken from the checkpoint a run resumes from."""
-    if ckpt_path is None or "WandbLogger" not in str(logger_node.get("_target_", "")):
-        return {}
-    run_id = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("wandb_run_id")
-    return {"id": run_id, "resume": "allow"} if run_id else {}
-
-
 def _wandb(trainer: L.Trainer) -> WandbLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
@@ -36,7 +28,7 @@ class WandbExtras(L.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 250,
+        every_n_steps: int,
         prompts: tuple[str, ...] = ("def ", "The model "),
         max_new_tokens: int = 48,
         attention_text: str = "def add(a, b):\n    return a + b\n",
