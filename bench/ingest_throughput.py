@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm.data.ingest import ingest  # noqa: E402
+from llm.data.pipeline import ingest  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("make_sample", ROOT / "data" / "make_sample.py")
 make_sample = importlib.util.module_from_spec(_spec)

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from llm.data.discover import DEFAULT_EXCLUDE
-from llm.data.ingest import format_summary, ingest
+from llm.data.pipeline import format_summary, ingest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from llm.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
 from llm.config import REPO_ROOT  # noqa: E402
-from llm.data.ingest import DEFAULT_EXCLUDE  # noqa: E402
+from llm.data.pipeline import DEFAULT_EXCLUDE  # noqa: E402
 from llm.explain import attention_maps  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm.data.datamodule import TextDataModule
-from llm.data.ingest import Document
+from llm.data.pipeline import Document
 from llm.data.tokens import TokenWindows, split_documents, write_tokens
 from llm.tokenizer import eod_id, train_tokenizer
 

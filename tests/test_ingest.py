@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from llm.data.ingest import ingest
+from llm.data.pipeline import ingest
 from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, write
 
 needs_ocr = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llm.data.ingest import ingest
+from llm.data.pipeline import ingest
 from tests.ingest_fixtures import CODE, LATIN1, image_bytes, text_pdf, write
 
 

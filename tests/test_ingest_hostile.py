@@ -8,7 +8,7 @@ import os
 import pytest
 
 from llm.data.discover import printable
-from llm.data.ingest import ingest
+from llm.data.pipeline import ingest
 from llm.ingest import main
 from tests.ingest_fixtures import GOOD, HOSTILE, hostile_corpus, write
 
@@ -85,7 +85,7 @@ def test_memory_guard_turns_into_an_error_record(tmp_path):
 
 def test_a_missing_ocr_program_is_named_and_not_cached(tmp_path, monkeypatch):
     from llm.data import ocr
-    from llm.data.ingester import Settings
+    from llm.data.reader import Settings
     from llm.data.worker import Task, run_task
     from tests.ingest_fixtures import image_bytes
 
@@ -101,7 +101,7 @@ def test_a_missing_package_is_named_and_not_cached(tmp_path, monkeypatch):
 
     import llm.data.text
     from llm.data.cache import Cache
-    from llm.data.ingester import Settings
+    from llm.data.reader import Settings
     from llm.data.worker import Task, run_task
 
     def needs_a_package(path, language, settings):
@@ -121,7 +121,7 @@ def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
 
     from PIL import Image
 
-    from llm.data.ingester import Settings
+    from llm.data.reader import Settings
     from llm.data.worker import Task, run_task
     from tests.ingest_fixtures import bomb_png
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm.data.ingester import Settings
+from llm.data.reader import Settings
 
 
 class Cache:

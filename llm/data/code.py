@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llm.data.ingester import Extraction, Ingester, Settings
+from llm.data.reader import Extraction, Ingester, Settings
 from llm.data.text import read_verbatim
 
 

@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from llm.data.ingest import DEFAULT_EXCLUDE, ingest
+from llm.data.pipeline import DEFAULT_EXCLUDE, ingest
 from llm.data.tokens import EpochSampler, TokenWindows, split_documents, token_dtype, write_tokens
 from llm.tokenizer import load_tokenizer, train_tokenizer
 
@@ -44,7 +44,7 @@ class TextDataModule(L.LightningDataModule):
         val_windows: int | None = 64,
         num_workers: int = 0,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        ingest: dict | None = None,  # llm.data.ingester.Settings: workers, time/memory limits, strategies
+        ingest: dict | None = None,  # llm.data.reader.Settings: workers, time/memory limits, strategies
     ) -> None:
         super().__init__()
         if not paths:

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from llm.data import ocr, offline
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Ingester, Refused, Settings
 
 DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become PNG pages
 EXIF_ORIENTATION = 0x0112

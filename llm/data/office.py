@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 
 from llm.data import offline
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Ingester, Refused, Settings
 
 # extension -> (unstructured.partition module, function, what to install when it is missing)
 PARTITIONERS = {

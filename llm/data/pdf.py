@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from llm.data import ocr, offline
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Ingester, Refused, Settings
 
 
 def _check(path: Path) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from charset_normalizer import from_bytes
 
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Ingester, Refused, Settings
 
 REPLACEMENT = "\ufffd"
 # byte-order marks; UTF-32 LE's starts with UTF-16 LE's, so it is tried first

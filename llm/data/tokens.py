@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset, Sampler
 
-from llm.data.ingest import Document
+from llm.data.pipeline import Document
 from llm.tokenizer import eod_id
 
 

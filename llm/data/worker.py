@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llm.data import offline
-from llm.data.ingester import Ingester, Refused, Settings
+from llm.data.reader import Ingester, Refused, Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from llm.data import offline
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, Found, discover
-from llm.data.ingester import Settings
+from llm.data.reader import Settings
 from llm.data.kinds import kind_of
 from llm.data.worker import Pool, Task, ingester_for
 
