@@ -91,22 +91,24 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 
 
 def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypatch):
-    """The token cache is keyed by the text (source hash, ingester version and settings), not the source alone."""
+    """The token cache is keyed by the text (source hash, reader version and settings), not the source alone."""
     import dataclasses
 
-    import llm.data.text
+    from llm.data import kinds
 
     def folder():
-        dm = TextDataModule([str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300,
-                            block_size=16, batch_size=2)  # fmt: skip
+        dm = TextDataModule(
+            [str(corpus)], str(tmp_path / "out"), str(tmp_path / "cache"), vocab_size=300, block_size=16, batch_size=2
+        )
         dm.prepare_data()
         dm.setup("fit")
         return dm.folder
 
     before = folder()
     assert folder() == before
-    monkeypatch.setattr(llm.data.text, "INGESTER", dataclasses.replace(llm.data.text.INGESTER, version=99))
-    assert folder() != before  # the ingester changed: its text may have too
+    bumped = [dataclasses.replace(f, version=99) if f.kind == "text" else f for f in kinds.REGISTRY.formats]
+    monkeypatch.setattr(kinds, "REGISTRY", kinds.Registry(bumped))
+    assert folder() != before  # the text reader changed: its text may have too
 
 
 def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, monkeypatch):

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 
 import pytest
 
 from llm.data.pipeline import ingest
-from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, write
-
-needs_ocr = pytest.mark.skipif(
-    shutil.which("tesseract") is None and not os.environ.get("CI"),
-    reason="tesseract not installed (CI installs it: apt-get install tesseract-ocr tesseract-ocr-eng poppler-utils)",
-)
+from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, needs_ocr, write
 
 
 def words(text: str) -> str:
