@@ -31,7 +31,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from llm.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
 from llm.config import REPO_ROOT  # noqa: E402
-from llm.data.pipeline import DEFAULT_EXCLUDE  # noqa: E402
+from llm.data.discover import DEFAULT_EXCLUDE  # noqa: E402
 from llm.explain import attention_maps  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def describe(run_dir: str | Path, series: dict, hw: str | None = None) -> dict[s
     """Caption parts from the run's resolved config.yaml and log."""
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    paths = [Path(p) for p in cfg.data.paths]
+    typed = cfg.data.paths
+    paths = [Path(p) for p in ([typed] if isinstance(typed, str) else typed)]  # data.paths: one path or a list
     builtin = [REPO_ROOT / "docs", REPO_ROOT / "llm", REPO_ROOT / "data" / "sample"]
     if paths == builtin:
         corpus = "built-in corpus (docs/, llm/, data/sample/)"

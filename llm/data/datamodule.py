@@ -20,7 +20,8 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from llm.data.pipeline import DEFAULT_EXCLUDE, ingest
+from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
+from llm.data.pipeline import ingest
 from llm.data.tokens import EpochSampler, TokenWindows, split_documents, token_dtype, write_tokens
 from llm.tokenizer import load_tokenizer, train_tokenizer
 
@@ -32,7 +33,7 @@ FORMAT_VERSION = 2  # bump when the token files or the tokenizer recipe change (
 class TextDataModule(L.LightningDataModule):
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: str | Sequence[str],  # one path or a list; ~, $VARS and glob patterns expand
         out_dir: str,
         cache_dir: str,
         vocab_size: int = 4096,
@@ -47,8 +48,7 @@ class TextDataModule(L.LightningDataModule):
         ingest: dict | None = None,  # llm.data.reader.Settings: workers, time/memory limits, strategies
     ) -> None:
         super().__init__()
-        if not paths:
-            raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
+        self.paths = [str(p) for p in expand_paths(paths, key="data.paths")]  # ConfigError before any work
         if block_size < 1:
             raise ValueError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
         optional = {"samples_per_epoch": samples_per_epoch, "val_windows": val_windows}  # null: all of them
@@ -62,7 +62,6 @@ class TextDataModule(L.LightningDataModule):
                 f"data.vocab_size={vocab_size} (it follows model.config.vocab_size) must be at least 257: "
                 "the 256 bytes and the end-of-document token"
             )
-        self.paths = [str(Path(p).expanduser()) for p in paths]
         self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
         self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
         self.val_fraction, self.seed = val_fraction, seed
