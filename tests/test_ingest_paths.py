@@ -96,6 +96,7 @@ def test_the_datamodule_refuses_a_missing_path_before_any_work(tmp_path, home):
         ("data.paths=[$HOME/papers,$HOME/notes]", ["papers", "notes"]),
         ('data.paths=["~/papers","~/notes"]', ["papers", "notes"]),
         ('data.paths="~/papers/*.md"', ["papers/a.md", "papers/b.md"]),
+        ("data.paths=$HOME/papers/**/*.md", ["papers/a.md", "papers/b.md", "papers/old/c.md"]),
     ],
 )
 def test_the_forms_the_docs_show_compose_and_instantiate(tmp_path, home, override, expected):
