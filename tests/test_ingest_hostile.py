@@ -93,10 +93,11 @@ def test_time_limit_kills_the_file_and_its_child_processes_not_the_run(tmp_path,
     pid_file = tmp_path / "child.pid"
     write(tmp_path / "in/slow.hang", str(pid_file))  # scheduled first: the larger file
     write(tmp_path / "in/fine.py", "x = 1\n")
-    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 2}, workers=1)
+    # 3 s: time for the worker to start the reader's child even on a busy machine
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 3}, workers=1)
     status = {r.path: r for r in result.records}
     assert status["in/slow.hang"].status == "error"
-    assert status["in/slow.hang"].reason == "timed out after 2 s (ingest.timeout_s)"
+    assert status["in/slow.hang"].reason == "timed out after 3 s (ingest.timeout_s)"
     assert status["in/fine.py"].status == "ok"  # in the worker that replaced the killed one
     assert not alive(int(pid_file.read_text()))  # the reader's child went with its process group
 
