@@ -101,7 +101,8 @@ def discover(
             continue
         subfolders = []
         for e in entries:
-            path, erel = Path(e.path), f"{rel}/{e.name}"
+            path = Path(e.path)
+            erel = f"{rel}/{e.name}"
             shown = printable(erel)
             pattern = _excluded(e.name, erel.split("/", 1)[-1], exclude)
             if pattern:

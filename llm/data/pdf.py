@@ -63,7 +63,8 @@ def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     offline.patch_unstructured()
     from unstructured.partition.pdf import partition_pdf
 
-    first, scanned = settings.strategy.get("pdf") or "fast", settings.strategy.get("scanned")
+    first = settings.strategy.get("pdf") or "fast"
+    scanned = settings.strategy.get("scanned")
     langs = settings.languages
     if first != "fast":
         ocr.require("tesseract")

@@ -124,7 +124,12 @@ def ingest(
     n_workers = workers or settings.workers or cpu_count()
     offline.set_environment()
     out = Path(out_dir) if out_dir is not None else None
-    cache = Cache(Path(cache_dir) if cache_dir else (out / "cache" if out else Path(".cache/llm/ingest")))
+    if cache_dir:
+        cache = Cache(Path(cache_dir))
+    elif out is not None:
+        cache = Cache(out / "cache")
+    else:
+        cache = Cache(Path(".cache/llm/ingest"))
 
     own = [cache.root, *([out, out / "text", out / "manifest.jsonl"] if out else [])]  # never read back as input
     found = list(_discover_all(inputs, exclude, own))

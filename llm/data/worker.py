@@ -194,7 +194,8 @@ class Pool:
         return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
-        pending, idle = deque(tasks), []
+        pending = deque(tasks)
+        idle: list[_Worker] = []
         busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
         timeout = self.settings.timeout_s
         try:
