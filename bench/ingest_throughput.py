@@ -12,15 +12,14 @@ import argparse
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm.data.pipeline import ingest
+from llm.data.worker import cpu_count
 
-from llm.data.ingest import ingest  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 _spec = importlib.util.spec_from_file_location("make_sample", ROOT / "data" / "make_sample.py")
 make_sample = importlib.util.module_from_spec(_spec)
@@ -34,8 +33,10 @@ def build_corpus(folder: Path, text_pdfs: int, scans: int) -> Path:
     gen = folder / "generated"
     gen.mkdir()
     for i in range(text_pdfs):
-        pages = [[f"Document {i} page {p} line {k}: " + " ".join(WORDS[(i + p + k) % 7 :]) for k in range(30)]
-                 for p in range(3)]  # fmt: skip
+        pages = [
+            [f"Document {i} page {p} line {k}: " + " ".join(WORDS[(i + p + k) % 7 :]) for k in range(30)]
+            for p in range(3)
+        ]
         (gen / f"report-{i:03d}.pdf").write_bytes(make_sample.text_pdf(pages))
     for i in range(scans):
         lines = [f"Scanned page {i}", *(" ".join(WORDS[k % 5 : k % 5 + 6]) for k in range(8))]
@@ -53,13 +54,20 @@ def measure(corpus: Path, workers: int, scratch: Path) -> dict:
     assert result.extracted == len(result.records), "the cache answered: not a throughput figure"
     pages = sum(r.pages for r in ok)
     busy = sum(r.seconds for r in result.records) / seconds  # workers kept busy on average
-    return {"workers": workers, "files": len(ok), "pages": pages, "seconds": seconds,
-            "files/s": len(ok) / seconds, "pages/s": pages / seconds, "busy": busy}  # fmt: skip
+    return {
+        "workers": workers,
+        "files": len(ok),
+        "pages": pages,
+        "seconds": seconds,
+        "files/s": len(ok) / seconds,
+        "pages/s": pages / seconds,
+        "busy": busy,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--workers", type=int, default=cpu_count())
     p.add_argument("--text-pdfs", type=int, default=20, help="generated 3-page PDFs with a text layer")
     p.add_argument("--scans", type=int, default=12, help="generated 1-page scanned PDFs (OCR)")
     args = p.parse_args()
@@ -74,15 +82,25 @@ def main() -> None:
         rows = [measure(corpus, 1, scratch), measure(corpus, args.workers, scratch)]
         load = max(load, os.getloadavg()[0])
     base = rows[0]["seconds"]
-    print(f"cores: {os.cpu_count()}   corpus: data/sample + {args.text_pdfs} text PDFs x 3 pages + "
-          f"{args.scans} scanned pages")  # fmt: skip
+    corpus = f"data/sample + {args.text_pdfs} text PDFs x 3 pages + {args.scans} scanned pages"
+    print(f"cores: {os.cpu_count()}   corpus: {corpus}")
     if load > 0.5:
         print(f"note: 1-min load average reached {load:.1f} (other processes): the speed-up is understated")
-    print(f"{'workers':>7} {'files':>6} {'pages':>6} {'seconds':>8} {'files/s':>8} {'pages/s':>8} {'speed-up':>9}"
-          f" {'busy':>5}")  # fmt: skip
+    header = ("workers", "files", "pages", "seconds", "files/s", "pages/s", "speed-up", "busy")
+    widths = (7, 6, 6, 8, 8, 8, 9, 5)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in rows:
-        print(f"{r['workers']:>7} {r['files']:>6} {r['pages']:>6} {r['seconds']:>8.2f} {r['files/s']:>8.2f} "
-              f"{r['pages/s']:>8.2f} {base / r['seconds']:>8.2f}x {r['busy']:>5.2f}")  # fmt: skip
+        cells = (
+            f"{r['workers']}",
+            f"{r['files']}",
+            f"{r['pages']}",
+            f"{r['seconds']:.2f}",
+            f"{r['files/s']:.2f}",
+            f"{r['pages/s']:.2f}",
+            f"{base / r['seconds']:.2f}x",
+            f"{r['busy']:.2f}",
+        )
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     print("busy: sum of per-file extraction time / wall time (how many workers were reading at once)")
 
 

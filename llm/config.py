@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from llm.model import GPTConfig
+if TYPE_CHECKING:
+    from llm.model import GPTConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -56,6 +58,8 @@ def _cuda_device_count() -> int:
 
 def model_preset(name: str, **overrides) -> GPTConfig:
     """conf/model/NAME.yaml as a GPTConfig, without Hydra (tests, benchmarks, worked examples)."""
+    from llm.model import GPTConfig  # here: ingest workers read the configs without importing torch
+
     path = config_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
         presets = sorted(p.stem for p in path.parent.glob("*.yaml"))

@@ -1,6 +1,7 @@
 """python -m llm.ingest INPUT [INPUT ...] --out DIR [--workers N]: the DataModule's ingestion, alone.
 
-Writes DIR/manifest.jsonl and DIR/text/, prints the summary; exits 1 when no usable document remains.
+Writes DIR/manifest.jsonl and DIR/text/, prints the summary; exits 1 when no usable document remains, 2 when an
+input does not exist.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import argparse
 import logging
 import sys
 
-from llm.data.discover import DEFAULT_EXCLUDE
-from llm.data.ingest import format_summary, ingest
+from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
+from llm.data.pipeline import format_summary, ingest
+from llm.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llm.ingest", description=__doc__.splitlines()[0])
-    p.add_argument("inputs", nargs="+", help="folders or files")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, files or glob patterns (~ and $VARS expand)")
     p.add_argument("--out", required=True, help="output folder: manifest.jsonl, text/, cache/")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
@@ -25,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     settings = {"timeout_s": args.timeout} if args.timeout else {}
+    exclude = tuple(args.exclude or DEFAULT_EXCLUDE)
     try:
-        result = ingest(args.inputs, args.out, tuple(args.exclude or DEFAULT_EXCLUDE), settings=settings,
-                        cache_dir=args.cache, workers=args.workers)  # fmt: skip
-    except FileNotFoundError as e:
+        inputs = expand_paths(args.inputs, key="INPUT")
+        result = ingest(inputs, args.out, exclude, settings=settings, cache_dir=args.cache, workers=args.workers)
+    except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(result))

@@ -76,3 +76,12 @@ def train_cfg(tmp_path: Path, corpus: Path):
         return compose_train(tmp_path, list(overrides), corpus)
 
     return make
+
+
+def make_datamodule(tmp_path: Path, paths, **overrides):
+    """A TextDataModule built as train.py builds it: conf/data/default.yaml's values, with overrides."""
+    from llm.train import build
+
+    cfg = compose_train(tmp_path / "compose")
+    folders = {"out_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    return build(cfg.data, paths=paths, **{**folders, **overrides})

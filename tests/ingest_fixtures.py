@@ -5,20 +5,38 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
+
+import pytest
+
+from llm.data import kinds
+from llm.data.kinds import Format, Registry
 
 _spec = importlib.util.spec_from_file_location("make_sample", Path(__file__).parents[1] / "data" / "make_sample.py")
 make_sample = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_sample)
 
-text_pdf, scanned_pdf, image_bytes, render = (
-    make_sample.text_pdf,
-    make_sample.scanned_pdf,
-    make_sample.image_bytes,
-    make_sample.render,
+text_pdf = make_sample.text_pdf
+scanned_pdf = make_sample.scanned_pdf
+image_bytes = make_sample.image_bytes
+render = make_sample.render
+
+OCR_TOOLS = ("tesseract", "pdftoppm")  # OCR itself; poppler's renderer of PDF pages
+_missing = [tool for tool in OCR_TOOLS if shutil.which(tool) is None]
+# CI installs both and runs every test: there a missing tool fails the OCR tests instead of skipping them
+needs_ocr = pytest.mark.skipif(
+    bool(_missing) and not os.environ.get("CI"),
+    reason=f"needs {' and '.join(_missing)} on PATH (apt-get install tesseract-ocr tesseract-ocr-eng poppler-utils)",
 )
+
+
+def use_formats(monkeypatch: pytest.MonkeyPatch, *formats: Format) -> None:
+    """The registry of file kinds, plus these formats, for one test."""
+    monkeypatch.setattr(kinds, "REGISTRY", Registry([*kinds.REGISTRY.formats, *formats]))
+
 
 CODE = '''def greet(name):
     """Say hello."""
@@ -101,7 +119,7 @@ HOSTILE = {
     "binary.txt": ("skipped", "binary"),
     "empty.txt": ("empty", "empty"),
     "blank.md": ("empty", "whitespace"),
-    "data.bin": ("skipped", "no ingester"),
+    "data.bin": ("skipped", "no reader"),
     "dup/copy.py": ("duplicate", "same content"),
     "loop": ("skipped", "symbolic link"),
     "dangling.txt": ("error", "broken symbolic link"),
@@ -117,6 +135,7 @@ GOOD = {  # file -> text that must be recovered
     "deep/" + "/".join(f"d{i}" for i in range(40)) + "/leaf.txt": "deep leaf",
     "bad\udcffname.txt": "odd bytes in name",
 }
+GOOD_BY_OCR = {"png-named.pdf"}  # the good files whose text only OCR recovers
 
 
 def hostile_corpus(root: Path) -> Path:

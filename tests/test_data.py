@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm.data.datamodule import TextDataModule
-from llm.data.ingest import Document
+from llm.data.pipeline import Document
 from llm.data.tokens import (
     IGNORE,
     EpochSampler,
@@ -17,6 +16,7 @@ from llm.data.tokens import (
 )
 from llm.errors import ConfigError
 from llm.tokenizer import eod_id, train_tokenizer
+from tests.conftest import make_datamodule
 
 
 def docs(n: int) -> list[Document]:
@@ -151,7 +151,7 @@ def test_two_ranks_share_an_epoch_without_overlap_and_resume_midway(tmp_path, al
 
 def test_bad_align_is_named(tmp_path, corpus):
     with pytest.raises(ConfigError, match=r"data.align=pages must be one of: none, document"):
-        TextDataModule([str(corpus)], str(tmp_path / "o"), str(tmp_path / "c"), align="pages")
+        make_datamodule(tmp_path, [str(corpus)], align="pages")
 
 
 def test_byte_lengths_add_up_to_the_utf8_bytes_of_the_text():
@@ -176,9 +176,14 @@ def test_byte_lengths_add_up_to_the_utf8_bytes_of_the_text():
 
 def test_datamodule_caches_tokenizer_and_tokens(tmp_path, corpus):
     def make(out):
-        out, cache = str(tmp_path / out), str(tmp_path / "cache")
-        return TextDataModule(
-            [str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, val_fraction=0.25, align="none"
+        return make_datamodule(
+            tmp_path,
+            [str(corpus)],
+            out_dir=str(tmp_path / out),
+            vocab_size=300,
+            block_size=16,
+            batch_size=2,
+            val_fraction=0.25,
         )
 
     dm = make("a")
@@ -206,28 +211,28 @@ def test_datamodule_caches_tokenizer_and_tokens(tmp_path, corpus):
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    dm = TextDataModule([str(tmp_path / "empty")], str(tmp_path / "o"), str(tmp_path / "c"), align="none")
-    with pytest.raises(RuntimeError, match="no usable document"):
+    dm = make_datamodule(tmp_path, [str(tmp_path / "empty")])
+    with pytest.raises(ConfigError, match="^data.paths: no usable document"):
         dm.prepare_data()
 
 
 def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypatch):
-    """The token cache is keyed by the text (source hash, ingester version and settings), not the source alone."""
+    """The token cache is keyed by the text (source hash, reader version and settings), not the source alone."""
     import dataclasses
 
-    import llm.data.text
+    from llm.data import kinds
 
     def folder():
-        out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
-        dm = TextDataModule([str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, align="none")
+        dm = make_datamodule(tmp_path, [str(corpus)], vocab_size=300, block_size=16, batch_size=2)
         dm.prepare_data()
         dm.setup("fit")
         return dm.folder
 
     before = folder()
     assert folder() == before
-    monkeypatch.setattr(llm.data.text, "INGESTER", dataclasses.replace(llm.data.text.INGESTER, version=99))
-    assert folder() != before  # the ingester changed: its text may have too
+    bumped = [dataclasses.replace(f, version=99) if f.kind == "text" else f for f in kinds.REGISTRY.formats]
+    monkeypatch.setattr(kinds, "REGISTRY", kinds.Registry(bumped))
+    assert folder() != before  # the text reader changed: its text may have too
 
 
 def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, monkeypatch):
@@ -237,8 +242,7 @@ def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, 
     import llm.data.datamodule as datamodule
 
     def make():
-        out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
-        return TextDataModule([str(corpus)], out, cache, vocab_size=300, block_size=16, batch_size=2, align="none")
+        return make_datamodule(tmp_path, [str(corpus)], vocab_size=300, block_size=16, batch_size=2)
 
     first = make()
     first.prepare_data()

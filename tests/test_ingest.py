@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import pickle
 import re
-import shutil
+from pathlib import Path
 
 import pytest
 
-from llm.data.ingest import ingest
-from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, write
-
-needs_ocr = pytest.mark.skipif(
-    shutil.which("tesseract") is None and not os.environ.get("CI"),
-    reason="tesseract not installed (CI installs it: apt-get install tesseract-ocr tesseract-ocr-eng poppler-utils)",
-)
+from llm.data.kinds import REGISTRY, Format, Registry
+from llm.data.pipeline import ingest
+from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, needs_ocr, write
 
 
 def words(text: str) -> str:
@@ -188,3 +184,33 @@ def test_messy_files_arrive_whole(tmp_path):
     assert recs["comment.png"].kind == "image" and "png with comment" in texts["comment.png"]
     nb = next(d.text for d in result.documents if d.path == "c/nb.ipynb")
     assert nb == "# Title\nprose\n\nx = 1\n" and recs["nb.ipynb"].language == "python"
+
+
+@pytest.mark.parametrize(
+    "name, head, kind, language",
+    [
+        ("notes.pdf", b"\x89PNG\r\n\x1a\n....", "image", None),  # the content wins over the extension
+        ("SUMMARY", b"%PDF-1.7\n", "pdf", None),  # a README-like name on a PDF
+        ("SUMMARY", b"BMW and Audi sales\n", "text", None),  # text may begin "BM": not a bitmap
+        ("comment.png", b"\x89PNG\r\n\x1a\n tEXt exported from a %PDF-1.7 viewer", "image", None),
+        ("data.bin", b"junk before %PDF-1.4", "pdf", None),  # PDF readers accept a header in the first kilobyte
+        ("data.bin", b"RIFF\x10\x00\x00\x00WEBPVP8 ", "image", None),
+        ("data.bin", b"\x00\x01\x02", None, None),
+        ("Makefile", b"all:\n", "code", "make"),
+        ("Tool.PY", b"x = 1\n", "code", "python"),
+        ("nb.ipynb", b"{", "code", "notebook"),
+        ("page.xhtml", b"<html>", "html", None),
+        ("mail.msg", b"\xd0\xcf\x11\xe0", "email", None),
+    ],
+)
+def test_the_registry_picks_the_format_by_name_then_content(name, head, kind, language):
+    fmt, lang = REGISTRY.kind_of(Path(name), head)
+    assert (fmt.kind if fmt else None, lang) == (kind, language)
+
+
+def test_every_reader_reaches_a_worker_by_reference_and_no_extension_is_claimed_twice():
+    for fmt in REGISTRY.formats:
+        assert pickle.loads(pickle.dumps(fmt.read)) == fmt.read, fmt.kind
+    text = next(f for f in REGISTRY.formats if f.kind == "text")
+    with pytest.raises(ValueError, match="'.md' is claimed by two formats: text and text"):
+        Registry([*REGISTRY.formats, Format("text", text.read, version=1, extensions={".md": None})])

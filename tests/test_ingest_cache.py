@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llm.data.ingest import ingest
+from llm.data.pipeline import ingest
 from tests.ingest_fixtures import CODE, LATIN1, image_bytes, text_pdf, write
 
 
@@ -19,7 +19,8 @@ def small_corpus(root: Path) -> Path:
 
 
 def test_second_run_extracts_nothing_and_a_touched_file_only_is_redone(tmp_path):
-    root, out = small_corpus(tmp_path / "c"), tmp_path / "out"
+    root = small_corpus(tmp_path / "c")
+    out = tmp_path / "out"
     first = ingest([root], out, workers=2)
     assert first.extracted == 8 and len(first.documents) == 8
     second = ingest([root], out, workers=2)
@@ -33,7 +34,8 @@ def test_second_run_extracts_nothing_and_a_touched_file_only_is_redone(tmp_path)
 
 
 def test_deleted_files_drop_out_of_the_corpus(tmp_path):
-    root, out = small_corpus(tmp_path / "c"), tmp_path / "out"
+    root = small_corpus(tmp_path / "c")
+    out = tmp_path / "out"
     ingest([root], out, workers=1)
     (root / "notes.md").unlink()
     result = ingest([root], out, workers=1)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from llm.data import kinds
 from llm.data.discover import printable
-from llm.data.ingest import ingest
+from llm.data.kinds import Format
+from llm.data.pipeline import ingest
+from llm.data.reader import Settings
+from llm.data.worker import Task, run_task
 from llm.ingest import main
-from tests.ingest_fixtures import GOOD, HOSTILE, hostile_corpus, write
+from tests import ingest_readers
+from tests.ingest_fixtures import GOOD, GOOD_BY_OCR, HOSTILE, hostile_corpus, needs_ocr, use_formats, write
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +43,9 @@ def test_each_hostile_file_gets_its_status_and_a_reason(run, name):
     assert word.lower() in rec["reason"].lower(), rec
 
 
-@pytest.mark.parametrize("name", sorted(GOOD))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=needs_ocr) if name in GOOD_BY_OCR else name for name in sorted(GOOD)]
+)
 def test_text_recovered_from_every_good_file(run, name):
     rec = run[3][printable(f"hostile/{name}")]
     assert rec["status"] == "ok", rec
@@ -61,59 +72,94 @@ def test_no_usable_document_is_a_clear_error(tmp_path, capsys):
     assert "no usable document" in capsys.readouterr().err
 
 
-def test_time_limit_kills_the_file_not_the_run(tmp_path):
+def alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie waiting for a reaper does not), after up to 5 s for it to go."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="no process groups on this platform")
+def test_time_limit_kills_the_file_and_its_child_processes_not_the_run(tmp_path, monkeypatch):
+    use_formats(monkeypatch, Format("text", ingest_readers.hang, version=1, extensions={".hang": None}))
+    pid_file = tmp_path / "child.pid"
+    write(tmp_path / "in/slow.hang", str(pid_file))  # scheduled first: the larger file
+    write(tmp_path / "in/fine.py", "x = 1\n")
+    # 3 s: time for the worker to start the reader's child even on a busy machine
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 3}, workers=1)
+    status = {r.path: r for r in result.records}
+    assert status["in/slow.hang"].status == "error"
+    assert status["in/slow.hang"].reason == "timed out after 3 s (ingest.timeout_s)"
+    assert status["in/fine.py"].status == "ok"  # in the worker that replaced the killed one
+    assert not alive(int(pid_file.read_text()))  # the reader's child went with its process group
+
+
+@needs_ocr
+def test_time_limit_kills_ocr(tmp_path):
     from tests.ingest_fixtures import scanned_pdf
 
-    write(tmp_path / "in/slow.pdf", scanned_pdf([["a page that takes a while"]] * 3))
+    write(tmp_path / "in/slow.pdf", scanned_pdf([["a page that takes a while"]] * 8))  # ~0.7 s of OCR a page
     write(tmp_path / "in/fine.py", "x = 1\n")
-    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 0.3}, workers=1)
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 1.5}, workers=1)
     status = {r.path: r for r in result.records}
     assert status["in/slow.pdf"].status == "error" and "timed out" in status["in/slow.pdf"].reason
     assert status["in/fine.py"].status == "ok"
 
 
-def test_memory_guard_turns_into_an_error_record(tmp_path):
-    from tests.ingest_fixtures import scanned_pdf
-
-    write(tmp_path / "in/a.pdf", scanned_pdf([["some words"]]))
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced by Linux only")
+def test_memory_guard_turns_into_an_error_record(tmp_path, monkeypatch):
+    use_formats(monkeypatch, Format("text", ingest_readers.allocate, version=1, extensions={".alloc": None}))
+    write(tmp_path / "in/a.alloc", "a file whose reader asks for all the memory a worker may have\n")
     write(tmp_path / "in/b.py", "x = 1\n")
-    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"max_memory_mb": 64}, workers=1)
-    pdf, py = result.records
-    assert pdf.status == "error" and ("memory" in pdf.reason or "worker" in pdf.reason), pdf
+    # the shipped limit: above the ~1.7 GB address space of a worker that has unstructured imported
+    result = ingest([tmp_path / "in"], tmp_path / "out", settings={"max_memory_mb": 6144}, workers=1)
+    big, py = result.records
+    assert big.status == "error"
+    assert big.reason.startswith("out of memory (ingest.max_memory_mb=6144): MemoryError"), big
+    assert py.status == "ok"  # read after it, by the same worker
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL on this platform")
+def test_a_worker_that_dies_becomes_an_error_record_and_is_replaced(tmp_path, monkeypatch):
+    use_formats(monkeypatch, Format("text", ingest_readers.crash, version=1, extensions={".crash": None}))
+    write(tmp_path / "in/a.crash", "a file whose reader kills its worker\n")
+    write(tmp_path / "in/b.py", "x = 1\n")
+    result = ingest([tmp_path / "in"], tmp_path / "out", workers=1)
+    dead, py = result.records
+    assert (dead.status, dead.reason) == ("error", "worker killed by SIGKILL (out of memory?) while reading this file")
     assert py.status == "ok"
 
 
 def test_a_missing_ocr_program_is_named_and_not_cached(tmp_path, monkeypatch):
     from llm.data import ocr
-    from llm.data.ingester import Settings
-    from llm.data.worker import Task, run_task
     from tests.ingest_fixtures import image_bytes
 
     monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
     png = write(tmp_path / "a.png", image_bytes(["words"], "PNG"))
-    out = run_task(Task(0, str(png), "image"), Settings())
+    out = run_task(Task(0, str(png), kinds.REGISTRY.kind_of(png)[0].read), Settings.from_mapping())
     assert out["status"] == "error" and out["transient"]
     assert "tesseract not found" in out["reason"] and "tesseract-ocr" in out["reason"]
 
 
-def test_a_missing_package_is_named_and_not_cached(tmp_path, monkeypatch):
-    import dataclasses
-
-    import llm.data.text
+def test_a_missing_package_is_named_and_not_cached(tmp_path):
     from llm.data.cache import Cache
-    from llm.data.ingester import Settings
-    from llm.data.worker import Task, run_task
 
     def needs_a_package(path, language, settings):
         raise ModuleNotFoundError("No module named 'pypdf'")
 
-    broken = dataclasses.replace(llm.data.text.INGESTER, extract=needs_a_package)
-    monkeypatch.setattr(llm.data.text, "INGESTER", broken)
-    out = run_task(Task(0, str(write(tmp_path / "a.txt", "words\n")), "text"), Settings())
+    out = run_task(Task(0, str(write(tmp_path / "a.txt", "words\n")), needs_a_package), Settings.from_mapping())
     assert out["status"] == "error" and out["transient"] and "missing Python package" in out["reason"]
     cache = Cache(tmp_path / "cache")
-    cache.put("k", out, Settings())
-    assert cache.get("k", Settings()) is None  # tried again once the package is installed
+    cache.put("k", out, Settings.from_mapping())
+    assert cache.get("k", Settings.from_mapping()) is None  # tried again once the package is installed
 
 
 def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
@@ -121,14 +167,13 @@ def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
 
     from PIL import Image
 
-    from llm.data.ingester import Settings
-    from llm.data.worker import Task, run_task
     from tests.ingest_fixtures import bomb_png
 
     png = write(tmp_path / "big.png", bomb_png(side=1_500))  # 2.25M pixels: between 1x and 2x the limit
+    read = kinds.REGISTRY.kind_of(png)[0].read
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # as in an ingest worker
-        out = run_task(Task(0, str(png), "image"), Settings(max_image_pixels=2_000_000))
+        out = run_task(Task(0, str(png), read), Settings.from_mapping({"max_image_pixels": 2_000_000}))
     assert out["status"] == "skipped" and "max_image_pixels=2000000" in out["reason"]
 
 

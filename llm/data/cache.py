@@ -1,4 +1,4 @@
-"""Extraction results on disk, keyed by content hash + ingester name and version + the settings it uses.
+"""Extraction results on disk, keyed by content hash + the kind and version of its reader + the settings it uses.
 
 Each entry is <key>.json (the outcome) and, for `ok`, <key>.txt (the text), written atomically.
 Outcomes caused by something outside the file (a missing tool) are not stored; outcomes of a time
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm.data.ingester import Settings
+from llm.data.reader import Settings
 
 
 class Cache:
@@ -21,8 +21,9 @@ class Cache:
         self.root = root
 
     @staticmethod
-    def key(sha256: str, name: str, version: int, settings: Any, language: str | None) -> str:
-        return hashlib.sha256(json.dumps([sha256, name, version, settings, language]).encode()).hexdigest()
+    def key(sha256: str, kind: str, version: int, settings: Any, language: str | None) -> str:
+        """kind, version, settings: from the file's row in the registry (kinds.py)."""
+        return hashlib.sha256(json.dumps([sha256, kind, version, settings, language]).encode()).hexdigest()
 
     def _meta_file(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -49,7 +50,8 @@ class Cache:
         meta = {k: v for k, v in outcome.items() if k != "text"}
         meta["chars"] = len(outcome.get("text") or "")
         if meta.get("limit"):
-            meta["timeout_s"], meta["max_memory_mb"] = settings.timeout_s, settings.max_memory_mb
+            meta["timeout_s"] = settings.timeout_s
+            meta["max_memory_mb"] = settings.max_memory_mb
         folder = self.root / key[:2]
         folder.mkdir(parents=True, exist_ok=True)
         if outcome["status"] == "ok":

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llm.data.ingester import Extraction, Ingester, Settings
+from llm.data.reader import Extraction, Settings
 from llm.data.text import read_verbatim
 
 
-def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+def read(path: Path, language: str | None, settings: Settings) -> Extraction:
+    """language: from the file's extension (kinds.py); `notebook` reads a Jupyter notebook's cells."""
     text = read_verbatim(path)
     if language == "notebook":
         return _notebook(text)
@@ -29,7 +30,3 @@ def _notebook(text: str) -> Extraction:
         return Extraction(text, "verbatim", language="json")  # not a notebook after all: the JSON as it is
     sources = ["".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", "")) for c in cells]
     return Extraction("\n\n".join(s for s in sources if s.strip()) + "\n", "cells", language=language)
-
-
-# 2: byte-order marks, damaged UTF-8, cp1252 first; 3: notebooks as their cells
-INGESTER = Ingester("code", 3, _extract)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +20,9 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from llm.data.ingest import DEFAULT_EXCLUDE, ingest
+from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
+from llm.data.pipeline import ingest
+from llm.data.reader import Settings
 from llm.data.tokens import (
     EpochSampler,
     TokenWindows,
@@ -41,43 +43,50 @@ FORMAT_VERSION = 2  # bump when the token files or the tokenizer recipe change (
 class TextDataModule(L.LightningDataModule):
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: str | Sequence[str],  # one path or a list; ~, $VARS and glob patterns expand
         out_dir: str,
         cache_dir: str,
-        vocab_size: int = 4096,
-        block_size: int = 256,
-        batch_size: int = 16,
-        val_fraction: float = 0.1,
-        seed: int = 1337,
-        val_windows: int | None = 64,
-        num_workers: int = 0,
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        ingest: dict | None = None,  # llm.data.ingester.Settings: workers, time/memory limits, strategies
-        *,
+        vocab_size: int,
+        block_size: int,
+        batch_size: int,
+        val_fraction: float,
+        seed: int,
         align: str,  # none | document: where training windows start (TokenWindows)
+        val_windows: int | None,
+        num_workers: int,
+        ingest: Mapping,  # llm.data.reader.Settings: workers, time/memory limits, strategies
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ) -> None:
+        """Every value is checked here, before any work: a bad one is a ConfigError naming its data.* key."""
         super().__init__()
-        if not paths:
-            raise ValueError("data.paths is empty: give at least one folder or file, e.g. data.paths=[~/notes]")
+        self.paths = [str(p) for p in expand_paths(paths, key="data.paths")]
         if block_size < 1:
-            raise ValueError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
+            raise ConfigError(f"data.block_size={block_size} (it follows model.config.block_size) must be at least 1")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         if val_windows is not None and val_windows < 1:
             raise ConfigError(f"data.val_windows={val_windows} must be at least 1, or null (all of them)")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be 0 (load in the main process) or more")
         if vocab_size < 257:  # byte-level BPE: the 256 bytes and the end-of-document token come first
-            raise ValueError(
+            raise ConfigError(
                 f"data.vocab_size={vocab_size} (it follows model.config.vocab_size) must be at least 257: "
                 "the 256 bytes and the end-of-document token"
             )
-        self.paths = [str(Path(p).expanduser()) for p in paths]
-        self.out_dir, self.cache_dir = Path(out_dir), Path(cache_dir)
-        self.vocab_size, self.block_size, self.batch_size = vocab_size, block_size, batch_size
-        self.val_fraction, self.seed = val_fraction, seed
-        self.val_windows, self.num_workers, self.align = val_windows, num_workers, check_align(align)
+        self.out_dir = Path(out_dir)
+        self.cache_dir = Path(cache_dir)
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.val_windows = val_windows
+        self.num_workers = num_workers
+        self.align = check_align(align)
         self.exclude = tuple(exclude)
+        Settings.from_mapping(ingest)  # checked now; the workers build their own from the mapping
         self.ingest_settings = dict(ingest or {})
         self.tokenizer: Tokenizer | None = None
         self.meta: dict = {}
@@ -94,7 +103,9 @@ class TextDataModule(L.LightningDataModule):
         )
         docs = result.documents
         if not docs:
-            raise RuntimeError(f"no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}")
+            raise ConfigError(
+                f"data.paths: no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}"
+            )
         settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
         # text_key changes with the source, the ingester's version and its settings: new text, new tokens
         digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())

@@ -1,23 +1,61 @@
-"""Walk the input folders: every entry becomes a file to read or a record saying why it is not read.
+"""From what the user typed to the files to read.
 
-The walk is iterative (any nesting depth), sorted (the same order every run), follows symbolic links
-but never into a folder it has already read (cycles), and never opens fifos, sockets or devices.
+expand_paths turns `data.paths` (or the CLI's inputs) into existing paths. discover walks each: every
+entry becomes a file to read or a record saying why it is not read. The walk is iterative (any nesting
+depth), sorted (the same order every run), follows symbolic links but never into a folder it has already
+read (cycles), and never opens fifos, sockets or devices.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_EXCLUDE = (
-    ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "env", "__pycache__", ".mypy_cache",
-    ".pytest_cache", ".ruff_cache", ".tox", ".nox", ".eggs", "build", "dist", "*.egg-info", ".cache", "outputs",
-    "multirun", "wandb", "lightning_logs", ".ipynb_checkpoints", ".DS_Store",
-)  # fmt: skip
+from llm.errors import ConfigError
+
+DEFAULT_EXCLUDE = tuple(
+    """
+    .git .hg .svn node_modules .venv venv env __pycache__ .mypy_cache .pytest_cache .ruff_cache .tox .nox .eggs
+    build dist *.egg-info .cache outputs multirun wandb lightning_logs .ipynb_checkpoints .DS_Store
+    """.split()
+)
+_GLOB = re.compile(r"[*?[]")
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], key: str = "data.paths") -> list[Path]:
+    """One path or a list of them -> existing paths, in the order given.
+
+    In each value `~` and `$VAR` / `${VAR}` are expanded, then a glob pattern (`*`, `**`, `?`, `[...]`) becomes
+    the paths it matches, sorted. A path that does not exist, or a pattern that matches nothing, raises
+    ConfigError naming `key`.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths] if os.fspath(paths) else []
+    if not paths:
+        raise ConfigError(f"{key} is empty: give at least one folder or file, e.g. {key}=$HOME/notes")
+    found: list[Path] = []
+    for value in paths:
+        typed = os.fspath(value) if isinstance(value, os.PathLike) else str(value)  # Hydra reads `2024` as an int
+        path = os.path.expanduser(os.path.expandvars(typed))
+        if os.path.exists(path):
+            found.append(Path(path))
+            continue
+        matches = sorted(glob.glob(path, recursive=True)) if _GLOB.search(path) else []
+        if not matches:
+            shown = typed if path == typed else f"{typed} ({path})"
+            unset = [v for v in _VARIABLE.findall(path) if v.strip("{}") not in os.environ]
+            why = f" (not set: {', '.join('$' + v.strip('{}') for v in unset)})" if unset else ""
+            what = "matches nothing" if _GLOB.search(path) else "does not exist"
+            raise ConfigError(f"{key}: {shown} {what}{why}")
+        found += map(Path, matches)
+    return found
 
 
 @dataclass
@@ -63,7 +101,8 @@ def discover(
             continue
         subfolders = []
         for e in entries:
-            path, erel = Path(e.path), f"{rel}/{e.name}"
+            path = Path(e.path)
+            erel = f"{rel}/{e.name}"
             shown = printable(erel)
             pattern = _excluded(e.name, erel.split("/", 1)[-1], exclude)
             if pattern:

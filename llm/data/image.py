@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from llm.data import ocr, offline
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Refused, Settings
 
 DIRECT = {"PNG", "JPEG", "TIFF"}  # formats unstructured reads as they are; others become PNG pages
 EXIF_ORIENTATION = 0x0112
@@ -67,7 +67,7 @@ def _pages(image) -> list[bytes] | None:
     return pages
 
 
-def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     image = _open(path, settings)
     ocr.require("tesseract")
     offline.patch_unstructured()
@@ -82,12 +82,15 @@ def _extract(path: Path, language: str | None, settings: Settings) -> Extraction
     if pages is None:
         texts = [ocr.elements_text(partition_image(filename=str(path), strategy=strategy, languages=langs))]
     else:
-        texts = [ocr.elements_text(partition_image(file=io.BytesIO(p), strategy=strategy, languages=langs))
-                 for p in pages]  # fmt: skip
+        texts = [
+            ocr.elements_text(partition_image(file=io.BytesIO(p), strategy=strategy, languages=langs)) for p in pages
+        ]
     text = "\n\n".join(t for t in texts if t.strip())
     if not text.strip():
         raise Refused("empty", f"OCR found no text ({strategy})")
     return Extraction(text, strategy, pages=len(texts))
 
 
-INGESTER = Ingester("image", 3, _extract, lambda s: [s.strategy.get("image"), s.languages, s.max_image_pixels])
+def settings_used(settings: Settings) -> list:
+    """The settings an image's text depends on (part of its cache key)."""
+    return [settings.strategy.get("image"), settings.languages, settings.max_image_pixels]

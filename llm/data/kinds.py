@@ -1,82 +1,215 @@
-"""Which ingester reads a file: by extension (or name, for Makefile and friends), then by content.
+"""The one registry of file kinds: each format's extensions and magic bytes, its reader, whether it is heavy,
+and its version. Discovery (`Registry.kind_of`), the workers (`Format.read`) and the cache (`Format.kind`,
+`.version`, `.settings`) all read REGISTRY below.
 
-For PDFs, images and unknown extensions the first bytes win, so a PNG named `.pdf` is read as an image
-and a `.pdf` that is neither is reported by the PDF ingester ("not a PDF").
+A file's format comes from its name (a whole name for Makefile and friends, else its extension), then, for
+PDFs, images, unknown extensions and README-like names without extension, from its first bytes: a PNG named
+`.pdf` is read as an image, a PDF saved as `SUMMARY` as a PDF, and a `.pdf` that is neither is reported by the
+PDF reader ("not a PDF").
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-CODE = {
-    ".py": "python", ".pyi": "python", ".pyx": "python", ".ipynb": "notebook",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
-    ".cu": "cuda", ".cuh": "cuda", ".rs": "rust", ".go": "go", ".java": "java", ".kt": "kotlin", ".kts": "kotlin",
-    ".scala": "scala", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript", ".cts": "typescript",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".fish": "shell", ".ps1": "powershell",
-    ".sql": "sql", ".rb": "ruby", ".php": "php", ".swift": "swift", ".m": "objective-c", ".mm": "objective-c",
-    ".cs": "csharp", ".fs": "fsharp", ".vb": "vbnet", ".lua": "lua", ".r": "r", ".jl": "julia", ".hs": "haskell",
-    ".ml": "ocaml", ".mli": "ocaml", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang", ".clj": "clojure",
-    ".dart": "dart", ".zig": "zig", ".nim": "nim", ".pl": "perl", ".pm": "perl", ".vim": "vim",
-    ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".ini": "ini", ".cfg": "ini",
-    ".css": "css", ".scss": "css", ".less": "css", ".proto": "protobuf", ".f90": "fortran", ".f": "fortran",
-    ".tex": "latex", ".cmake": "cmake", ".mk": "make", ".gradle": "groovy", ".groovy": "groovy",
-    ".vue": "vue", ".svelte": "svelte", ".graphql": "graphql", ".tf": "terraform", ".nix": "nix",
-}  # fmt: skip
+from llm.data import code, image, office, pdf, text
+from llm.data.office import Partition
+from llm.data.reader import Read, Settings
+
+
+def _no_settings(settings: Settings) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the registry. Several formats may count as one kind (html: .html and .xml)."""
+
+    kind: str  # the manifest's `kind`
+    read: Read  # runs in a worker process, which receives it by reference (module and name)
+    version: int  # part of the cache key: raise it when the same bytes would give different text
+    extensions: Mapping[str, str | None]  # lower-case suffix -> language handed to the reader (code), else None
+    names: Mapping[str, str | None] = field(default_factory=dict)  # whole file names (Makefile) -> language
+    capitalised_names: bool = False  # README, LICENSE, AUTHORS: a name in capitals without extension
+    # regular expressions searched in the first kilobyte; where several formats match, the earliest match wins
+    magic: tuple[bytes, ...] = ()
+    heavy: bool = False  # read through unstructured: workers import it first, and these files are scheduled first
+    settings: Callable[[Settings], Any] = _no_settings  # the settings its text depends on (part of the cache key)
+
+
+class Registry:
+    """The formats, indexed by file name and by extension."""
+
+    def __init__(self, formats: Iterable[Format]) -> None:
+        self.formats = tuple(formats)
+        self._by_name: dict[str, tuple[Format, str | None]] = {}
+        self._by_suffix: dict[str, tuple[Format, str | None]] = {}
+        for f in self.formats:
+            for index, keys in ((self._by_name, f.names), (self._by_suffix, f.extensions)):
+                for key, language in keys.items():
+                    if key in index:
+                        raise ValueError(f"{key!r} is claimed by two formats: {index[key][0].kind} and {f.kind}")
+                    index[key] = (f, language)
+        self._capitalised = next((f for f in self.formats if f.capitalised_names), None)
+        self._magic = [(re.compile(m, re.DOTALL), f) for f in self.formats for m in f.magic]
+
+    def kind_of(self, path: Path, head: bytes = b"") -> tuple[Format | None, str | None]:
+        """(format, language) from the name and the first bytes; no format when no reader takes the file."""
+        fmt, language = self._from_name(path)
+        bare = fmt is not None and not path.suffix and path.name not in self._by_name
+        # a README-like name on a PDF or an image saved without extension; text may begin "BM": not a bitmap
+        if fmt is None or fmt.magic or (bare and not head.startswith(b"BM")):
+            return self.sniff(head) or fmt, language
+        return fmt, language
+
+    def _from_name(self, path: Path) -> tuple[Format | None, str | None]:
+        if path.name in self._by_name:
+            return self._by_name[path.name]
+        suffix = path.suffix.lower()
+        if suffix in self._by_suffix:
+            return self._by_suffix[suffix]
+        if not suffix and path.name.isupper():
+            return self._capitalised, None
+        return None, None
+
+    def sniff(self, head: bytes) -> Format | None:
+        """The format whose magic appears first in the first kilobyte: a file that starts like an image is one,
+        even if "%PDF-" appears later (where PDF readers accept the header)."""
+        found = [(m.start(), i, f) for i, (pattern, f) in enumerate(self._magic) if (m := pattern.search(head[:1024]))]
+        return min(found)[2] if found else None
+
+
+def _languages(table: str) -> dict[str, str]:
+    """'python .py .pyi' lines -> {'.py': 'python', '.pyi': 'python'}."""
+    return {ext: line.split()[0] for line in table.strip().splitlines() for ext in line.split()[1:]}
+
+
+def _none(extensions: str) -> dict[str, None]:
+    return dict.fromkeys(extensions.split())
+
+
+CODE = _languages(
+    """
+    python .py .pyi .pyx
+    notebook .ipynb
+    c .c .h
+    cpp .cc .cpp .cxx .hpp .hh .hxx
+    cuda .cu .cuh
+    rust .rs
+    go .go
+    java .java
+    kotlin .kt .kts
+    scala .scala
+    javascript .js .mjs .cjs .jsx
+    typescript .ts .tsx .mts .cts
+    shell .sh .bash .zsh .fish
+    powershell .ps1
+    sql .sql
+    ruby .rb
+    php .php
+    swift .swift
+    objective-c .m .mm
+    csharp .cs
+    fsharp .fs
+    vbnet .vb
+    lua .lua
+    r .r
+    julia .jl
+    haskell .hs
+    ocaml .ml .mli
+    elixir .ex .exs
+    erlang .erl
+    clojure .clj
+    dart .dart
+    zig .zig
+    nim .nim
+    perl .pl .pm
+    vim .vim
+    toml .toml
+    yaml .yaml .yml
+    json .json
+    ini .ini .cfg
+    css .css .scss .less
+    protobuf .proto
+    fortran .f90 .f
+    latex .tex
+    cmake .cmake
+    make .mk
+    groovy .gradle .groovy
+    vue .vue
+    svelte .svelte
+    graphql .graphql
+    terraform .tf
+    nix .nix
+    """
+)
 CODE_NAMES = {
-    "Makefile": "make", "GNUmakefile": "make", "Dockerfile": "docker", "CMakeLists.txt": "cmake",
-    "Jenkinsfile": "groovy", "Vagrantfile": "ruby", "Rakefile": "ruby", "Gemfile": "ruby",
-}  # fmt: skip
-TEXT = {".txt", ".md", ".markdown", ".rst", ".text", ".org", ".adoc", ".csv", ".tsv", ".log"}
-PDF = {".pdf"}
-IMAGE = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".heic", ".heif"}
-# formats read by unstructured's partitioners (office.py); kind -> extensions
-OFFICE = {
-    "html": {".html", ".htm", ".xhtml", ".xml"},
-    "office": {".docx", ".doc", ".pptx", ".ppt", ".xlsx", ".xls", ".odt", ".rtf", ".epub"},
-    "email": {".eml", ".msg"},
+    "Makefile": "make",
+    "GNUmakefile": "make",
+    "Dockerfile": "docker",
+    "CMakeLists.txt": "cmake",
+    "Jenkinsfile": "groovy",
+    "Vagrantfile": "ruby",
+    "Rakefile": "ruby",
+    "Gemfile": "ruby",
 }
-
-_MAGIC = (
-    (b"%PDF-", "pdf"), (b"\x89PNG\r\n\x1a\n", "image"), (b"\xff\xd8\xff", "image"), (b"GIF87a", "image"),
-    (b"GIF89a", "image"), (b"II*\x00", "image"), (b"MM\x00*", "image"), (b"BM", "image"),
-)  # fmt: skip
-
-
-def kind_of(path: Path, head: bytes = b"") -> tuple[str, str | None]:
-    """(kind, language) from the name and the first bytes; kind 'unknown' when nothing reads it."""
-    kind, language = _by_name(path)
-    if kind in ("pdf", "image", "unknown"):
-        return sniff(head) or kind, language
-    if kind == "text" and not path.suffix and not head.startswith(b"BM"):  # a README-like name on a PDF or
-        return sniff(head) or kind, language  # image saved without extension (text may begin "BM": not a bitmap)
-    return kind, language
+TEXT = _none(".txt .md .markdown .rst .text .org .adoc .csv .tsv .log")
+IMAGE = _none(".png .jpg .jpeg .tif .tiff .bmp .webp .gif .heic .heif")
+IMAGE_MAGIC = (
+    rb"\A\x89PNG\r\n\x1a\n",
+    rb"\A\xff\xd8\xff",  # JPEG
+    rb"\AGIF8[79]a",
+    rb"\AII\*\x00",  # TIFF, little-endian
+    rb"\AMM\x00\*",  # TIFF, big-endian
+    rb"\ABM",  # BMP
+    rb"\ARIFF....WEBP",
+)
+PDF_MAGIC = (rb"%PDF-",)  # anywhere in the first kilobyte, as PDF readers accept it
 
 
-def _by_name(path: Path) -> tuple[str, str | None]:
-    if path.name in CODE_NAMES:
-        return "code", CODE_NAMES[path.name]
-    suffix = path.suffix.lower()
-    if suffix in PDF:
-        return "pdf", None
-    if suffix in IMAGE:
-        return "image", None
-    if suffix in CODE:
-        return "code", CODE[suffix]
-    if suffix in TEXT or (not suffix and path.name.isupper()):  # README, LICENSE, AUTHORS
-        return "text", None
-    for kind, suffixes in OFFICE.items():
-        if suffix in suffixes:
-            return kind, None
-    return "unknown", None
+def _office(kind: str, extensions: str, module: str, needs: str, attachments: bool = False) -> Format:
+    read = Partition(module, needs, attachments)
+    return Format(kind, read, version=2, extensions=_none(extensions), heavy=True, settings=office.settings_used)
 
 
-def sniff(head: bytes) -> str | None:
-    """'pdf' or 'image' from magic bytes, else None. A file that starts like an image is one, even if
-    "%PDF-" appears in its first kilobyte (where PDF readers accept the header)."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image"
-    if kind := next((kind for magic, kind in _MAGIC if head.startswith(magic)), None):
-        return kind
-    return "pdf" if b"%PDF-" in head[:1024] else None
+REGISTRY = Registry(
+    [
+        Format("code", code.read, version=3, extensions=CODE, names=CODE_NAMES),
+        Format("text", text.read, version=2, extensions=TEXT, capitalised_names=True),
+        Format(
+            "pdf",
+            pdf.read,
+            version=1,
+            extensions=_none(".pdf"),
+            magic=PDF_MAGIC,
+            heavy=True,
+            settings=pdf.settings_used,
+        ),
+        Format(
+            "image",
+            image.read,
+            version=3,
+            extensions=IMAGE,
+            magic=IMAGE_MAGIC,
+            heavy=True,
+            settings=image.settings_used,
+        ),
+        _office("html", ".html .htm .xhtml", "html", "pip install beautifulsoup4 lxml"),
+        _office("html", ".xml", "xml", "pip install lxml"),
+        _office("office", ".docx", "docx", "pip install python-docx"),
+        _office("office", ".doc", "doc", "LibreOffice (soffice) and python-docx"),
+        _office("office", ".pptx", "pptx", "pip install python-pptx"),
+        _office("office", ".ppt", "ppt", "LibreOffice (soffice) and python-pptx"),
+        _office("office", ".xlsx", "xlsx", "pip install openpyxl pandas"),
+        _office("office", ".xls", "xlsx", "pip install openpyxl xlrd pandas"),
+        _office("office", ".odt", "odt", "pandoc and pip install pypandoc python-docx"),
+        _office("office", ".rtf", "rtf", "pandoc and pip install pypandoc"),
+        _office("office", ".epub", "epub", "pandoc and pip install pypandoc"),
+        _office("email", ".eml", "email", "unstructured's base install", attachments=True),
+        _office("email", ".msg", "msg", "pip install python-oxmsg", attachments=True),
+    ]
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from llm.data.ingester import Refused
+from llm.data.reader import Refused
 
 INSTALL_HINT = {
     "tesseract": "Debian/Ubuntu: apt-get install tesseract-ocr tesseract-ocr-eng; macOS: brew install tesseract",

@@ -43,8 +43,9 @@ def warn_if_no_spacy_model() -> None:
         log.warning(
             "spaCy model %s is not installed: unstructured uses a blank English pipeline instead "
             "(coarser element types, same text). Install it with `python -m spacy download %s`.",
-            SPACY_MODEL, SPACY_MODEL,
-        )  # fmt: skip
+            SPACY_MODEL,
+            SPACY_MODEL,
+        )
 
 
 def _load_spacy_offline():

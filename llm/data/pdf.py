@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from llm.data import ocr, offline
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Refused, Settings
 
 
 def _check(path: Path) -> int:
@@ -58,12 +58,13 @@ def _page_bytes(path: Path, page: int) -> bytes:
     return buf.getvalue()
 
 
-def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     n_pages = _check(path)
     offline.patch_unstructured()
     from unstructured.partition.pdf import partition_pdf
 
-    first, scanned = settings.strategy.get("pdf") or "fast", settings.strategy.get("scanned")
+    first = settings.strategy.get("pdf") or "fast"
+    scanned = settings.strategy.get("scanned")
     langs = settings.languages
     if first != "fast":
         ocr.require("tesseract")
@@ -89,4 +90,6 @@ def _extract(path: Path, language: str | None, settings: Settings) -> Extraction
     return Extraction(text, used, pages=n_pages)
 
 
-INGESTER = Ingester("pdf", 1, _extract, lambda s: [s.strategy.get("pdf"), s.strategy.get("scanned"), s.languages])
+def settings_used(settings: Settings) -> list:
+    """The settings a PDF's text depends on (part of its cache key)."""
+    return [settings.strategy.get("pdf"), settings.strategy.get("scanned"), settings.languages]

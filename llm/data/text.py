@@ -6,7 +6,7 @@ from pathlib import Path
 
 from charset_normalizer import from_bytes
 
-from llm.data.ingester import Extraction, Ingester, Refused, Settings
+from llm.data.reader import Extraction, Refused, Settings
 
 REPLACEMENT = "\ufffd"
 # byte-order marks; UTF-32 LE's starts with UTF-16 LE's, so it is tried first
@@ -71,8 +71,5 @@ def read_verbatim(path: Path) -> str:
     return text
 
 
-def _extract(path: Path, language: str | None, settings: Settings) -> Extraction:
+def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     return Extraction(read_verbatim(path), "verbatim")
-
-
-INGESTER = Ingester("text", 2, _extract)  # 2: byte-order marks, damaged UTF-8, cp1252 first

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from torch.utils.data import Dataset, Sampler
 
-from llm.data.ingest import Document
+from llm.data.pipeline import Document
 from llm.errors import ConfigError
 from llm.tokenizer import eod_id
 

@@ -3,15 +3,16 @@
 A worker that runs past the time limit is killed with its process group (tesseract included); one
 that dies (out of memory, a crash in a C library) is replaced. Either way that file gets an `error`
 record and the run goes on.
+
+Linux and macOS: workers fork from a fork server, each in its own process group, under RLIMIT_AS
+(enforced by Linux). Windows: workers are spawned, without a process group or a memory limit.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing as mp
 import os
-import resource
 import signal
 import sys
 import time
@@ -20,43 +21,47 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from llm.data import offline
-from llm.data.ingester import Ingester, Refused, Settings
+from llm.data.reader import Read, Refused, Settings
 
 log = logging.getLogger(__name__)
 
-MODULES = {"code": "code", "text": "text", "pdf": "pdf", "image": "image", "html": "office", "office": "office",
-           "email": "office"}  # fmt: skip
-
-
-def ingester_for(kind: str) -> Ingester:
-    return importlib.import_module(f"llm.data.{MODULES[kind]}").INGESTER
-
-
 # how an allocation refused by RLIMIT_AS shows up in C libraries and the tools they start
 OOM_MESSAGES = ("failed to map segment", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on: its affinity mask where the OS has one (Linux), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
 class Task:
     index: int
     path: str
-    kind: str
+    read: Read  # the reader, from the registry (kinds.py); crosses the pipe by reference
     language: str | None = None
+    heavy: bool = False  # read through unstructured: scheduled first
 
 
 def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     """Extract one file; never raises. The outcome is a plain dict that crosses the pipe."""
     start = time.perf_counter()
     try:
-        ex = ingester_for(task.kind).extract(Path(task.path), task.language, settings)
-        out: dict[str, Any] = {"status": "ok", "text": ex.text, "strategy": ex.strategy, "pages": ex.pages,
-                               "language": ex.language}  # fmt: skip
+        ex = task.read(Path(task.path), task.language, settings)
+        out: dict[str, Any] = {
+            "status": "ok",
+            "text": ex.text,
+            "strategy": ex.strategy,
+            "pages": ex.pages,
+            "language": ex.language,
+        }
     except Refused as e:
         out = {"status": e.status, "reason": e.reason, "transient": e.transient}
     except ImportError as e:  # a missing package is no fault of the file: not cached, tried again next run
@@ -73,12 +78,31 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _worker_main(conn: Connection, settings: Settings) -> None:
-    os.setpgrp()  # so a time-out kills tesseract and pdftoppm with the worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    limit = settings.max_memory_mb * 2**20
+def limit_memory(max_memory_mb: int) -> bool:
+    """Cap this process's address space (RLIMIT_AS); False where the OS has no such limit (Windows)."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return False
+    limit = max_memory_mb * 2**20
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError) as e:  # some kernels refuse a limit below what is already mapped
+        log.debug("memory limit not set: %s", e)
+        return False
+    return True
+
+
+def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # so a time-out kills tesseract and pdftoppm with the worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    if warm:
+        import llm.data.warm  # noqa: F401  (already imported where the fork server preloaded it)
+    limit_memory(settings.max_memory_mb)
     offline.set_environment()
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair notes on broken files: the record says it
     from PIL import Image
@@ -94,21 +118,14 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
         conn.send((task.index, run_task(task, settings)))
 
 
-_server_warm: bool | None = None  # what the running fork server preloaded; None: not started by us
-
-
-def _fork_context(warm: bool):
-    """Workers fork from one server process per parent; a warm server has unstructured imported."""
-    global _server_warm
+def _context(warm: bool) -> mp.context.BaseContext:
+    """Workers fork from one server process per parent, started by the first pool: it imports unstructured
+    when that pool has heavy files (a later heavy pool on a cold server imports it in each worker instead).
+    Where there is no fork server (Windows) each worker is spawned."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    if warm and _server_warm is False:  # a cold server is running: restart it warm
-        stop = getattr(forkserver._forkserver, "_stop", None)
-        if stop is not None:
-            stop()
-            _server_warm = None
-    if _server_warm is None:
-        ctx.set_forkserver_preload(["llm.data.worker"] + (["llm.data.warm"] if warm else []))
-        _server_warm = warm
+    ctx.set_forkserver_preload(["llm.data.worker", *(["llm.data.warm"] if warm else [])])
     return ctx
 
 
@@ -138,13 +155,16 @@ class Pool:
     """`workers` processes fed one task at a time; results come back as they finish."""
 
     def __init__(self, workers: int, settings: Settings, warm: bool = False) -> None:
-        self.n, self.settings = max(1, workers), settings
-        self.ctx = _fork_context(warm)
+        self.n = max(1, workers)
+        self.settings = settings
+        self.warm = warm
+        self.ctx = _context(warm)
         self.workers: list[_Worker] = []
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
-        p = self.ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True, name="ingest-worker")
+        args = (child, self.settings, self.warm)
+        p = self.ctx.Process(target=_worker_main, args=args, daemon=True, name="ingest-worker")
         with _without_main():
             p.start()
         child.close()
@@ -153,10 +173,11 @@ class Pool:
         return w
 
     def _kill(self, w: _Worker) -> None:
-        try:
-            os.killpg(w.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if hasattr(os, "killpg"):
+            try:
+                os.killpg(w.process.pid, signal.SIGKILL)  # the worker's process group: tesseract too
+            except (ProcessLookupError, PermissionError):
+                pass
         w.process.kill()
         w.process.join(5)
         w.conn.close()
@@ -173,7 +194,8 @@ class Pool:
         return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
-        pending, idle = deque(tasks), []
+        pending = deque(tasks)
+        idle: list[_Worker] = []
         busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
         timeout = self.settings.timeout_s
         try:

@@ -1,8 +1,9 @@
 """Find the documents under the input folders and turn each into text, with a manifest line per file.
 
 Every file seen gets exactly one manifest record, whatever happens to it, so nothing is lost silently.
-Extraction runs in worker processes (worker.py) and is cached by content hash + ingester version +
-settings (cache.py): an unchanged folder is read again without extracting anything.
+Which reader reads a file comes from the registry of file kinds (kinds.py); extraction runs in worker
+processes (worker.py) and is cached by content hash + kind, version and settings (cache.py): an unchanged
+folder is read again without extracting anything.
 """
 
 from __future__ import annotations
@@ -18,28 +19,39 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llm.data import offline
+from llm.data import kinds, offline
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, Found, discover
-from llm.data.ingester import Settings
-from llm.data.kinds import kind_of
-from llm.data.worker import Pool, Task, ingester_for
+from llm.data.reader import Settings
+from llm.data.worker import Pool, Task, cpu_count
 
-__all__ = ["DEFAULT_EXCLUDE", "Document", "IngestResult", "Record", "Settings", "ingest", "format_summary"]
+__all__ = ["Document", "IngestResult", "Record", "format_summary", "ingest", "write_manifest"]
 
 log = logging.getLogger(__name__)
-HEAVY = {"pdf", "image", "html", "office", "email"}  # kinds read through unstructured
 STATUSES = ("ok", "empty", "duplicate", "skipped", "error", "excluded")
 
 
 class Document:
     """One extracted text. `text` is read from its file on use, so a corpus never sits in memory whole."""
 
-    def __init__(self, path: str, kind: str, text: str | None = None, sha256: str = "", *,
-                 text_file: Path | None = None, language: str | None = None, text_key: str = "") -> None:  # fmt: skip
-        self.path, self.kind, self.sha256, self.language = path, kind, sha256, language
-        self._text, self.text_file = text, text_file
-        # names this exact text: the source's hash with the ingester's version and settings (the cache key)
+    def __init__(
+        self,
+        path: str,
+        kind: str,
+        text: str | None = None,
+        sha256: str = "",
+        *,
+        text_file: Path | None = None,
+        language: str | None = None,
+        text_key: str = "",
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.sha256 = sha256
+        self.language = language
+        self._text = text
+        self.text_file = text_file
+        # names this exact text: the source's hash with its reader's version and settings (the cache key)
         self.text_key = text_key or sha256
 
     @property
@@ -54,7 +66,7 @@ class Document:
             return NotImplemented
         return (self.path, self.kind, self.sha256, self.text) == (other.path, other.kind, other.sha256, other.text)
 
-    __hash__ = None  # mutable, like the dataclass it replaces
+    __hash__ = None  # mutable: compared by value, never hashed
 
     def __repr__(self) -> str:
         return f"Document({self.path!r}, {self.kind!r}, sha256={self.sha256[:12]!r})"
@@ -88,7 +100,7 @@ class Record:
 class IngestResult:
     documents: list[Document] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
-    extracted: int = 0  # files sent to an ingester this run (the rest came from the cache)
+    extracted: int = 0  # files sent to a reader this run (the rest came from the cache)
 
     def counts(self) -> Counter:
         return Counter(r.status for r in self.records)
@@ -103,22 +115,28 @@ def ingest(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
 ) -> IngestResult:
-    """Read every file under inputs. With out_dir: write out_dir/text/… and out_dir/manifest.jsonl.
+    """Read every file under inputs (existing paths: discover.expand_paths makes them from what a user typed).
+    With out_dir: write out_dir/text/… and out_dir/manifest.jsonl.
 
     The cache lives in cache_dir (default out_dir/cache). workers overrides settings.workers.
     """
     settings = settings if isinstance(settings, Settings) else Settings.from_mapping(settings)
-    n_workers = workers or settings.workers or len(os.sched_getaffinity(0))
+    n_workers = workers or settings.workers or cpu_count()
     offline.set_environment()
     out = Path(out_dir) if out_dir is not None else None
-    cache = Cache(Path(cache_dir) if cache_dir else (out / "cache" if out else Path(".cache/llm/ingest")))
+    if cache_dir:
+        cache = Cache(Path(cache_dir))
+    elif out is not None:
+        cache = Cache(out / "cache")
+    else:
+        cache = Cache(Path(".cache/llm/ingest"))
 
     own = [cache.root, *([out, out / "text", out / "manifest.jsonl"] if out else [])]  # never read back as input
     found = list(_discover_all(inputs, exclude, own))
     records, tasks, keys = _plan(found, settings, cache)
     result = IngestResult(records=records)
-    tasks.sort(key=lambda t: (t.kind in HEAVY, records[t.index].bytes), reverse=True)  # longest first: no long tail
-    heavy = any(t.kind in HEAVY for t in tasks)
+    tasks.sort(key=lambda t: (t.heavy, records[t.index].bytes), reverse=True)  # longest first: no long tail
+    heavy = any(t.heavy for t in tasks)
     if heavy:
         offline.warn_if_no_spacy_model()
     start = time.perf_counter()
@@ -133,8 +151,10 @@ def ingest(
         if rec.status == "ok":
             src = cache.text_file(keys[i])
             text_file = _publish(src, out, rec) if out is not None else src
-            result.documents.append(Document(rec.path, rec.kind, None, rec.sha256 or "", text_file=text_file,
-                                             language=rec.language, text_key=keys[i]))  # fmt: skip
+            doc = Document(
+                rec.path, rec.kind, None, rec.sha256 or "", text_file=text_file, language=rec.language, text_key=keys[i]
+            )
+            result.documents.append(doc)
     if out is not None:
         _prune(out, _text_paths(out / "manifest.jsonl") - {r.text_path for r in records if r.text_path})
         write_manifest(records, out / "manifest.jsonl")
@@ -143,8 +163,10 @@ def ingest(
     problems = {s: counts[s] for s in ("error", "skipped", "empty") if counts[s]}
     if problems:
         where = out / "manifest.jsonl" if out is not None else "the manifest"
-        log.warning("%d of %d files not ingested (%s): reasons in %s", sum(problems.values()), len(records),
-                    ", ".join(f"{k} {v}" for k, v in problems.items()), where)  # fmt: skip
+        summary = ", ".join(f"{k} {v}" for k, v in problems.items())
+        log.warning(
+            "%d of %d files not ingested (%s): reasons in %s", sum(problems.values()), len(records), summary, where
+        )
     return result
 
 
@@ -152,10 +174,10 @@ def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Seq
     prefixes: set[str] = set()
     names: set[str] = set()
     for root in map(Path, inputs):
-        root = Path(os.path.expanduser(root))
         if not root.exists():
-            raise FileNotFoundError(f"data.paths: {root} does not exist")
-        prefix, n = root.resolve().name or "root", 1
+            raise FileNotFoundError(f"{root} does not exist")
+        prefix = root.resolve().name or "root"
+        n = 1
         while prefix in prefixes:  # two inputs with the same folder name stay apart
             n += 1
             prefix = f"{root.resolve().name}~{n}"
@@ -176,6 +198,7 @@ def _plan(found: list[Found], settings: Settings, cache: Cache) -> tuple[list[Re
     tasks: list[Task] = []
     keys: dict[int, str] = {}
     seen: dict[str, str] = {}  # sha256 -> first path with that content
+    registry = kinds.REGISTRY
     max_bytes = int(settings.max_file_mb * 2**20)
     for f in found:
         i = len(records)
@@ -186,28 +209,34 @@ def _plan(found: list[Found], settings: Settings, cache: Cache) -> tuple[list[Re
         rec = Record(f.rel, None, f.size, "unknown", "ok")
         records.append(rec)
         if f.size > max_bytes:
-            rec.status, rec.reason = "skipped", f"file too large: {f.size} bytes > max_file_mb={settings.max_file_mb:g}"
+            rec.status = "skipped"
+            rec.reason = f"file too large: {f.size} bytes > max_file_mb={settings.max_file_mb:g}"
             continue
         try:
             sha, head, blank = _hash(f.path)
         except OSError as e:
-            rec.status, rec.reason = "error", f"cannot read: {e.strerror or e}"
+            rec.status = "error"
+            rec.reason = f"cannot read: {e.strerror or e}"
             continue
         rec.sha256 = sha
-        rec.kind, rec.language = kind_of(f.path, head)
-        if rec.kind == "unknown":
-            rec.status, rec.reason = "skipped", f"no ingester for '{f.path.suffix or f.path.name}' files"
-        elif sha in seen:
-            rec.status, rec.reason = "duplicate", f"same content as {seen[sha]}"
+        fmt, rec.language = registry.kind_of(f.path, head)
+        if fmt is None:
+            rec.status = "skipped"
+            rec.reason = f"no reader for '{f.path.suffix or f.path.name}' files"
+            continue
+        rec.kind = fmt.kind
+        if sha in seen:
+            rec.status = "duplicate"
+            rec.reason = f"same content as {seen[sha]}"
         elif blank:
-            rec.status, rec.reason = "empty", "file is empty" if f.size == 0 else "file has only whitespace"
+            rec.status = "empty"
+            rec.reason = "file is empty" if f.size == 0 else "file has only whitespace"
         else:
             seen[sha] = rec.path
-            ing = ingester_for(rec.kind)
-            keys[i] = cache.key(sha, ing.name, ing.version, ing.settings_of(settings), rec.language)
+            keys[i] = cache.key(sha, fmt.kind, fmt.version, fmt.settings(settings), rec.language)
             hit = cache.get(keys[i], settings)
             if hit is None:
-                tasks.append(Task(i, str(f.path), rec.kind, rec.language))
+                tasks.append(Task(i, str(f.path), fmt.read, rec.language, heavy=fmt.heavy))
             else:
                 _fill(rec, hit)
                 rec.cached = True
@@ -217,7 +246,9 @@ def _plan(found: list[Found], settings: Settings, cache: Cache) -> tuple[list[Re
 
 def _hash(path: Path) -> tuple[str, bytes, bool]:
     """(sha256, first bytes, whether the file holds only whitespace) in one pass."""
-    h, head, blank = hashlib.sha256(), b"", True
+    h = hashlib.sha256()
+    head = b""
+    blank = True
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)

@@ -1,1 +1,0 @@
-"""Data: ingest files into documents, tokenize them into token files, serve windows to the trainer."""
