@@ -2,8 +2,8 @@
 
 Same shapes, random weights, greedy, no early stop, one run:
 
-    python bench/generate_throughput.py                      # CPU: small preset, batch 1 and 8, 512 new tokens
-    python bench/generate_throughput.py --preset gpt2-124m --batch 1 32 --dtype bfloat16   # GPU
+    python -m bench.generate_throughput                      # CPU: small preset, batch 1 and 8, 512 new tokens
+    python -m bench.generate_throughput --preset gpt2-124m --batch 1 32 --dtype bfloat16   # GPU
 
 Tokens/s counts new tokens of all rows (aggregate), prefill included. Needs `pip install transformers`
 (the `bench` extra) for the Hugging Face rows; they are skipped without it.
@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
+from llm.config import model_preset
+from llm.model import GPT, GPTConfig
+from llm.sampler import DTYPES, SamplingParams, generate_ids
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from llm.config import model_preset  # noqa: E402
-from llm.model import GPT, GPTConfig  # noqa: E402
-from llm.sampler import DTYPES, SamplingParams, generate_ids  # noqa: E402
-
-log = logging.getLogger("bench.generate")
+log = logging.getLogger(__name__)
 
 
 def hf_gpt2(config: GPTConfig, device: torch.device, dtype: torch.dtype):
@@ -111,9 +110,17 @@ def main() -> None:
     log.info(
         "%s, torch %s, %s threads; %s (%d layers x %d, %d heads, vocab %d, context %d), %s, compile=%s",
         torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        torch.__version__, torch.get_num_threads(), args.preset, config.n_layer, config.n_embd, config.n_head,
-        config.vocab_size, config.block_size, str(dtype).removeprefix("torch."), args.compile,
-    )  # fmt: skip
+        torch.__version__,
+        torch.get_num_threads(),
+        args.preset,
+        config.n_layer,
+        config.n_embd,
+        config.n_head,
+        config.vocab_size,
+        config.block_size,
+        str(dtype).removeprefix("torch."),
+        args.compile,
+    )
     rows: list[tuple[str, int, int, float]] = []  # (name, batch, new tokens, best seconds)
     with torch.inference_mode():
         for batch in args.batch:
@@ -159,9 +166,11 @@ def main() -> None:
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         )
         c = config
-        title = (f"Generation: {args.preset} preset ({c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size}) | "
-                 f"{str(dtype).removeprefix('torch.')}, {args.new_tokens} new tokens, greedy, random weights | "
-                 f"{where}, torch {torch.__version__}")  # fmt: skip
+        title = (
+            f"Generation: {args.preset} preset ({c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size}) | "
+            f"{str(dtype).removeprefix('torch.')}, {args.new_tokens} new tokens, greedy, random weights | "
+            f"{where}, torch {torch.__version__}"
+        )
         bars = [{"label": f"{name}, batch {b}", "tokens_per_sec": b * t / sec} for name, b, t, sec in rows]
         sys.stdout.write(f"figure: {plot_bench(bars, name=args.plot, title=title)}\n")
 

@@ -22,10 +22,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
 for part in $parts; do
   case $part in
     generate)
-      $py bench/generate_throughput.py --preset gpt2-124m --block-size 1024 --dtype bfloat16 --compile true \
+      $py -m bench.generate_throughput --preset gpt2-124m --block-size 1024 --dtype bfloat16 --compile true \
         --batch 1 32 --no-cache-batches 1 --repeats 2 --plot kv-cache-gpu && cp docs/images/kv-cache-gpu.png "$out/" ;;
     train)
-      $py bench/train_throughput.py --preset gpt2-124m --batch 16 --steps 30 --warmup 10 ;;
+      $py -m bench.train_throughput --preset gpt2-124m --batch 16 --steps 30 --warmup 10 ;;
     run)
       $py train.py model=gpt2-124m trainer=gpu trainer.max_steps=80 trainer.val_check_interval=1000 \
         callbacks.throughput.every_n_steps=10 trainer.log_every_n_steps=10 paths.output_dir="$out/run"

@@ -1,6 +1,6 @@
 """Ingestion throughput, 1 worker vs N: files/s and pages/s on data/sample plus generated pages.
 
-    python bench/ingest_throughput.py [--workers N] [--text-pdfs 20] [--scans 12]
+    python -m bench.ingest_throughput [--workers N] [--text-pdfs 20] [--scans 12]
 
 Each run starts from an empty cache, so every file is extracted; the worker fork server is warmed
 first (once per process, as in any real run) so both rows pay the same start-up.
@@ -9,7 +9,6 @@ first (once per process, as in any real run) so both rows pay the same start-up.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -18,12 +17,10 @@ from pathlib import Path
 
 from llm.data.pipeline import ingest
 from llm.data.worker import cpu_count
+from tools import make_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_spec = importlib.util.spec_from_file_location("make_sample", ROOT / "data" / "make_sample.py")
-make_sample = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_sample)
 
 WORDS = "the model reads every page of text and learns which token tends to follow which".split()
 

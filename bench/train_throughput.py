@@ -1,8 +1,8 @@
 """Training throughput, three ways in one run: our LightningModule under the Lightning Trainer, the same
 model in a plain PyTorch loop, and Hugging Face GPT-2 of the same shape (a bench-only dependency).
 
-    python bench/train_throughput.py --quick                 # CPU: tiny and small presets
-    python bench/train_throughput.py --preset gpt2-124m      # GPU: bf16-mixed, compiled, T=1024
+    python -m bench.train_throughput --quick                 # CPU: tiny and small presets
+    python -m bench.train_throughput --preset gpt2-124m      # GPU: bf16-mixed, compiled, T=1024
 
 Same batches, same optimizer settings, same loss (fp32 cross-entropy) for all three; ours is compiled
 with the model (the upcast fused), Hugging Face's is applied to the compiled model's output, as usual.
@@ -13,22 +13,18 @@ and ours / HF.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from llm.config import model_preset  # noqa: E402
-from llm.model import GPT, GPTConfig  # noqa: E402
-from llm.training import LitGPT  # noqa: E402
-from llm.training.flops import peak_flops  # noqa: E402
-from llm.training.module import token_cross_entropy  # noqa: E402
+from llm.config import model_preset
+from llm.model import GPT, GPTConfig
+from llm.training import LitGPT
+from llm.training.flops import peak_flops
+from llm.training.module import token_cross_entropy
 
 
 def batches(config: GPTConfig, batch: int, seq: int, n: int, seed: int = 0) -> DataLoader:
@@ -61,10 +57,18 @@ def run_lightning(config, args, precision) -> float:
     module = LitGPT(GPT(config), {"lr": 3e-4, "warmup_steps": 10}, compile=args.compile)
     timer = Timer(args.warmup)
     trainer = L.Trainer(
-        max_steps=args.warmup + args.steps, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], gradient_clip_val=1.0,
-        num_sanity_val_steps=0, limit_val_batches=0, devices=1,
-    )  # fmt: skip
+        max_steps=args.warmup + args.steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        devices=1,
+    )
     trainer.fit(module, train_dataloaders=batches(config, args.batch, args.seq, args.warmup + args.steps))
     return args.steps * args.batch * args.seq / (timer.t1 - timer.t0)
 
@@ -110,8 +114,14 @@ def hf_model(config: GPTConfig):
         return None
     c = config
     no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    hf = GPT2Config(vocab_size=c.padded_vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                    n_head=c.n_head, **no_dropout)  # fmt: skip
+    hf = GPT2Config(
+        vocab_size=c.padded_vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        **no_dropout,
+    )
     model = GPT2LMHeadModel(hf)
     model.config.use_cache = False
     return model
@@ -133,9 +143,15 @@ def bench(name: str, args) -> dict:
     runs = (
         ("lightning", lambda: run_lightning(config, args, precision)),
         ("plain", lambda: plain_loop(_maybe_compile(GPT(config), args), ours_loss(args), config, args, precision)),
-        ("hf-gpt2", lambda: plain_loop(_maybe_compile(hf_model(config), args), hf_loss, config, args, precision)
-         if hf_model(config) is not None else None),
-    )  # fmt: skip
+        (
+            "hf-gpt2",
+            lambda: (
+                plain_loop(_maybe_compile(hf_model(config), args), hf_loss, config, args, precision)
+                if hf_model(config) is not None
+                else None
+            ),
+        ),
+    )
     for _ in range(args.repeats):  # interleaved, best of: a busy machine slows every run alike
         for label, fn in runs:
             if on_gpu:
@@ -146,8 +162,10 @@ def bench(name: str, args) -> dict:
             if label not in results or (tps or 0) > (results[label][0] or 0):
                 results[label] = (tps, tps * flops_per_token / peak if (tps and peak) else None, mem)
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{name} ({'native' if args.native else 'GPT-2 shape'}), batch {args.batch} x {args.seq}, "
-          f"{precision}, compile={args.compile}, {device}, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"\n{name} ({'native' if args.native else 'GPT-2 shape'}), batch {args.batch} x {args.seq}, "
+        f"{precision}, compile={args.compile}, {device}, torch {torch.__version__}"
+    )
     print(f"| {'run':10} | {'tokens/s':>10} | {'MFU':>6} | {'peak GB':>7} |")
     print(f"| {'-' * 10} | {'-' * 10}: | {'-' * 6}: | {'-' * 7}: |")
     for label, (tps, mfu, mem) in results.items():

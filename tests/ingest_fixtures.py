@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -14,10 +13,7 @@ import pytest
 
 from llm.data import kinds
 from llm.data.kinds import Format, Registry
-
-_spec = importlib.util.spec_from_file_location("make_sample", Path(__file__).parents[1] / "data" / "make_sample.py")
-make_sample = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_sample)
+from tools import make_sample
 
 text_pdf = make_sample.text_pdf
 scanned_pdf = make_sample.scanned_pdf

@@ -1,6 +1,6 @@
 """Make the sample PDFs and images in data/sample (and the test and benchmark fixtures) from code.
 
-    python data/make_sample.py [FOLDER]     # default: data/sample next to this file
+    python -m tools.make_sample [FOLDER]     # default: data/sample in this checkout
 
 A text-layer PDF is written by hand (Helvetica, no embedded font); "scanned" pages are text rendered
 into pixels with Pillow's built-in font, so OCR has something real to read and no font file is needed.
@@ -15,20 +15,25 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 TEXT_PAGES = [
-    ["Notes on the transformer", "",
-     "A transformer block applies causal self-attention and then a small MLP,",
-     "each wrapped in a residual connection with layer normalisation first.",
-     "Attention lets every position look back at the positions before it."],
-    ["Training", "",
-     "The model predicts the next token. The loss is the cross-entropy",
-     "between its predictions and the text shifted by one position.",
-     "A cosine schedule with warm-up lowers the learning rate over time."],
-]  # fmt: skip
-SCAN_LINES = ["Dear reader,", "this page was scanned: it has", "no text layer, only pixels.",
-              "OCR recovers the words."]  # fmt: skip
+    [
+        "Notes on the transformer",
+        "",
+        "A transformer block applies causal self-attention and then a small MLP,",
+        "each wrapped in a residual connection with layer normalisation first.",
+        "Attention lets every position look back at the positions before it.",
+    ],
+    [
+        "Training",
+        "",
+        "The model predicts the next token. The loss is the cross-entropy",
+        "between its predictions and the text shifted by one position.",
+        "A cosine schedule with warm-up lowers the learning rate over time.",
+    ],
+]
+SCAN_LINES = ["Dear reader,", "this page was scanned: it has", "no text layer, only pixels.", "OCR recovers the words."]
 PNG_LINES = ["Whiteboard: tokenizer ideas", "byte pairs merge into tokens", "vocabulary of 4096 entries"]
 JPEG_LINES = ["Receipt 2024-03-14", "Coffee beans 12.50", "Total 12.50 EUR"]
 
@@ -47,8 +52,10 @@ def text_pdf(pages: list[list[str]]) -> bytes:
     ]
     for i, lines in enumerate(pages):
         body = "BT /F1 12 Tf 16 TL 72 720 Td " + " ".join(f"({_escape(line)}) Tj T*" for line in lines) + " ET"
-        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
-                    f"/Contents {5 + 2 * i} 0 R >>")  # fmt: skip
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            f"/Contents {5 + 2 * i} 0 R >>"
+        )
         objs.append(f"<< /Length {len(body.encode('latin-1'))} >>\nstream\n{body}\nendstream")
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for i, obj in enumerate(objs, 1):
@@ -77,8 +84,9 @@ def scanned_pdf(pages: list[list[str]]) -> bytes:
     images = [render(lines) for lines in pages]
     buf = io.BytesIO()
     fixed = time.strptime("2026-01-01", "%Y-%m-%d")  # the same bytes on every run: the sample stays unchanged
-    images[0].save(buf, format="PDF", resolution=150, save_all=True, append_images=images[1:],
-                   creationDate=fixed, modDate=fixed)  # fmt: skip
+    images[0].save(
+        buf, format="PDF", resolution=150, save_all=True, append_images=images[1:], creationDate=fixed, modDate=fixed
+    )
     return buf.getvalue()
 
 
