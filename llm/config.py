@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 if TYPE_CHECKING:
     from llm.model import GPTConfig
@@ -26,7 +26,7 @@ def config_dir() -> Path:
     return PACKAGE_DIR.parent / "conf"  # a checkout (plain or editable)
 
 
-def builtin_corpus() -> list[str]:
+def builtin_corpus() -> ListConfig:
     """The corpus a run trains on when no data.paths is given: this project's docs, sources and sample files.
 
     From a checkout: docs/, llm/ and data/sample/. From an installed wheel: the package's own sources and configs.
@@ -35,7 +35,7 @@ def builtin_corpus() -> list[str]:
     candidates = [root / "docs", PACKAGE_DIR, root / "data" / "sample"]
     if not (root / "conf" / "train.yaml").is_file():  # not a checkout: only the package itself is ours
         candidates = [PACKAGE_DIR]
-    return [str(p) for p in candidates if p.exists()]
+    return ListConfig([str(p) for p in candidates if p.exists()])  # a config node: OmegaConf.resolve keeps it
 
 
 def register_resolvers() -> None:

@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from llm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ALLOWED = ("auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "transformer-engine")
@@ -15,7 +17,7 @@ def resolve_precision(requested: str | int, accelerator: str) -> str:
     """'auto': bf16-mixed on GPUs that support it, 16-mixed (with loss scaling) on older GPUs, 32-true on CPU."""
     requested = str(requested)
     if requested not in ALLOWED and requested not in {"32", "16", "bf16", "64"}:
-        raise ValueError(f"trainer.precision={requested!r} is not one of {list(ALLOWED)}")
+        raise ConfigError(f"trainer.precision={requested!r} is not one of {list(ALLOWED)}")
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if requested == "auto":
         if not on_gpu:
