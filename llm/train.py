@@ -65,15 +65,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if ckpt_path is not None:
         check_resume(ckpt_path, OmegaConf.create(resolved))  # before any data work
-    (out / "config.yaml").write_text(resolved)
-    log.info("config:\n%s", resolved)
     L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = build(cfg.data)
+    datamodule = build(cfg.data)  # each object checks its values as it is built: nothing has run yet
     module = build(cfg.module)
     module.run_config = resolved
     callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
+    (out / "config.yaml").write_text(resolved)
+    log.info("config:\n%s", resolved)
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
 
