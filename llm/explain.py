@@ -103,6 +103,8 @@ def on_meta(config: GPTConfig) -> GPT:
 
 
 PRESETS = ("tiny", "small", "gpt2-124m")
+# The worked examples show the plain transformer: no QK-norm, no soft-cap, tied embeddings, scaled init.
+SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -110,8 +112,8 @@ PRESETS = ("tiny", "small", "gpt2-124m")
 
 def attention_config(n_kv_head: int = 2) -> GPTConfig:
     # learned positions: Attention gets rope=None, so the example shows attention alone
-    return GPTConfig(vocab_size=64, block_size=3, n_layer=1, n_head=2, n_kv_head=n_kv_head, n_embd=4,
-                     attn="explicit", pos="learned", bias=False)  # fmt: skip
+    switches = dict(attn="explicit", pos="learned", bias=False, **SWITCHES_OFF)
+    return GPTConfig(vocab_size=64, block_size=3, n_layer=1, n_head=2, n_kv_head=n_kv_head, n_embd=4, **switches)
 
 
 def attention_example(seed: int = 0, n_kv_head: int = 2) -> dict[str, torch.Tensor]:
@@ -308,7 +310,7 @@ def render_tokenizer() -> str:
 def render_norm() -> str:
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], [1.0, -1.0, 1.0, -1.0]])
     rms = RMSNorm(4)
-    ln = make_norm(GPTConfig(n_embd=4, n_head=1, norm="layernorm"))
+    ln = make_norm(GPTConfig(n_embd=4, n_head=1, norm="layernorm", **SWITCHES_OFF))
     with torch.no_grad():
         r, l = rms(x), ln(x)
     rows = [[", ".join(_num(float(v), 0) for v in x[i]), _num(float(x[i].pow(2).mean().sqrt()), 4),
@@ -319,7 +321,7 @@ def render_norm() -> str:
 
 def mlp_example(seed: int = 0) -> dict[str, torch.Tensor]:
     """llm.model.MLP (SwiGLU) with n_embd=4, mlp_hidden=2 on one token, every intermediate."""
-    cfg = GPTConfig(n_embd=4, n_head=1, mlp="swiglu", mlp_hidden=2)
+    cfg = GPTConfig(n_embd=4, n_head=1, mlp="swiglu", mlp_hidden=2, **SWITCHES_OFF)
     mlp = MLP(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -383,7 +385,7 @@ def render_loss() -> str:
     torch.manual_seed(0)
     logits = torch.tensor([[[2.0, 1.0, 0.1, -1.0]]])
     p = F.softmax(logits[0, 0], dim=-1)
-    lit = LitGPT(GPT(GPTConfig(vocab_size=4, block_size=4, n_layer=1, n_head=1, n_embd=8)))
+    lit = LitGPT(GPT(GPTConfig(vocab_size=4, block_size=4, n_layer=1, n_head=1, n_embd=8, **SWITCHES_OFF)))
     rows = []
     for target in (0, 1, 3):
         loss = float(lit.loss(logits, torch.tensor([[target]])))
@@ -421,7 +423,7 @@ def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:
     from llm.training.module import LitGPT
 
     torch.manual_seed(seed)
-    lit = LitGPT(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)))
+    lit = LitGPT(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16, **SWITCHES_OFF)))
     x, y = torch.randint(0, 64, (8, 8)), torch.randint(0, 64, (8, 8))
     lit.loss(lit(x), y).backward()
     full = [p.grad.clone() for p in lit.parameters()]

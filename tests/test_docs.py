@@ -92,7 +92,8 @@ def test_attention_example_is_causal_and_normalised() -> None:
 
 def test_attention_maps_of_a_model_are_its_attention() -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)).eval()
+    config = GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, **explain.SWITCHES_OFF)
+    model = GPT(config).eval()
     maps = explain.attention_maps(model, torch.randint(0, 64, (1, 6)))
     assert len(maps) == 2 and maps[0].shape == (2, 6, 6)
     for w in maps:
@@ -226,7 +227,9 @@ def _write_checkpoint(path: Path, cfg: GPTConfig | None = None) -> GPTConfig:
     """A checkpoint as train.py writes it (weights under net., model_config, tokenizer), untrained."""
     from llm.tokenizer import train_tokenizer
 
-    cfg = cfg or GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
+    cfg = cfg or GPTConfig(
+        vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, **explain.SWITCHES_OFF
+    )
     tok = train_tokenizer([explain.TOKENIZER_TEXT], vocab_size=cfg.vocab_size)
     torch.manual_seed(0)
     state = {f"net.{k}": v for k, v in GPT(cfg).state_dict().items()}

@@ -92,7 +92,8 @@ def test_compiled_training_matches_eager() -> None:
 
     from llm.training import LitGPT
 
-    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, **switches)
     data = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
     weights = {}
     for compile in (False, True):
