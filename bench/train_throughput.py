@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llm.config import model_preset  # noqa: E402
+from llm.config import model_preset, optim_preset  # noqa: E402
 from llm.model import GPT, GPTConfig  # noqa: E402
 from llm.training import LitGPT  # noqa: E402
 from llm.training.flops import peak_flops  # noqa: E402
@@ -58,7 +58,7 @@ class Timer(L.Callback):
 
 def run_lightning(config, args, precision) -> float:
     torch.manual_seed(0)
-    module = LitGPT(GPT(config), {"lr": 3e-4, "warmup_steps": 10}, compile=args.compile)
+    module = LitGPT(GPT(config), optim_preset("adamw", lr=3e-4, warmup_steps=10), compile=args.compile)
     timer = Timer(args.warmup)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps, precision=precision, logger=False, enable_checkpointing=False,

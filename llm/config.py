@@ -6,10 +6,14 @@ import logging
 import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from llm.model import GPTConfig
+
+if TYPE_CHECKING:
+    from llm.training.optim import OptimConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("llm.train")
@@ -59,3 +63,11 @@ def model_preset(name: str, **overrides) -> GPTConfig:
     node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml").config)
     node.pop("_target_", None)
     return GPTConfig(**{**node, **overrides})
+
+
+def optim_preset(name: str, **overrides) -> OptimConfig:
+    """conf/optim/NAME.yaml as an OptimConfig, without Hydra (benchmarks, tests); muon={...} replaces that node."""
+    from llm.training.optim import OptimConfig, make_config  # llm.training imports Lightning: on use only
+
+    node = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "optim" / f"{name}.yaml"))
+    return make_config(OptimConfig, {**node, **overrides}, "optim")

@@ -373,9 +373,11 @@ def render_mlp() -> str:
 def train_defaults() -> dict:
     """optim, trainer and data defaults from conf/ (no Hydra needed)."""
     train = OmegaConf.load(CONF_DIR / "train.yaml")
+    choice = next(item["optim"] for item in train.defaults if OmegaConf.is_dict(item) and "optim" in item)
+    optim = OmegaConf.load(CONF_DIR / "optim" / f"{choice}.yaml")
     trainer = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
     data = OmegaConf.load(CONF_DIR / "data" / "default.yaml")
-    return {"optim": dict(train.optim), "max_steps": int(trainer.max_steps),
+    return {"optim": dict(optim), "max_steps": int(trainer.max_steps),
             "accumulate": int(trainer.accumulate_grad_batches), "batch_size": int(data.batch_size)}  # fmt: skip
 
 

@@ -90,6 +90,7 @@ def test_compiled_training_matches_eager() -> None:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
+    from llm.config import optim_preset
     from llm.training import LitGPT
 
     switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
@@ -98,7 +99,7 @@ def test_compiled_training_matches_eager() -> None:
     weights = {}
     for compile in (False, True):
         torch.manual_seed(0)
-        module = LitGPT(GPT(config), {"lr": 1e-2, "warmup_steps": 1}, compile=compile)
+        module = LitGPT(GPT(config), optim_preset("adamw", lr=1e-2, warmup_steps=1), compile=compile)
         trainer = L.Trainer(
             max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False,
