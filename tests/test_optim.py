@@ -14,7 +14,7 @@ from llm.config import model_preset, optim_preset
 from llm.errors import ConfigError
 from llm.model import GPT
 from llm.training import LitGPT
-from llm.training.optim import MuonWithAdamW, build_optimizer, hidden_matrices
+from llm.training.optim import Muon, MuonWithAdamW, build_optimizer, hidden_matrices, newton_schulz
 from llm.training.schedule import warmup_cosine
 from tests.conftest import compose_train
 from tests.test_scale import final_weights, run_train
@@ -100,6 +100,36 @@ def test_muon_state_round_trips_bit_for_bit(tmp_path):
     assert all(
         g is h for g, h in zip(opt2.param_groups, [*opt2.adamw.param_groups, *opt2.muon.param_groups], strict=True)
     )
+
+
+def test_newton_schulz_is_torchs_in_bfloat16_and_orthogonalises_in_float32():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    coefficients = (3.4445, -4.775, 2.0315)
+    ours = newton_schulz(g, coefficients, 5, 1e-7, torch.bfloat16)
+    assert torch.equal(ours, _zeropower_via_newtonschulz(g, coefficients, 5, 1e-7))
+    singular = torch.linalg.svdvals(newton_schulz(g, coefficients, 5, 1e-7, torch.float32))
+    assert singular.min() > 0.5 and singular.max() < 1.3  # U V' up to the quintic's deliberate slack
+
+
+def test_muon_steps_like_torchs_with_the_same_state():
+    """Our Muon only moves Newton-Schulz to float32 on CPU: in bfloat16 its steps are torch.optim.Muon's, bit for
+    bit, and its state (what a checkpoint holds) has the same layout."""
+    nets = [tiny_model(), tiny_model()]
+    ours = Muon(hidden_matrices(nets[0]), lr=0.02, weight_decay=0.1)
+    ours.ns_dtype = torch.bfloat16
+    torchs = torch.optim.Muon(hidden_matrices(nets[1]), lr=0.02, weight_decay=0.1)
+    for net, opt in zip(nets, [ours, torchs], strict=True):
+        train_steps(net, opt, range(3))
+    for a, b in zip(hidden_matrices(nets[0]), hidden_matrices(nets[1]), strict=True):
+        assert torch.equal(a, b)
+    mine, theirs = ours.state_dict(), torchs.state_dict()
+    assert mine["param_groups"] == theirs["param_groups"]
+    assert all(
+        torch.equal(mine["state"][k]["momentum_buffer"], v["momentum_buffer"]) for k, v in theirs["state"].items()
+    )
+    assert len(mine["state"]) == len(theirs["state"]) == 8
 
 
 def test_flat_parameters_are_refused_by_muon():

@@ -6,6 +6,7 @@ both call, so the recipe a benchmark measures is the one a run gets.
 
 from __future__ import annotations
 
+import math
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -87,6 +88,64 @@ def hidden_matrices(net: GPT) -> list[nn.Parameter]:
     return [m.weight for m in net.blocks.modules() if isinstance(m, nn.Linear)]
 
 
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+):
+    """An approximately orthogonal matrix U V' near the (rows, cols) matrix g = U S V' (Muon's quintic iteration).
+
+    The same sequence of operations as torch.optim.Muon's, in `dtype`: bfloat16 there always, here only where
+    matmuls are fast in it (GPUs); CPUs without native bfloat16 run it ~20x slower than float32."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    if g.size(0) > g.size(1):
+        x = x.T  # (short, long): the Gram matrix x x' is the smaller square
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G²
+        x = torch.addmm(x, poly, x, beta=a)  # a x + (b G + c G²) x
+    if g.size(0) > g.size(1):
+        x = x.T
+    return x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (same arguments, same state, same update) with Newton-Schulz in float32 on CPUs."""
+
+    ns_dtype: torch.dtype | None = None  # None: bfloat16 on GPUs, float32 elsewhere
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                p.mul_(1 - lr * decay)
+                p.add_(update, alpha=-lr * _muon_lr_scale(group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def _muon_lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix lr factor: equal update RMS across rectangular shapes."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1, rows / cols))
+
+
 class _JointState(ChainMap):
     """Both optimizers' per-parameter state, read without adding entries to their defaultdicts."""
 
@@ -98,13 +157,13 @@ class _JointState(ChainMap):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on every other parameter, as one optimizer.
+    """Muon on the hidden matrices and torch.optim.AdamW on every other parameter, as one optimizer.
 
     Lightning's automatic optimisation, gradient clipping and checkpointing expect one optimizer:
     param_groups are the two optimizers' own group dicts (AdamW's first), so a learning-rate scheduler
     and the clipping see every parameter; state_dict holds both states, so a resumed run is exact."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
         self.muon, self.adamw = muon, adamw
         super().__init__([*adamw.param_groups, *muon.param_groups], defaults={})
         self._link()
@@ -148,5 +207,5 @@ def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.
     ids = {id(p) for p in hidden}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
     m = optim.muon
-    muon = torch.optim.Muon(hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
+    muon = Muon(hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
     return MuonWithAdamW(muon, torch.optim.AdamW([g for g in rest if g["params"]], **adamw_kwargs))
