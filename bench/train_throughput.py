@@ -25,6 +25,7 @@ from llm.model import GPT, GPTConfig
 from llm.training import LitGPT
 from llm.training.flops import peak_flops
 from llm.training.module import token_cross_entropy
+from llm.training.optim import optim_preset
 
 
 def batches(config: GPTConfig, batch: int, seq: int, n: int, seed: int = 0) -> DataLoader:
@@ -54,7 +55,7 @@ class Timer(L.Callback):
 
 def run_lightning(config, args, precision) -> float:
     torch.manual_seed(0)
-    module = LitGPT(GPT(config), {"lr": 3e-4, "warmup_steps": 10}, compile=args.compile)
+    module = LitGPT(GPT(config), optim_preset("adamw", lr=3e-4, warmup_steps=10), compile=args.compile, seed=0)
     timer = Timer(args.warmup)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps,

@@ -10,17 +10,19 @@ Shapes use B = batch, T = time (tokens), C = channels (n_embd), nh = heads, hs =
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm.errors import ConfigError
+
 CHOICES = {
     "attn": ("explicit", "sdpa"),
     "pos": ("rope", "learned"),
     "norm": ("rmsnorm", "layernorm"),
-    "mlp": ("swiglu", "gelu"),
+    "mlp": ("swiglu", "gelu", "relu2"),
 }
 
 
@@ -32,7 +34,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: int | None = None  # None: one K/V head per query head; fewer: grouped-query attention
     n_embd: int = 256
-    mlp_hidden: int | None = None  # None: 4*C for GELU, ~8/3*C (multiple of 64) for SwiGLU
+    mlp_hidden: int | None = None  # None: 4*C for GELU and ReLU², ~8/3*C (multiple of 64) for SwiGLU
     attn: str = "sdpa"  # explicit: the math written out; sdpa: torch's fused kernel
     pos: str = "rope"  # rope: rotary embedding of q and k; learned: absolute position table
     norm: str = "rmsnorm"
@@ -41,31 +43,42 @@ class GPTConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    _: KW_ONLY  # the switches below have no default: every preset YAML names each one
+    qk_norm: bool  # RMSNorm of q and k per head before rope: attention logits cannot blow up
+    zero_init_proj: bool  # attention and MLP output projections start at 0: each block starts as identity
+    logit_softcap: float | None  # logits = cap * tanh(logits / cap); None: raw logits
+    tie_embeddings: bool  # lm_head reuses the token embedding (GPT-2); false: a separate output matrix
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
-                raise ValueError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
+                raise ConfigError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
+        for key in ("qk_norm", "zero_init_proj", "tie_embeddings", "bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.config.{key}={getattr(self, key)!r} is not one of [true, false]")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+            raise ConfigError(f"model.config.logit_softcap={cap!r} must be a number > 0, or null for no cap")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         for key in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
             if getattr(self, key) < 1:
-                raise ValueError(f"model.config.{key}={getattr(self, key)} must be at least 1")
+                raise ConfigError(f"model.config.{key}={getattr(self, key)} must be at least 1")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+            raise ConfigError(f"model.config.dropout={self.dropout} must be in [0, 1)")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise ConfigError(
                 f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}"
             )
         if self.n_head % self.n_kv_head:
-            raise ValueError(
+            raise ConfigError(
                 f"model.config.n_head={self.n_head} must be divisible by model.config.n_kv_head={self.n_kv_head}"
             )
         if self.pos == "rope" and self.head_size % 2:
-            raise ValueError(f"rotary embedding needs an even head size, got {self.head_size}")
+            raise ConfigError(f"rotary embedding needs an even head size, got {self.head_size}")
         if self.mlp_hidden is None:
-            if self.mlp == "gelu":
+            if self.mlp != "swiglu":
                 self.mlp_hidden = 4 * self.n_embd
             else:  # keeps SwiGLU's three matrices at the parameter count of GELU's two
                 self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
@@ -188,6 +201,9 @@ class Attention(nn.Module):
         kv_size = 2 * config.n_kv_head * config.head_size
         self.qkv = nn.Linear(config.n_embd, config.n_embd + kv_size, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # QK-norm: one gain vector of head size, shared by the heads (and by q's and k's own heads)
+        self.q_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None  # set by GPT.setup_caches for decoding, never in training
 
@@ -200,6 +216,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
+        if self.q_norm is not None:  # over each head's hs channels
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
@@ -233,10 +251,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: GELU (GPT-2) or SwiGLU (LLaMA)."""
+    """Position-wise feed-forward: GELU (GPT-2), SwiGLU (LLaMA) or ReLU² (Primer, modded-nanogpt)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        self.kind = config.mlp
         self.gated = config.mlp == "swiglu"
         n_in = 2 * config.mlp_hidden if self.gated else config.mlp_hidden  # SwiGLU: gate and value in one matmul
         self.fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
@@ -248,6 +267,8 @@ class MLP(nn.Module):
         if self.gated:
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()  # sparse like ReLU, smooth at 0 like GELU
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.proj(h))
@@ -282,7 +303,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
         if config.pos == "rope":
             cos, sin = rope_cache(config.block_size, config.head_size, config.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -290,8 +312,11 @@ class GPT(nn.Module):
         self.register_buffer("causal_mask", None, persistent=False)  # (S, S) with the caches: setup_caches
         self.apply(self._init_weights)
         # Residual projections add into the stream 2 * n_layer times: scale them so it does not grow.
+        # Zero-initialised instead, each block starts as the identity and learns what to add.
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
+            if name.endswith("proj.weight") and config.zero_init_proj:
+                nn.init.zeros_(p)
+            elif name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -320,7 +345,11 @@ class GPT(nn.Module):
         x, rope = self._embed(idx, input_pos)
         for block in self.blocks:
             x = block(x, rope, input_pos, mask, attn_impl)
-        return self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x))
+        cap = self.config.logit_softcap
+        if cap is not None:  # smoothly into (-cap, cap), in float32: tanh saturates coarsely in bfloat16
+            logits = (cap * torch.tanh(logits.float() / cap)).type_as(logits)
+        return logits
 
     def _embed(
         self, idx: torch.Tensor, input_pos: torch.Tensor | None = None
@@ -389,20 +418,23 @@ class GPT(nn.Module):
         self.causal_mask = None
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; the tied embedding counts once, position tables are left out by default."""
+        """Parameter count; a tied embedding counts once, position tables are left out by default."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.wpe is not None:
             n -= self.wpe.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L C T (PaLM, appendix B)."""
+        """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L C T (PaLM, appendix B).
+
+        N counts the matrices a token is multiplied by: an untied input embedding is a lookup, not a matmul."""
         T = seq_len or self.config.block_size
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+        n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())
+        return 6 * n + 12 * c.n_layer * c.n_embd * T
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices (embeddings, linear weights); never biases or norm gains.
+        """Decay matrices (embeddings, linear weights); never biases or norm gains (QK-norm's too).
 
         Chosen by name, not by shape: under FSDP every parameter is a flat 1-D shard by the time the
         optimizer is built."""
@@ -410,8 +442,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            owner = name.rsplit(".", 2)[-2] if "." in name else ""  # norm1, norm2, norm (final) hold gains
-            (no_decay if name.endswith("bias") or owner.startswith("norm") else decay).append(p)
+            owner = name.rsplit(".", 2)[-2] if "." in name else ""  # norm1, norm2, norm, q_norm, k_norm: gains
+            (no_decay if name.endswith("bias") or "norm" in owner else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

@@ -27,7 +27,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint laid out as train.py writes it: model config, tokenizer JSON, `net.` state dict."""
     tok = train_tokenizer(["def add(a, b):\n    return a + b\n", "The quick brown fox jumps."] * 20, vocab_size=300)
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32)
+    switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32, **switches)
     model = GPT(config)
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt"
     path.parent.mkdir()

@@ -2,25 +2,60 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.model import GPT, GPTConfig, KVCache, repeat_kv
+from llm.config import model_preset
+from llm.errors import ConfigError
+from llm.model import GPT, MLP, GPTConfig, KVCache, repeat_kv
 
+SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
 VARIANTS = {
     "rope-rms-swiglu-gqa": dict(n_kv_head=2),
     "gpt2-style": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),
+    "qk-norm": dict(qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "zero-init-proj": dict(zero_init_proj=True),
+    "softcap": dict(logit_softcap=0.1),  # below the raw logits at init (std ~0.1): tanh bends them
+    "untied": dict(tie_embeddings=False),
+    "every-switch-gqa": dict(
+        n_kv_head=2, qk_norm=True, mlp="relu2", zero_init_proj=True, logit_softcap=0.1, tie_embeddings=False
+    ),
 }
 
 
 def tiny(**kw) -> GPTConfig:
-    base = dict(vocab_size=100, block_size=16, n_layer=2, n_head=4, n_embd=32)
-    return GPTConfig(**{**base, **kw})
+    """A 2-layer, 32-wide model: RoPE, RMSNorm, SwiGLU, one K/V head per query head, every switch off."""
+    base = dict(
+        vocab_size=100,
+        block_size=16,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=4,
+        n_embd=32,
+        pos="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        mlp_hidden=None,
+        bias=False,
+        **SWITCHES_OFF,
+    )
+    return model_preset("tiny", **{**base, **kw})
+
+
+def randomise_zero_weights(model: GPT) -> None:
+    """zero_init_proj leaves no gradient to qkv or fc at init: give those weights values to compare with."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02, generator=gen)
 
 
 @pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
 def test_output_shape_and_padded_vocab(kw):
-    model = GPT(tiny(**kw))
+    config = tiny(**kw)
+    model = GPT(config)
     logits = model(torch.randint(0, 100, (3, 11)))
     assert logits.shape == (3, 11, 128)  # 100 padded up to a multiple of 64
-    assert model.lm_head.weight is model.wte.weight
+    assert (model.lm_head.weight is model.wte.weight) == config.tie_embeddings
 
 
 @pytest.mark.parametrize("attn", ["explicit", "sdpa"])
@@ -28,6 +63,7 @@ def test_output_shape_and_padded_vocab(kw):
 def test_causal(attn, kw):
     torch.manual_seed(0)
     model = GPT(tiny(attn=attn, **kw)).eval()
+    randomise_zero_weights(model)  # zero-initialised projections would hide every position's attention
     x = torch.randint(0, 100, (2, 16))
     y = x.clone()
     y[:, 9:] = torch.randint(0, 100, (2, 7))  # change only the future of position 8
@@ -41,6 +77,7 @@ def test_explicit_equals_sdpa_outputs_and_gradients(kw):
     torch.manual_seed(0)
     explicit = GPT(tiny(attn="explicit", **kw))
     fused = GPT(tiny(attn="sdpa", **kw))
+    randomise_zero_weights(explicit)
     fused.load_state_dict(explicit.state_dict())
     x = torch.randint(0, 100, (2, 16))
     outs, grads = [], []
@@ -50,6 +87,7 @@ def test_explicit_equals_sdpa_outputs_and_gradients(kw):
         outs.append(logits)
         grads.append({n: p.grad for n, p in model.named_parameters()})
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    assert all(g.any() for g in grads[0].values())  # every parameter gets a gradient to compare
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -104,10 +142,16 @@ def test_param_groups_decay_matrices_only(kw):
         (dict(norm="batchnorm"), "model.config.norm='batchnorm' is not one of ['rmsnorm', 'layernorm']"),
         (dict(n_head=3), "must be divisible by model.config.n_head=3"),
         (dict(n_kv_head=3), "must be divisible by model.config.n_kv_head=3"),
+        (dict(mlp="relu3"), "model.config.mlp='relu3' is not one of ['swiglu', 'gelu', 'relu2']"),
+        (dict(qk_norm="yes"), "model.config.qk_norm='yes' is not one of [true, false]"),
+        (dict(zero_init_proj=1), "model.config.zero_init_proj=1 is not one of [true, false]"),
+        (dict(tie_embeddings=None), "model.config.tie_embeddings=None is not one of [true, false]"),
+        (dict(logit_softcap=0.0), "model.config.logit_softcap=0.0 must be a number > 0, or null for no cap"),
+        (dict(logit_softcap="30"), "model.config.logit_softcap='30' must be a number > 0, or null for no cap"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(kw, message):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ConfigError) as e:
         tiny(**kw)
     assert message in str(e.value)
 
@@ -117,22 +161,92 @@ def test_too_long_sequence_is_refused():
         GPT(tiny())(torch.zeros(1, 17, dtype=torch.long))
 
 
-def test_gpt2_preset_shape_has_124m_parameters():
-    config = GPTConfig(
-        vocab_size=50257,
-        block_size=1024,
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        pos="learned",
-        norm="layernorm",
-        mlp="gelu",
-        bias=True,
-    )
+def test_gpt2_preset_is_gpt2_with_124m_parameters():
+    config = model_preset("gpt2-124m")
+    gpt2 = dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, n_kv_head=12, **SWITCHES_OFF)
+    assert {k: getattr(config, k) for k in gpt2} == gpt2
     with torch.device("meta"):
         model = GPT(config)
     assert config.padded_vocab_size == 50304
     assert 123e6 < model.num_params(non_embedding=False) < 125e6
+
+
+def test_every_switch_is_required():
+    """No switch has a default in code: a preset YAML that forgot one would not load."""
+    with pytest.raises(TypeError, match="qk_norm"):
+        GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=4, n_embd=32)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k():
+    torch.manual_seed(0)
+    x = torch.randint(0, 100, (2, 16))
+    for qk_norm in (True, False):
+        model = GPT(tiny(qk_norm=qk_norm)).eval()
+        before = model(x)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.qkv.weight[: 2 * 32] *= 30.0  # the q and k rows (n_kv_head = n_head)
+        same = torch.allclose(model(x), before, atol=1e-3)  # off: differences of ~0.2
+        assert same == qk_norm
+    model = GPT(tiny(qk_norm=True))
+    gains = {n for n, _ in model.named_parameters()} - {n for n, _ in GPT(tiny()).named_parameters()}
+    assert gains == {f"blocks.{i}.attn.{q}_norm.weight" for i in (0, 1) for q in "qk"}
+    _, no_decay = model.param_groups(0.1)
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    assert all(id(p) in no_decay_ids for n, p in model.named_parameters() if n in gains)
+
+
+def test_relu2_mlp_is_relu_squared_of_a_4x_hidden_layer():
+    config = tiny(mlp="relu2")
+    assert config.mlp_hidden == 4 * 32
+    mlp = MLP(config)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(mlp(x), mlp.proj(F.relu(mlp.fc(x)) ** 2))
+    assert mlp.fc.weight.shape == (128, 32)
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    model = GPT(tiny(zero_init_proj=True))
+    projections = [n for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    assert len(projections) == 4 and all(not p.any() for n, p in model.named_parameters() if n in projections)
+    x = torch.randint(0, 100, (2, 16))
+    torch.testing.assert_close(model(x), model.lm_head(model.norm(model.wte(x))))
+    scaled = GPT(tiny()).blocks[0].attn.proj.weight.std().item()
+    assert scaled == pytest.approx(0.02 / 2, rel=0.2)  # off: the scaled normal init
+
+
+def test_logit_softcap_bounds_logits_smoothly():
+    torch.manual_seed(0)
+    raw = GPT(tiny(n_embd=64, n_head=4, n_kv_head=4))
+    capped = GPT(tiny(n_embd=64, n_head=4, n_kv_head=4, logit_softcap=0.5))
+    capped.load_state_dict(raw.state_dict())
+    x = torch.randint(0, 100, (2, 16))
+    a, b = raw(x), capped(x)
+    assert a.abs().max() > 0.5 > b.abs().max()
+    torch.testing.assert_close(b, 0.5 * torch.tanh(a / 0.5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert capped(x).dtype == torch.bfloat16  # the dtype autocast gave the head, capped in float32
+
+
+def test_untied_head_is_its_own_matrix_counted_in_parameters_and_flops():
+    tied, untied = GPT(tiny()), GPT(tiny(tie_embeddings=False))
+    extra = 128 * 32  # padded vocab x n_embd
+    assert untied.num_params() == tied.num_params() + extra
+    assert untied.flops_per_token() == tied.flops_per_token()  # the input side is a lookup either way
+    decay, _ = untied.param_groups(0.1)
+    assert any(p is untied.lm_head.weight for p in decay["params"])
+    assert untied.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "gpt2-124m"])
+def test_every_preset_names_every_switch(name):
+    from omegaconf import OmegaConf
+
+    from llm.config import config_dir
+
+    node = OmegaConf.load(config_dir() / "model" / f"{name}.yaml").config
+    assert {"qk_norm", "zero_init_proj", "logit_softcap", "tie_embeddings", "mlp"} <= set(node)
 
 
 @pytest.mark.parametrize("attn", ["explicit", "sdpa"])

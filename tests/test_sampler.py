@@ -17,13 +17,14 @@ from llm.sampler.processors import MinP, RepetitionPenalty, Sampler, Temperature
 from llm.tokenizer import EOD, train_tokenizer
 
 GREEDY = SamplingParams.defaults(temperature=0)
+SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 
 
 def make_model(seed: int = 0, vocab_size: int = 320, block_size: int = 160, **overrides) -> GPT:
     """A tiny float32 model whose random weights are large enough that greedy decoding does not loop at once."""
     torch.manual_seed(seed)
-    shape = {"n_layer": 2, "n_head": 4, "n_embd": 64, **overrides}
+    shape = {"n_layer": 2, "n_head": 4, "n_embd": 64, **SWITCHES_OFF, **overrides}
     config = GPTConfig(vocab_size=vocab_size, block_size=block_size, **shape)
     model = GPT(config).eval()
     with torch.no_grad():

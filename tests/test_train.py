@@ -142,13 +142,15 @@ def test_compiled_training_matches_eager() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from llm.training import LitGPT
+    from llm.training.optim import optim_preset
 
-    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, **switches)
     data = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
     weights = {}
     for compile in (False, True):
         torch.manual_seed(0)
-        module = LitGPT(GPT(config), {"lr": 1e-2, "warmup_steps": 1}, compile=compile)
+        module = LitGPT(GPT(config), optim_preset("adamw", lr=1e-2, warmup_steps=1), compile=compile, seed=0)
         quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
         trainer = L.Trainer(max_steps=3, accelerator="cpu", enable_model_summary=False, **quiet)
         trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))

@@ -1,5 +1,6 @@
 """Training: the LightningModule, its schedule, precision choice and callbacks."""
 
-from llm.training.module import LitGPT, OptimConfig
+from llm.training.module import LitGPT
+from llm.training.optim import OptimConfig
 
 __all__ = ["LitGPT", "OptimConfig"]

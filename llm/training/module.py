@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import partial
 
 import lightning as L
@@ -16,34 +16,10 @@ from torchmetrics import MeanMetric, Metric
 from llm.data.tokens import IGNORE
 from llm.errors import ConfigError
 from llm.model import GPT
+from llm.training.optim import OptimConfig, build_optimizer, make_config
 from llm.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    warmup_steps: int = 100  # optimizer steps
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-
-    def __post_init__(self) -> None:
-        checks = {
-            "lr": (self.lr > 0, "> 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "beta1": (0 <= self.beta1 < 1, "in [0, 1)"),
-            "beta2": (0 <= self.beta2 < 1, "in [0, 1)"),
-            "eps": (self.eps > 0, "> 0"),
-            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
-            "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-        }
-        for key, (ok, rule) in checks.items():
-            if not ok:
-                raise ValueError(f"optim.{key}={getattr(self, key)} must be {rule}")
 
 
 class Perplexity(MeanMetric):
@@ -81,13 +57,16 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 class LitGPT(L.LightningModule):
-    def __init__(
-        self, net: GPT, optim: dict | OptimConfig | None = None, compile: bool | str = "auto", seed: int = 0
-    ) -> None:
+    def __init__(self, net: GPT, optim: Mapping | OptimConfig | None, compile: bool | str, seed: int) -> None:
+        """optim: conf/optim/*.yaml as a mapping or an OptimConfig; None for a module that only scores.
+
+        compile: torch.compile the network, "auto" (on CUDA), true or false. seed: of the dropout draws."""
+        if compile not in ("auto", True, False):
+            raise ConfigError(f"module.compile={compile!r} must be auto, true or false")
         super().__init__()
         self.net = net
         self.seed = seed
-        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**(optim or {}))
+        self.optim = make_config(OptimConfig, optim, "optim") if isinstance(optim, Mapping) else optim
         self.compile = compile
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
@@ -105,8 +84,14 @@ class LitGPT(L.LightningModule):
 
     def on_fit_start(self) -> None:
         o = self.optim  # one line per rank: shows that every rank of a job trains the same hyperparameters
+        muon = "" if o.muon is None else f" muon.lr={o.muon.lr:g}"
         log.info(
-            "rank %d/%d: optim.lr=%g weight_decay=%g", self.global_rank, self.trainer.world_size, o.lr, o.weight_decay
+            "rank %d/%d: optim.lr=%g weight_decay=%g%s",
+            self.global_rank,
+            self.trainer.world_size,
+            o.lr,
+            o.weight_decay,
+            muon,
         )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -143,14 +128,15 @@ class LitGPT(L.LightningModule):
             self.log("val/bpb", self.val_bpb, prog_bar=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        self.log("lr", optimizer.param_groups[0]["lr"])
+        self.log("lr", optimizer.param_groups[0]["lr"])  # AdamW's group comes first under optim=muon too
 
     def configure_optimizers(self):
         o = self.optim
-        fused = self.device.type == "cuda"  # one kernel for the whole update where the device has it
-        opt = torch.optim.AdamW(
-            self.net.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused
-        )
+        if o is None:
+            raise ConfigError("LitGPT was built without optim: give it conf/optim/*.yaml's keys to train")
+        # Each parameter group's lr is its peak (optim.lr, or optim.muon.lr for the hidden matrices) times
+        # the one schedule.
+        opt = build_optimizer(self.net, o, fused=self.device.type == "cuda")
         total = int(self.trainer.estimated_stepping_batches)
         schedule = partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=o.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from llm.config import model_preset
 from llm.model import Attention, GPTConfig, explicit_attention, repeat_kv
-from tools.docs_examples.printing import PRESETS, labels, matrix, number, numbers, rounded, table, text
+from tools.docs_examples.printing import PRESETS, labels, matrix, number, numbers, rounded, table, text, toy_config
 
 TOKENS = ["Hello", " World", "!"]
 TOKEN_LABELS = [repr(t) for t in TOKENS]
@@ -18,8 +18,7 @@ TOKEN_LABELS = [repr(t) for t in TOKENS]
 
 def attention_config(n_kv_head: int = 2) -> GPTConfig:
     """4 channels, 2 heads of size 2. Learned positions: Attention gets rope=None, so it shows attention alone."""
-    return model_preset(
-        "tiny",
+    return toy_config(
         vocab_size=64,
         block_size=3,
         n_layer=1,

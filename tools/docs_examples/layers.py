@@ -9,13 +9,13 @@ import torch.nn.functional as F
 
 from llm.config import model_preset
 from llm.model import MLP, GPTConfig, RMSNorm, make_norm
-from tools.docs_examples.printing import PRESETS, labels, matrix, number, numbers, rounded, table, text
+from tools.docs_examples.printing import PRESETS, labels, matrix, number, numbers, rounded, table, text, toy_config
 
 
 def render_norm() -> str:
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], [1.0, -1.0, 1.0, -1.0]])
     rms = RMSNorm(4)
-    ln = make_norm(model_preset("tiny", n_embd=4, n_head=1, n_kv_head=1, norm="layernorm"))
+    ln = make_norm(toy_config(n_embd=4, n_head=1, n_kv_head=1, norm="layernorm"))
     with torch.no_grad():
         r = rms(x)
         l = ln(x)
@@ -28,7 +28,7 @@ def render_norm() -> str:
 
 def mlp_example(seed: int = 0) -> dict[str, torch.Tensor]:
     """llm.model.MLP (SwiGLU) with n_embd=4, mlp_hidden=2 on one token, every intermediate."""
-    cfg = model_preset("tiny", n_embd=4, n_head=1, n_kv_head=1, mlp="swiglu", mlp_hidden=2)
+    cfg = toy_config(n_embd=4, n_head=1, n_kv_head=1, mlp="swiglu", mlp_hidden=2)
     mlp = MLP(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -7,9 +7,17 @@ from collections.abc import Sequence
 
 import torch
 
+from llm.config import model_preset
 from llm.model import GPT, GPTConfig
 
 PRESETS = ("tiny", "small", "gpt2-124m")
+# The worked examples show the plain transformer: no QK-norm or soft-cap, tied embeddings, scaled init.
+PLAIN = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+
+
+def toy_config(**overrides) -> GPTConfig:
+    """A toy model for a worked example: the tiny preset, plain, with the example's sizes."""
+    return model_preset("tiny", **{**PLAIN, **overrides})
 
 
 def number(v: float, digits: int) -> str:

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from llm.config import model_preset
+from llm.config import config_dir, model_preset
 from llm.model import GPT
 from llm.training.precision import resolve_precision
 from llm.training.schedule import warmup_cosine
-from tools.docs_examples.printing import PRESETS, number, numbers, table, text
+from tools.docs_examples.printing import PRESETS, number, numbers, table, text, toy_config
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = config_dir()
 
 
 def train_defaults() -> dict:
-    """optim, trainer and data defaults from conf/ (no Hydra needed)."""
+    """optim (the default choice of the optim group), trainer and data defaults from conf/ (no Hydra needed)."""
     train = OmegaConf.load(CONF_DIR / "train.yaml")
+    choice = next(item["optim"] for item in train.defaults if OmegaConf.is_dict(item) and "optim" in item)
     trainer = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
     data = OmegaConf.load(CONF_DIR / "data" / "default.yaml")
     return {
-        "optim": dict(train.optim),
+        "optim": dict(OmegaConf.load(CONF_DIR / "optim" / f"{choice}.yaml")),
         "max_steps": int(trainer.max_steps),
         "accumulate": int(trainer.accumulate_grad_batches),
         "batch_size": int(data.batch_size),
@@ -38,7 +38,12 @@ def render_loss() -> str:
     torch.manual_seed(0)
     logits = torch.tensor([[[2.0, 1.0, 0.1, -1.0]]])  # (B=1, T=1, vocab=4)
     p = F.softmax(logits[0, 0], dim=-1)
-    lit = LitGPT(GPT(model_preset("tiny", vocab_size=4, block_size=4, n_layer=1, n_head=1, n_kv_head=1, n_embd=8)))
+    lit = LitGPT(
+        GPT(toy_config(vocab_size=4, block_size=4, n_layer=1, n_head=1, n_kv_head=1, n_embd=8)),
+        None,
+        False,
+        0,
+    )
     rows = []
     for target in (0, 1, 3):
         loss = float(lit.loss(logits, torch.tensor([[target]])))
@@ -81,7 +86,7 @@ def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:
     from llm.training.module import LitGPT
 
     torch.manual_seed(seed)
-    lit = LitGPT(GPT(model_preset("tiny", vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)))
+    lit = LitGPT(GPT(toy_config(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)), None, False, 0)
     x = torch.randint(0, 64, (8, 8))
     y = torch.randint(0, 64, (8, 8))
     lit.loss(lit(x), y).backward()

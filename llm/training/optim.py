@@ -1,0 +1,219 @@
+"""Optimizers: AdamW on every parameter, or Muon on the hidden matrices and AdamW on the rest.
+
+`build_optimizer(net, optim)` is what training (`LitGPT.configure_optimizers`) and `bench/speedrun.py`
+both call, so the recipe a benchmark measures is the one a run gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from llm.config import config_dir
+from llm.errors import ConfigError
+from llm.model import GPT
+
+
+@dataclass
+class MuonConfig:
+    lr: float  # peak learning rate of the hidden matrices
+    momentum: float  # Nesterov momentum of the gradient that Newton-Schulz orthogonalises
+    weight_decay: float  # decoupled: each step multiplies the matrices by 1 - lr * weight_decay
+
+    def __post_init__(self) -> None:
+        _check("optim.muon", self, {"lr": _positive, "momentum": _fraction, "weight_decay": _non_negative})
+
+
+@dataclass
+class OptimConfig:
+    lr: float  # peak learning rate of AdamW, reached after warmup
+    weight_decay: float  # AdamW decay of matrices and embeddings, never of biases or norm gains
+    beta1: float
+    beta2: float
+    eps: float
+    warmup_steps: int  # optimizer steps
+    min_lr_ratio: float  # the cosine ends at lr * min_lr_ratio
+    muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
+
+    def __post_init__(self) -> None:
+        if isinstance(self.muon, Mapping):
+            self.muon = make_config(MuonConfig, self.muon, "optim.muon")
+        elif self.muon is not None and not isinstance(self.muon, MuonConfig):
+            raise ConfigError(f"optim.muon={self.muon!r} must be null or a node with keys lr, momentum, weight_decay")
+        rules = {
+            "lr": _positive,
+            "weight_decay": _non_negative,
+            "beta1": _fraction,
+            "beta2": _fraction,
+            "eps": _positive,
+            "warmup_steps": _whole,
+            "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        }
+        _check("optim", self, rules)
+
+
+def make_config(cls: type, node: Mapping, key: str):
+    """cls(**node), with a missing or unknown key reported as a ConfigError that names it."""
+    allowed = [f.name for f in fields(cls)]
+    unknown = [k for k in node if k not in allowed]
+    missing = [k for k in allowed if k not in node]
+    if unknown or missing:
+        problem = f"has no key {unknown[0]!r}" if unknown else f"lacks the key {missing[0]!r}"
+        raise ConfigError(f"{key} {problem}: its keys are {allowed}")
+    return cls(**node)
+
+
+_Rule = tuple[Callable[[float], bool], str]
+_positive: _Rule = (lambda v: v > 0, "> 0")
+_non_negative: _Rule = (lambda v: v >= 0, ">= 0")
+_fraction: _Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
+_whole: _Rule = (lambda v: v >= 0 and float(v).is_integer(), "a whole number >= 0")
+
+
+def _check(prefix: str, config: object, rules: dict[str, _Rule]) -> None:
+    for key, (ok, rule) in rules.items():
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise ConfigError(f"{prefix}.{key}={value!r} must be {rule}")
+
+
+def hidden_matrices(net: GPT) -> list[nn.Parameter]:
+    """The weights of every Linear inside the blocks: attention qkv and proj, MLP fc and proj.
+
+    Muon is for these; the embeddings, the output layer, norm gains and biases stay with AdamW."""
+    return [m.weight for m in net.blocks.modules() if isinstance(m, nn.Linear)]
+
+
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+):
+    """An approximately orthogonal matrix U V' near the (rows, cols) matrix g = U S V' (Muon's quintic iteration).
+
+    The same sequence of operations as torch.optim.Muon's, in `dtype`: bfloat16 there always, here only where
+    matmuls are fast in it (GPUs); CPUs without native bfloat16 run it ~20x slower than float32."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    if g.size(0) > g.size(1):
+        x = x.T  # (short, long): the Gram matrix x x' is the smaller square
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G²
+        x = torch.addmm(x, poly, x, beta=a)  # a x + (b G + c G²) x
+    if g.size(0) > g.size(1):
+        x = x.T
+    return x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (same arguments, same state, same update) with Newton-Schulz in float32 on CPUs."""
+
+    ns_dtype: torch.dtype | None = None  # None: bfloat16 on GPUs, float32 elsewhere
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                p.mul_(1 - lr * decay)
+                p.add_(update, alpha=-lr * _muon_lr_scale(group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def _muon_lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix lr factor: equal update RMS across rectangular shapes."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1, rows / cols))
+
+
+class _JointState(ChainMap):
+    """Both optimizers' per-parameter state, read without adding entries to their defaultdicts."""
+
+    def __getitem__(self, key):
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        raise KeyError(key)
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon on the hidden matrices and torch.optim.AdamW on every other parameter, as one optimizer.
+
+    Lightning's automatic optimisation, gradient clipping and checkpointing expect one optimizer:
+    param_groups are the two optimizers' own group dicts (AdamW's first), so a learning-rate scheduler
+    and the clipping see every parameter; state_dict holds both states, so a resumed run is exact."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__([*adamw.param_groups, *muon.param_groups], defaults={})
+        self._link()
+
+    def _link(self) -> None:
+        """Share the inner optimizers' group dicts and state (a loaded state_dict replaces them)."""
+        self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
+        self.state = _JointState(self.adamw.state, self.muon.state)  # Lightning moves it between devices
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:  # Lightning's closure runs forward, backward and gradient clipping
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        self.muon.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.muon.load_state_dict(state_dict["muon"])
+        self._link()
+
+
+def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW over GPT.param_groups, or MuonWithAdamW when optim.muon is set. fused: AdamW's one-kernel CUDA step."""
+    adamw_kwargs = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
+    groups = net.param_groups(optim.weight_decay)
+    if optim.muon is None:
+        return torch.optim.AdamW(groups, **adamw_kwargs)
+    hidden = hidden_matrices(net)
+    flat = [p for p in hidden if p.dim() != 2]
+    if flat:
+        raise ConfigError(
+            f"optim=muon needs 2-D weight matrices, got a {tuple(flat[0].shape)} one (FSDP flattens parameters): "
+            "use optim=adamw with trainer=fsdp"
+        )
+    ids = {id(p) for p in hidden}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    m = optim.muon
+    muon = Muon(hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
+    return MuonWithAdamW(muon, torch.optim.AdamW([g for g in rest if g["params"]], **adamw_kwargs))
+
+
+def optim_preset(name: str, **overrides) -> OptimConfig:
+    """conf/optim/NAME.yaml as an OptimConfig, without Hydra (benchmarks, tests); muon={...} replaces that node."""
+    node = OmegaConf.to_container(OmegaConf.load(config_dir() / "optim" / f"{name}.yaml"))
+    return make_config(OptimConfig, {**node, **overrides}, "optim")

@@ -1,0 +1,225 @@
+"""optim=adamw and optim=muon: parameter split, one optimizer for Lightning, exact state round trip, resume."""
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, TensorDataset
+
+from llm.config import model_preset
+from llm.errors import ConfigError
+from llm.model import GPT
+from llm.training import LitGPT
+from llm.training.optim import Muon, MuonWithAdamW, build_optimizer, hidden_matrices, newton_schulz, optim_preset
+from llm.training.schedule import warmup_cosine
+from tests.conftest import compose_train
+from tests.test_scale import final_weights, run_train
+
+HIDDEN = {"attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"}
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
+    return GPT(model_preset("tiny", **{**shape, **kw}))
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(seed))
+    return data[:, :-1], data[:, 1:]
+
+
+def train_steps(net: GPT, opt: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        x, y = batch(step)
+        loss = F.cross_entropy(net(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_adamw_is_one_adamw_over_the_decay_groups():
+    net = tiny_model()
+    opt = build_optimizer(net, optim_preset("adamw", lr=3e-3))
+    assert type(opt) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all(g["lr"] == 3e-3 and g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, pos="learned", norm="layernorm", bias=True)])
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(kw):
+    net = tiny_model(**kw)
+    opt = build_optimizer(net, optim_preset("muon", lr=3e-3, muon=dict(lr=0.05, momentum=0.9, weight_decay=0.01)))
+    assert isinstance(opt, MuonWithAdamW)
+    names = {id(p): n for n, p in net.named_parameters()}
+    muon = [names[id(p)] for g in opt.muon.param_groups for p in g["params"]]
+    adamw = [names[id(p)] for g in opt.adamw.param_groups for p in g["params"]]
+    assert sorted(muon) == sorted(f"blocks.{i}.{n}" for i in range(2) for n in HIDDEN)
+    assert sorted(muon + adamw) == sorted(names.values())  # every parameter once, the tied embedding once
+    assert "wte.weight" in adamw and ("lm_head.weight" in adamw) == (not net.config.tie_embeddings)
+    assert [g["lr"] for g in opt.param_groups] == [3e-3, 3e-3, 0.05]  # AdamW decay, AdamW no decay, Muon
+    assert opt.muon.param_groups[0]["momentum"] == 0.9 and opt.muon.param_groups[0]["weight_decay"] == 0.01
+    assert all(g is h for g, h in zip(opt.param_groups, [*opt.adamw.param_groups, *opt.muon.param_groups], strict=True))
+
+
+def test_one_schedule_scales_both_learning_rates():
+    net = tiny_model()
+    opt = build_optimizer(net, optim_preset("muon", lr=1e-3))
+    schedule = LambdaLR(opt, partial(warmup_cosine, warmup_steps=2, total_steps=10, min_lr_ratio=0.1))
+    for step in range(6):
+        m = warmup_cosine(step, 2, 10, 0.1)
+        assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == pytest.approx(
+            [0.02 * m, 1e-3 * m, 1e-3 * m]
+        )
+        train_steps(net, opt, range(step, step + 1))
+        schedule.step()
+
+
+def test_muon_state_round_trips_bit_for_bit(tmp_path):
+    """Three steps, save, three more; a fresh model and optimizer loaded from the save end identical."""
+    config = optim_preset("muon", lr=3e-3)
+    net = tiny_model()
+    opt = build_optimizer(net, config)
+    train_steps(net, opt, range(3))
+    saved_net, saved_opt = {k: v.clone() for k, v in net.state_dict().items()}, opt.state_dict()
+    torch.save(saved_opt, tmp_path / "opt.pt")
+    train_steps(net, opt, range(3, 6))
+
+    resumed = tiny_model(seed=1)
+    resumed.load_state_dict(saved_net)
+    opt2 = build_optimizer(resumed, config)
+    opt2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))  # as a checkpoint is read back
+    assert len(opt2.state) == len(list(net.parameters()))  # every parameter has its state back
+    train_steps(resumed, opt2, range(3, 6))
+    for (name, a), b in zip(net.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(
+        g is h for g, h in zip(opt2.param_groups, [*opt2.adamw.param_groups, *opt2.muon.param_groups], strict=True)
+    )
+
+
+def test_newton_schulz_is_torchs_in_bfloat16_and_orthogonalises_in_float32():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    coefficients = (3.4445, -4.775, 2.0315)
+    ours = newton_schulz(g, coefficients, 5, 1e-7, torch.bfloat16)
+    assert torch.equal(ours, _zeropower_via_newtonschulz(g, coefficients, 5, 1e-7))
+    singular = torch.linalg.svdvals(newton_schulz(g, coefficients, 5, 1e-7, torch.float32))
+    assert singular.min() > 0.5 and singular.max() < 1.3  # U V' up to the quintic's deliberate slack
+
+
+def test_muon_steps_like_torchs_with_the_same_state():
+    """Our Muon only moves Newton-Schulz to float32 on CPU: in bfloat16 its steps are torch.optim.Muon's, bit for
+    bit, and its state (what a checkpoint holds) has the same layout."""
+    nets = [tiny_model(), tiny_model()]
+    ours = Muon(hidden_matrices(nets[0]), lr=0.02, weight_decay=0.1)
+    ours.ns_dtype = torch.bfloat16
+    torchs = torch.optim.Muon(hidden_matrices(nets[1]), lr=0.02, weight_decay=0.1)
+    for net, opt in zip(nets, [ours, torchs], strict=True):
+        train_steps(net, opt, range(3))
+    for a, b in zip(hidden_matrices(nets[0]), hidden_matrices(nets[1]), strict=True):
+        assert torch.equal(a, b)
+    mine, theirs = ours.state_dict(), torchs.state_dict()
+    assert mine["param_groups"] == theirs["param_groups"]
+    assert all(
+        torch.equal(mine["state"][k]["momentum_buffer"], v["momentum_buffer"]) for k, v in theirs["state"].items()
+    )
+    assert len(mine["state"]) == len(theirs["state"]) == 8
+
+
+def test_flat_parameters_are_refused_by_muon():
+    net = tiny_model()
+    net.blocks[0].mlp.fc.weight = torch.nn.Parameter(net.blocks[0].mlp.fc.weight.detach().flatten())
+    with pytest.raises(ConfigError, match=r"optim=muon needs 2-D weight matrices.*use optim=adamw with trainer=fsdp"):
+        build_optimizer(net, optim_preset("muon"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(lr=0.0), "optim.lr=0.0 must be > 0"),
+        (dict(beta2=1.0), "optim.beta2=1.0 must be in [0, 1)"),
+        (dict(warmup_steps=2.5), "optim.warmup_steps=2.5 must be a whole number >= 0"),
+        (dict(muon=dict(lr=-1, momentum=0.95, weight_decay=0.0)), "optim.muon.lr=-1 must be > 0"),
+        (dict(muon=dict(lr=0.02, momentum=1.0, weight_decay=0.0)), "optim.muon.momentum=1.0 must be in [0, 1)"),
+        (dict(muon=dict(lr=0.02, momentum=0.9)), "optim.muon lacks the key 'weight_decay'"),
+        (dict(muon=dict(lr=0.02, momentum=0.9, weight_decay=0, nesterov=True)), "optim.muon has no key 'nesterov'"),
+        (dict(muon="yes"), "optim.muon='yes' must be null or a node with keys lr, momentum, weight_decay"),
+        (dict(betas=(0.9, 0.9)), "optim has no key 'betas'"),
+    ],
+)
+def test_bad_optim_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        optim_preset("muon", **overrides)
+    assert message in str(e.value)
+
+
+def test_module_without_optim_cannot_train():
+    with pytest.raises(ConfigError, match="LitGPT was built without optim"):
+        LitGPT(tiny_model(), None, compile=False, seed=0).configure_optimizers()
+
+
+@pytest.mark.parametrize("choice", ["adamw", "muon"])
+def test_optim_group_composes_into_the_module(tmp_path, choice):
+    cfg = compose_train(tmp_path, [f"optim={choice}"])
+    module = instantiate(cfg.module)
+    assert (module.optim.muon is not None) == (choice == "muon")
+    assert module.optim.lr == cfg.optim.lr
+
+
+def test_lightning_trains_with_muon_under_accumulation_clipping_and_bf16(tmp_path):
+    """One optimizer to Lightning: accumulation, gradient clipping and bf16-mixed run, and the checkpoint
+    holds both states."""
+    net = tiny_model()
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    module = LitGPT(net, optim_preset("muon", lr=3e-3, warmup_steps=1), compile=False, seed=0)
+    data = torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(0))
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        accumulate_grad_batches=2,
+        gradient_clip_val=1.0,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))
+    assert trainer.global_step == 3
+    assert all(not torch.equal(p, start[n]) for n, p in net.named_parameters())  # every weight moved
+    trainer.save_checkpoint(tmp_path / "x.ckpt")
+    ckpt = torch.load(tmp_path / "x.ckpt", weights_only=True)
+    (state,) = ckpt["optimizer_states"]
+    assert set(state) == {"adamw", "muon"} and len(state["muon"]["state"]) == len(hidden_matrices(net))
+    lrs = [g["lr"] for g in module.optimizers().optimizer.param_groups]
+    assert lrs[-1] / lrs[0] == pytest.approx(0.02 / 3e-3)  # one schedule for both
+
+
+@pytest.mark.slow
+def test_killed_muon_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, corpus):
+    """tests/test_scale.py's SIGKILL resume test, with optim=muon."""
+    common = [
+        "optim=muon",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "callbacks.last.every_n_train_steps=2",
+        "trainer.deterministic=true",
+        "model.config.dropout=0.1",  # the RNG must resume too
+    ]
+    run_train([*common, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path, corpus)
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=5"]
+    killed = run_train([*common, f"hydra.run.dir={tmp_path / 'b'}", *kill], tmp_path, corpus, check=False)
+    assert killed.returncode == -9  # SIGKILL: no clean-up ran
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and set(ckpt["optimizer_states"][0]) == {"adamw", "muon"}
+    run_train([*common, f"hydra.run.dir={tmp_path / 'c'}", f"ckpt_path={tmp_path / 'b'}"], tmp_path, corpus)
+    a, c = final_weights(tmp_path / "a"), final_weights(tmp_path / "c")
+    assert a.keys() == c.keys()
+    for name in a:
+        assert torch.equal(a[name], c[name]), name
