@@ -1,5 +1,5 @@
 # make train  — train the tiny model on the built-in corpus (installs first when needed)
-# make test   — run the test suite
+# make test   — check formatting and lint (ruff), then run the test suite
 # make install — create .venv and install the project with its dev, ingest and sweep extras
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml
 train: install
 	$(PY) train.py $(ARGS)
 
-test: install
+test: install lint
 	$(PY) -m pytest -q $(ARGS)
 
 lint: install
-	$(PY) -m ruff check llm tools tests train.py infer.py bench
+	$(PY) -m ruff format --check --quiet .
+	$(PY) -m ruff check --quiet .
 
 # make plots RUN=outputs/train/<timestamp> — the figures in docs/images from one run (ARGS: --name, --out)
 .PHONY: plots
