@@ -115,6 +115,7 @@ def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
             return
         if task is None:
             return
+        conn.send((task.index, None))  # the file's time limit starts now, not while this worker was starting
         conn.send((task.index, run_task(task, settings)))
 
 
@@ -151,8 +152,14 @@ class _Worker:
     conn: Connection
 
 
+STARTUP_S = 300.0  # what a new worker may take to import its readers before its first file's time limit starts
+
+
 class Pool:
-    """`workers` processes fed one task at a time; results come back as they finish."""
+    """`workers` processes fed one task at a time; results come back as they finish.
+
+    A file's time limit (ingest.timeout_s) counts from the moment its worker takes it, so a worker that is
+    still importing the PDF/OCR stack (seconds on a busy machine) never eats into it."""
 
     def __init__(self, workers: int, settings: Settings, warm: bool = False) -> None:
         self.n = max(1, workers)
@@ -210,12 +217,16 @@ class Pool:
                         self._kill(w)
                         continue
                     now = time.monotonic()
-                    busy[w.conn] = (w, task, now, now + timeout)
+                    busy[w.conn] = (w, task, now, now + timeout + STARTUP_S)  # until the worker says it started
                 next_deadline = min(d for _, _, _, d in busy.values())
                 for conn in wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic())):
                     w, task, started, _ = busy.pop(conn)
                     try:
                         _, out = conn.recv()
+                        if out is None:  # the worker took the file: its time limit runs from here
+                            now = time.monotonic()
+                            busy[conn] = (w, task, now, now + timeout)
+                            continue
                         idle.append(w)
                     except (EOFError, OSError):
                         out = self._died(w)
