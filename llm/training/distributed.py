@@ -22,6 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+from llm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")  # set by Lightning's launcher
@@ -29,8 +31,17 @@ LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_
 
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 # Hydra overrides that belong to the sweep, or that Lightning's launcher sets for each rank itself
-SWEEP_ONLY = ("hydra.mode=", "hydra.sweep.", "hydra.sweeper.", "hydra/sweeper=", "hydra.launcher.", "hydra/launcher=",
-              "hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")  # fmt: skip
+SWEEP_ONLY = (
+    "hydra.mode=",
+    "hydra.sweep.",
+    "hydra.sweeper.",
+    "hydra/sweeper=",
+    "hydra.launcher.",
+    "hydra/launcher=",
+    "hydra.run.dir=",
+    "hydra.job.name=",
+    "hydra.output_subdir=",
+)
 
 
 def config_flags(argv: list[str]) -> list[str]:
@@ -69,9 +80,9 @@ def check_shared_run_dir() -> None:
     if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
         return
     if not any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra):
-        raise ValueError(
-            "launched by torchrun: every rank must write into the same run folder, but hydra.run.dir is named "
-            "by the time each rank started. Give it on the command line, e.g. hydra.run.dir=outputs/train/my-run"
+        raise ConfigError(
+            "hydra.run.dir must be given under torchrun: every rank writes into the same run folder, and the "
+            "default is named by the time each rank started; e.g. hydra.run.dir=outputs/train/my-run"
         )
 
 
