@@ -30,7 +30,8 @@ import shutil
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,6 @@ from omegaconf import DictConfig
 from torch.distributed.run import get_args_parser as torchrun_args_parser
 
 from tests.conftest import DOC_COMMANDS, TINY
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -267,7 +266,7 @@ class Parsed(Exception):
     """Raised by argparse once the arguments parsed: the program stops before doing anything."""
 
 
-def parse_only(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def parse_only(args: list[str], cwd: Path) -> None:
     """An argparse program (`python X.py ...` or `python -m X ...`) parses these arguments, and does nothing."""
     real = argparse.ArgumentParser.parse_args
 
@@ -278,7 +277,7 @@ def parse_only(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> N
     target = args[1] if args[0] == "-m" else args[0]
     rest = args[2:] if args[0] == "-m" else args[1:]
     err = io.StringIO()
-    with monkeypatch.context() as m, contextlib.redirect_stderr(err), warnings.catch_warnings():
+    with pytest.MonkeyPatch.context() as m, contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported already
         m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
         m.chdir(cwd)
@@ -316,7 +315,7 @@ class Plan:
     prints: bool = False  # writes to stdout
 
 
-def check_program(argv: list[str], command: str, cwd: Path, world: World, monkeypatch) -> Plan | None:
+def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Plan | None:
     """Compose one program's command line; return how to run it, or None when it only prints."""
     name, args = argv[0], argv[1:]
     if name == "torchrun":
@@ -338,7 +337,7 @@ def check_program(argv: list[str], command: str, cwd: Path, world: World, monkey
         if flags.cfg or flags.help or flags.hydra_help or flags.info:
             return Plan([], prints=True)  # prints and exits: runs in full
         return hydra_plan(configs, args[1:], bool(flags.multirun), cwd, world)
-    parse_only(args, cwd, monkeypatch)
+    parse_only(args, cwd)
     return Plan([])
 
 
@@ -370,47 +369,85 @@ def hydra_plan(configs: list[DictConfig], args: list[str], multirun: bool, cwd: 
     return Plan(extra, trains=not cfg.trainer.get("fast_dev_run"))
 
 
-@pytest.mark.parametrize("line", LINES, ids=lambda line: line.id)
-def test_doc_command_runs_as_typed(line: Line, world: World, pytestconfig, monkeypatch) -> None:
-    counts = pytestconfig.stash.setdefault(DOC_COMMANDS, {"ran": 0, "composed": 0, "not_in_ci": {}})
-    counts["shells"] = [Path(s).name for s in world.shells]
-    cwd = line_folder(world, line.id)
+@dataclass
+class Checked:
+    """One docs line after the shells and the composition: what to run, or why it failed or is not run here."""
+
+    line: Line
+    cwd: Path
+    error: BaseException | None = None  # from a shell or a composition: the line's test raises it
+    reason: str | None = None  # composed only, for this reason
+    plans: list[tuple[str, Plan]] = field(default_factory=list)  # (command line, how to run it)
+    failures: list[str] = field(default_factory=list)  # what went wrong in the runs
+
+
+def check_line(line: Line, world: World) -> Checked:
+    """Through the shells, then composed: in this process, one line after the other."""
+    checked = Checked(line, line_folder(world, line.id), reason=not_in_ci(line.command))
     text = shell_text(world, line.text)
     bash = world.shells[0]
-    started = {shell: capture(world, shell, text, cwd) for shell in world.shells}
-    assert started[bash], f"{line.id}: the shell started no program for {line.command!r}"
-    for shell, argvs in started.items():
-        assert argvs == started[bash], f"{line.id}: {shell} and bash give different arguments: {argvs}"
+    try:
+        started = {shell: capture(world, shell, text, checked.cwd) for shell in world.shells}
+        assert started[bash], f"the shell started no program for {line.command!r}"
+        for shell, argvs in started.items():
+            assert argvs == started[bash], f"{Path(shell).name} and bash give different arguments: {argvs}"
+        rows = [(text, started[bash])]
+        if started[bash][0][0] == "make":  # the recipe's command lines, each like a line of the docs
+            recipe = make_recipe(started[bash][0][1:], checked.cwd, world)
+            rows = [(row, capture(world, bash, row, checked.cwd)) for row in recipe]
+            assert rows or checked.reason, f"`{line.command}` runs none of the project's commands"
+        for row, argvs in rows:
+            for argv in argvs:
+                plan = check_program(argv, line.command, checked.cwd, world)
+                if plan is not None:
+                    checked.plans.append((row, plan))
+    except (Exception, pytest.fail.Exception) as e:
+        checked.error = e
+    return checked
 
-    reason = not_in_ci(line.command)
-    lines = [(text, started[bash])]
-    if started[bash][0][0] == "make":  # the recipe's command lines, each like a line of the docs
-        lines = [(row, capture(world, bash, row, cwd)) for row in make_recipe(started[bash][0][1:], cwd, world)]
-        assert lines or reason, f"{line.id}: `{line.command}` runs none of the project's commands"
-    plans = []
-    for row, argvs in lines:
-        for argv in argvs:
-            plans.append((row, check_program(argv, line.command, cwd, world, monkeypatch)))
+
+def run_line(checked: Checked, world: World) -> None:
+    """Run a composed line for real; two lines at a time, each in its own folder."""
+    for row, plan in checked.plans:
+        before = written_checkpoints(checked.cwd)
+        readme_paths = "data.paths=" in row and checked.line.doc == "README.md"
+        for shell in world.shells if readme_paths else world.shells[:1]:  # the README's folders train in zsh too
+            proc = run(world, shell, row, checked.cwd, plan.extra)
+            if proc.returncode != 0:
+                output = f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+                checked.failures.append(f"{Path(shell).name} -c {row!r}: exit {proc.returncode}\n{output}")
+            elif plan.prints and not proc.stdout.strip():
+                checked.failures.append(f"{Path(shell).name} -c {row!r} printed nothing")
+        after = written_checkpoints(checked.cwd)
+        if plan.trains and not any(before.get(p) != t for p, t in after.items()):  # new, or a resume's rewritten
+            checked.failures.append(f"{row!r} trained but wrote no last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def checked_lines(world: World, request) -> dict[str, Checked]:
+    """Every selected line checked, then the runnable ones run, two at a time (the CI machine has 2 cores)."""
+    items = [item for item in request.session.items if item.module.__name__ == __name__ and hasattr(item, "callspec")]
+    selected = [item.callspec.params["line"] for item in items if "line" in item.callspec.params]
+    checked = {line.id: check_line(line, world) for line in selected}
+    runnable = [c for c in checked.values() if c.error is None and c.reason is None]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda c: run_line(c, world), runnable))
+    return checked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", LINES, ids=lambda line: line.id)
+def test_doc_command_runs_as_typed(line: Line, checked_lines: dict[str, Checked], world: World, pytestconfig) -> None:
+    counts = pytestconfig.stash.setdefault(DOC_COMMANDS, {"ran": 0, "composed": 0, "not_in_ci": {}})
+    counts["shells"] = [Path(s).name for s in world.shells]
+    checked = checked_lines[line.id]
+    if checked.error is not None:
+        raise checked.error
     counts["composed"] += 1
-    if reason:
-        counts["not_in_ci"][line.id] = reason
+    if checked.reason:
+        counts["not_in_ci"][line.id] = checked.reason
         return
-
-    for row, plan in plans:
-        if plan is None:
-            continue
-        before = written_checkpoints(cwd)
-        shells = world.shells if "data.paths=" in row and line.doc == "README.md" else [bash]
-        for shell in shells:  # the README's own folders train as typed in zsh too
-            proc = run(world, shell, row, cwd, plan.extra)
-            assert proc.returncode == 0, (
-                f"{line.id} ({Path(shell).name}): {row}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-            )
-            if plan.prints:
-                assert proc.stdout.strip(), f"{line.id}: printed nothing"
-        if plan.trains:  # a new last.ckpt, or the resumed run's own one rewritten
-            after = written_checkpoints(cwd)
-            assert any(before.get(p) != t for p, t in after.items()), f"{line.id}: trained but wrote no last.ckpt"
+    assert not checked.failures, "\n\n".join(checked.failures)
     counts["ran"] += 1
 
 
