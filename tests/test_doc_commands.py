@@ -1,8 +1,9 @@
 """Every command line in the docs runs as typed.
 
 Each line of a fenced shell block (bash, sh, shell, console, zsh) of README.md and docs/*.md that runs this
-project is handed to the real shell, bash and, where installed, zsh, with `python`, `torchrun` and `make` on
-PATH replaced by one small shim. The shells must give the program the same arguments. Then:
+project is handed to the real shell, bash and, where installed, zsh, with `python`, `torchrun`, `make` and
+`bash` on PATH replaced by one small shim that records its arguments. Both shells must give the program the
+same ones. Then:
 
 - composed: a Hydra app (train.py, infer.py) composes its config from exactly the docs' arguments, every job
   of a sweep; a torchrun line passes torchrun's own parser and its script composes; an argparse program
@@ -129,15 +130,17 @@ def not_in_ci(command: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- the world
 
 SHIM = """#!{python}
-import json, os, sys
+import json, os, shutil, sys
 name = os.path.basename(sys.argv[0])
 if os.environ["DOCS_SHIM"] == "capture":  # record the arguments the shell gave
     with open(os.environ["DOCS_ARGV"], "a") as f:
         f.write(json.dumps([name, *sys.argv[1:]]) + "\\n")
     sys.exit(0)
-assert name == "python", name
-extra = json.loads(os.environ.get("DOCS_EXTRA", "[]"))  # the test's arguments, after the docs' own
-os.execv(sys.executable, [sys.executable, *sys.argv[1:], *extra])
+# run: the real program, with the test's arguments after the docs' own
+path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != os.path.dirname(sys.argv[0]))
+real = sys.executable if name == "python" else shutil.which(name, path=path)
+extra = json.loads(os.environ.get("DOCS_EXTRA", "[]"))
+os.execv(real, [real, *sys.argv[1:], *extra])
 """
 
 
