@@ -39,6 +39,23 @@ TINY = [
 ]
 
 
+# tests/test_doc_commands.py counts the docs' command lines it ran and composed here; printed after the run
+DOC_COMMANDS = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    counts = config.stash.get(DOC_COMMANDS, None)
+    if counts is None:
+        return
+    shells = " and ".join(counts["shells"])
+    terminalreporter.write_line(
+        f"docs command lines: ran {counts['ran']}, composed {counts['composed']} (through {shells}); "
+        f"composed only, not run here: {len(counts['not_in_ci'])}"
+    )
+    for line_id, reason in sorted(counts["not_in_ci"].items()):
+        terminalreporter.write_line(f"  {line_id}: {reason}")
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """Twelve small documents of prose and code."""

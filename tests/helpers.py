@@ -1,5 +1,6 @@
 """Test-only pieces that Hydra instantiates from the command line (tests/ is on the path)."""
 
+import json
 import os
 import signal
 
@@ -17,3 +18,36 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and os.environ.get("LLM_TEST_KILL", "1") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordShard(L.Callback):
+    """Write `<out>/rank<R>.json`: this rank's place in the world and the window indices it trained on."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.indices: list[int] = []
+        self.rows_match = True  # every row trained on equals the window its index names
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.order = list(trainer.train_dataloader.sampler)  # the EpochSampler: this rank's windows, in order
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = len(self.indices)
+        mine = self.order[start : start + len(batch[0])]
+        windows = trainer.datamodule.train_set
+        for row, i in zip(batch[0], mine, strict=True):
+            self.rows_match = self.rows_match and bool((row == windows[i][0]).all())
+        self.indices += mine
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        record = {
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "node_rank": trainer.node_rank,
+            "num_nodes": trainer.num_nodes,
+            "indices": self.indices,
+            "rows_match": self.rows_match,
+        }
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(record, f)

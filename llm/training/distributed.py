@@ -81,8 +81,8 @@ def check_shared_run_dir() -> None:
         return
     if not any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra):
         raise ConfigError(
-            "launched by torchrun: every rank must write into the same run folder, but hydra.run.dir is named "
-            "by the time each rank started. Give it on the command line, e.g. hydra.run.dir=outputs/train/my-run"
+            "hydra.run.dir must be given under torchrun: every rank writes into the same run folder, and the "
+            "default is named by the time each rank started; e.g. hydra.run.dir=outputs/train/my-run"
         )
 
 
