@@ -26,8 +26,6 @@ def split_documents(docs: Sequence[Document], val_fraction: float, seed: int) ->
     A document's side depends on its path, not on file order, so adding documents moves at most a
     few near the boundary. Both sides get at least one document when there are two or more.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
     scored = sorted(docs, key=lambda d: _unit_hash(f"{seed}:{d.path}"))
     n_val = round(len(docs) * val_fraction)
     if len(docs) >= 2 and val_fraction > 0:
