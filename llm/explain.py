@@ -348,7 +348,7 @@ def render_mlp() -> str:
     rows = []
     for name in PRESETS:
         c = model_preset(name)
-        for kind in ("gelu", "swiglu"):
+        for kind in ("gelu", "swiglu", "relu2"):
             cc = GPTConfig(**{**c.to_dict(), "mlp": kind, "mlp_hidden": None})
             n = sum(p.numel() for p in MLP(cc).to("meta").parameters() if p.dim() == 2)
             mark = " (preset)" if kind == c.mlp else ""
@@ -409,15 +409,21 @@ def render_loss() -> str:
 def render_schedule() -> str:
     d = train_defaults()
     o, total = d["optim"], d["max_steps"]
+    muon = o.get("muon")  # optim=muon: the hidden matrices' own peak, on the same schedule
     rows = []
     w = o["warmup_steps"]
     steps = sorted({0, w // 5, w // 2, w - 1, w, *(w + (total - w) * k // 4 for k in (1, 2, 3)), total - 1, total})
     for step in steps:  # through the warmup, along the cosine, and its end
         m = warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
-        rows.append([step, _num(m, 4), f"{m * o['lr']:.2e}"])
-    return (f"`warmup_cosine(step, warmup_steps={o['warmup_steps']}, total_steps={total}, "
-            f"min_lr_ratio={o['min_lr_ratio']})` times `optim.lr={o['lr']}`:\n\n"
-            + table(["optimizer step", "multiplier", "lr"], rows))  # fmt: skip
+        row = [step, _num(m, 4), f"{m * o['lr']:.2e}"]
+        rows.append(row + [f"{m * muon['lr']:.2e}"] if muon else row)
+    peaks = f"`optim.lr={o['lr']}`"
+    columns = ["optimizer step", "multiplier", "lr"]
+    if muon:
+        peaks += f" (AdamW) and `optim.muon.lr={muon['lr']}` (Muon)"
+        columns.append("muon lr")
+    schedule = f"warmup_cosine(step, warmup_steps={w}, total_steps={total}, min_lr_ratio={o['min_lr_ratio']})"
+    return f"`{schedule}` times {peaks}:\n\n" + table(columns, rows)
 
 
 def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:
