@@ -72,7 +72,7 @@ def render_mlp() -> str:
     rows = []
     for name in PRESETS:
         c = model_preset(name)
-        for kind in ("gelu", "swiglu"):
+        for kind in ("gelu", "swiglu", "relu2"):
             cc = GPTConfig(**{**c.to_dict(), "mlp": kind, "mlp_hidden": None})
             n = sum(p.numel() for p in MLP(cc).to("meta").parameters() if p.dim() == 2)
             mark = " (preset)" if kind == c.mlp else ""

@@ -70,15 +70,19 @@ def render_schedule() -> str:
     w = o["warmup_steps"]
     # through the warmup, along the cosine, and its end
     steps = sorted({0, w // 5, w // 2, w - 1, w, *(w + (total - w) * k // 4 for k in (1, 2, 3)), total - 1, total})
+    muon = o.get("muon")  # optim=muon: the hidden matrices' own peak, on the same schedule
     rows = []
     for step in steps:
         m = warmup_cosine(step, w, total, o["min_lr_ratio"])
-        rows.append([step, number(m, 4), f"{m * o['lr']:.2e}"])
-    call = (
-        f"`warmup_cosine(step, warmup_steps={w}, total_steps={total}, "
-        f"min_lr_ratio={o['min_lr_ratio']})` times `optim.lr={o['lr']}`:"
-    )
-    return call + "\n\n" + table(["optimizer step", "multiplier", "lr"], rows)
+        row = [step, number(m, 4), f"{m * o['lr']:.2e}"]
+        rows.append([*row, f"{m * muon['lr']:.2e}"] if muon else row)
+    peaks = f"`optim.lr={o['lr']}`"
+    columns = ["optimizer step", "multiplier", "lr"]
+    if muon:
+        peaks += f" (AdamW) and `optim.muon.lr={muon['lr']}` (Muon)"
+        columns.append("muon lr")
+    schedule = f"warmup_cosine(step, warmup_steps={w}, total_steps={total}, min_lr_ratio={o['min_lr_ratio']})"
+    return f"`{schedule}` times {peaks}:\n\n" + table(columns, rows)
 
 
 def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:

@@ -1,0 +1,487 @@
+"""Speedrun: our default recipe against nanoGPT's, on the same documents, tokenizer, model size and clock.
+
+    python -m bench.speedrun --quick                        # CPU: tiny-sized models, the built-in corpus
+    python -m bench.speedrun --quick --data ~/notes ~/code  # any folders
+    python -m bench.speedrun --quick --ablate               # also ours with one choice undone at a time
+    python -m bench.speedrun --gpu                          # one GPU: gpt2-124m-sized models, bf16, compiled
+
+(a) nanoGPT's recipe: the GPT-2 block (learned positions, LayerNorm, GELU, biases, tied embeddings) with
+AdamW β 0.9/0.95, weight decay 0.1 and clipping 1.0 (conf/optim/adamw.yaml). (b) ours: the `tiny` preset
+(`--quick`) or its architecture at GPT-2's size (`--gpu`) with the default optimizer of conf/train.yaml.
+Both models are llm.model.GPT and both optimizers come from llm.training.optim.build_optimizer: what is
+measured is what `python train.py` trains. Both read batches from the token files the data pipeline writes,
+in the same order, with one tokenizer.
+
+Each recipe trains at every learning rate of a small sweep (its conf/optim lrs times --lr-scales; under
+Muon both lrs scale together) for --minutes of training time; warmup then cosine to lr x min_lr_ratio
+follows each run's own clock. Runs take turns step by step, so a busy machine slows every run alike; each
+run's clock counts only its own steps, and stops while it is evaluated. Every run is scored on the same
+validation windows in bits per byte (cross-entropy in bits / UTF-8 bytes of the predicted text), which does
+not depend on the tokenizer. The best lr of each recipe is compared with the other's best: the final val
+bpb of each, and the time at which (b) first reaches (a)'s final val bpb, as a fraction of (a)'s time.
+Writes speedrun.csv (every evaluation), speedrun.md (the tables) and speedrun.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import lightning
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+from llm.config import config_dir, model_preset
+from llm.model import GPT, GPTConfig
+from llm.training.optim import OptimConfig, build_optimizer, optim_preset
+from llm.training.schedule import warmup_cosine
+
+# nanoGPT's GPT-2 block at any size: the keys a preset must have to be GPT-2, next to the size keys
+GPT2_BLOCK = dict(
+    pos="learned",
+    norm="layernorm",
+    mlp="gelu",
+    mlp_hidden=None,
+    bias=True,
+    qk_norm=False,
+    zero_init_proj=False,
+    logit_softcap=None,
+    tie_embeddings=True,
+)
+ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
+# shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep. The conf/optim lrs
+# are the best found for `tiny`; GPT-2's width wants AdamW lrs about 1/8 of them (nanoGPT: 6e-4).
+MODES = {
+    "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
+    "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.25,0.5,1"),
+    "gpu": dict(preset="gpt2-124m", minutes=10.0, batch=32, val_windows=128, evals=20, lr_scales="0.125,0.25,0.5"),
+}
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: GPTConfig
+    optim: OptimConfig
+
+
+def default_choices() -> dict[str, str]:
+    """The model preset and optimizer that `python train.py` uses, from conf/train.yaml's defaults list."""
+    defaults = OmegaConf.load(config_dir() / "train.yaml").defaults
+    return {k: v for item in defaults if OmegaConf.is_dict(item) for k, v in item.items()}
+
+
+def recipes(preset: str, vocab_size: int) -> tuple[Recipe, Recipe]:
+    """(nanoGPT, ours) at the size of `preset`, both reading `vocab_size` tokens."""
+    size = dict(vocab_size=vocab_size, dropout=0.0, attn="sdpa")
+    shape = model_preset(preset, **size)
+    nanogpt = replace(shape, **GPT2_BLOCK, n_kv_head=shape.n_head)
+    choice = default_choices()
+    ours_preset = model_preset(choice["model"], **size)
+    if preset == choice["model"]:
+        ours = ours_preset
+    else:  # our block at the other preset's size; its K/V heads in the same proportion
+        ratio = ours_preset.n_head // ours_preset.n_kv_head
+        arch = {k: getattr(ours_preset, k) for k in GPT2_BLOCK if k != "mlp_hidden"}
+        ours = replace(shape, **arch, mlp_hidden=None, n_kv_head=max(1, shape.n_head // ratio))
+    return (
+        Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), optim_preset("adamw")),
+        Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"])),
+    )
+
+
+def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
+    """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; and the
+    switches ours leaves off (other than a separate output layer, which breaks the equal parameter count) on."""
+    out = []
+    if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
+        out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
+    changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
+    changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("qk_norm", True), ("zero_init_proj", True)]
+    seen = set()
+    for key, value in changes:
+        if getattr(ours.model, key) == value or (key, value) in seen:
+            continue
+        seen.add((key, value))
+        model = GPTConfig(**{**ours.model.to_dict(), key: value, "mlp_hidden": None})
+        out.append(Recipe(f"ours, {key}={value}", model, ours.optim))
+    return out
+
+
+def scaled(optim: OptimConfig, scale: float) -> OptimConfig:
+    muon = None if optim.muon is None else replace(optim.muon, lr=optim.muon.lr * scale)
+    return replace(optim, lr=optim.lr * scale, muon=muon)
+
+
+def lr_label(optim: OptimConfig) -> str:
+    return f"{optim.lr:.2g}" if optim.muon is None else f"{optim.lr:.2g} / muon {optim.muon.lr:.2g}"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def prepare_corpus(paths: list[str] | None, preset: str, out: Path) -> tuple[Path, dict, Tokenizer]:
+    """Ingest, split and tokenize through the training pipeline (conf/data/default.yaml, cached).
+
+    Returns the token folder, its meta.json and the one tokenizer both recipes read."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=[f"model={preset}", f"paths.output_dir={out}"])
+    if paths:
+        cfg.data.paths = [str(Path(p).expanduser().resolve()) for p in paths]
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule.folder, datamodule.meta, datamodule.tokenizer
+
+
+def token_bytes(tokenizer: Tokenizer) -> torch.Tensor:
+    """UTF-8 bytes of each token id's text, (vocab,): byte-level BPE writes each byte as one character of its
+    alphabet, so a token's length in characters is its length in bytes; the end-of-document token has none."""
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    nbytes = torch.zeros(tokenizer.get_vocab_size(), dtype=torch.long)
+    for text, i in tokenizer.get_vocab().items():
+        nbytes[i] = 0 if text in special else len(text)
+    return nbytes
+
+
+class Tokens:
+    """train.bin and val.bin as batches: every epoch, every training window once, in an order from (seed, epoch)."""
+
+    def __init__(self, folder: Path, dtype: str, block_size: int, batch: int, val_windows: int, device) -> None:
+        self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
+        val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
+        self.T, self.B, self.device = block_size, batch, device
+        if len(self.train) < (block_size + 1) * batch:
+            raise SystemExit(f"{len(self.train)} training tokens: too few for one batch of {batch} x {block_size}")
+        n = min(val_windows, (len(val) - 1) // block_size)
+        if n < 1:
+            raise SystemExit(f"{len(val)} validation tokens: too few for one window of {block_size}")
+        windows = torch.from_numpy(val[: n * block_size + 1].astype(np.int64))
+        self.val_x = windows[:-1].view(n, block_size)
+        self.val_y = windows[1:].view(n, block_size)
+
+    def batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        T, epoch = self.T, 0
+        while True:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            phase = int(torch.randint(T, (1,), generator=g))
+            starts = torch.arange(phase, len(self.train) - T, T)
+            starts = starts[torch.randperm(len(starts), generator=g)]
+            for i in range(0, len(starts) - self.B + 1, self.B):
+                rows = [torch.from_numpy(self.train[s : s + T + 1].astype(np.int64)) for s in starts[i : i + self.B]]
+                xy = torch.stack(rows).to(self.device, non_blocking=True)
+                yield xy[:, :-1], xy[:, 1:]
+            epoch += 1
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class Run:
+    """One (recipe, lr) run: its model, optimizer, batches, clock and validation curve."""
+
+    def __init__(self, recipe: Recipe, optim: OptimConfig, data: Tokens, nbytes: torch.Tensor, args) -> None:
+        self.recipe, self.optim, self.data, self.args = recipe, optim, data, args
+        self.device = data.device
+        torch.manual_seed(args.seed)  # every run starts from its recipe's same initial weights
+        self.net = GPT(recipe.model).to(self.device)
+        self.params = self.net.num_params(non_embedding=False)
+        self.opt = build_optimizer(self.net, optim, fused=self.device.type == "cuda")
+        self.peaks = [g["lr"] for g in self.opt.param_groups]
+        if args.compile:
+            self.net.compile()
+        self.batches = data.batches(args.seed)
+        self.val_bytes = int(nbytes[data.val_y].sum())
+        self.clock, self.steps, self.timed_steps = 0.0, 0, 0
+        self.budget = args.minutes * 60
+        self.curve: list[tuple[float, int, float, float]] = []  # (train seconds, steps, val loss, val bpb)
+        self.next_eval = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.clock >= self.budget
+
+    def expected_steps(self) -> int:
+        """Steps this run will make in its budget, from its rate so far: where the cosine schedule ends."""
+        if self.timed_steps < 3:
+            return 10**9  # the first steps: warmup, before any rate is known
+        return max(self.steps + 1, round(self.timed_steps / self.clock * self.budget))
+
+    def _step(self) -> None:
+        o = self.optim
+        m = warmup_cosine(self.steps, o.warmup_steps, self.expected_steps(), o.min_lr_ratio)
+        for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
+            group["lr"] = peak * m
+        x, y = next(self.batches)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)
+        self.opt.step()
+
+    def train_step(self) -> None:
+        sync(self.device)
+        start = time.perf_counter()
+        self._step()
+        sync(self.device)
+        if self.steps > 0:  # the first step (compilation, lazy initialisation) is not timed
+            self.clock += time.perf_counter() - start
+            self.timed_steps += 1
+        self.steps += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        self.net.eval()
+        total = 0.0
+        for x, y in zip(self.data.val_x.split(16), self.data.val_y.split(16), strict=True):
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
+                logits = self.net(x)
+            total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        self.net.train()
+        loss = total / self.data.val_y.numel()
+        bpb = total / math.log(2) / self.val_bytes
+        if not math.isfinite(bpb):
+            bpb = float("inf")  # diverged: this lr loses the sweep
+            self.clock = self.budget
+        self.curve.append((min(self.clock, self.budget), self.steps, loss, bpb))
+
+    def maybe_evaluate(self) -> None:
+        if self.clock >= self.next_eval or self.done:
+            self.evaluate()
+            self.next_eval += self.budget / self.args.evals
+
+    @property
+    def final_bpb(self) -> float:
+        return self.curve[-1][3]
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.data.B * self.data.T
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_all(runs: list[Run]) -> None:
+    """Round robin, one step each, until every run has spent its budget; evaluations pause the run's clock."""
+    for run in runs:
+        run.maybe_evaluate()  # at 0 s: the untrained model
+    active = list(runs)
+    while active:
+        for run in active:
+            run.train_step()
+            run.maybe_evaluate()
+        for run in [r for r in active if r.done]:
+            active.remove(run)
+            rate = run.tokens / max(run.clock, 1e-9)
+            print(
+                f"  {run.recipe.name:<28} lr {lr_label(run.optim):<20} {run.steps:>6} steps "
+                f"{rate:>9,.0f} tok/s  val bpb {run.final_bpb:.4f}",
+                flush=True,
+            )
+
+
+def first_reach(curve: list[tuple[float, int, float, float]], target: float) -> float | None:
+    """Training seconds at which the val bpb first reaches target, linear between evaluations; None: never."""
+    for (t0, _, _, b0), (t1, _, _, b1) in zip(curve, curve[1:], strict=False):
+        if b1 <= target:
+            return t1 if b0 == b1 else t0 + (t1 - t0) * (b0 - target) / (b0 - b1)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def report(runs: list[Run], a: str, b: str, args, header: list[str]) -> str:
+    best = {}
+    for run in runs:
+        if run.recipe.name not in best or run.final_bpb < best[run.recipe.name].final_bpb:
+            best[run.recipe.name] = run
+    lines = [
+        *header,
+        "",
+        "| recipe | lr (AdamW / Muon) | steps | tokens | tokens/s | val bpb |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        mark = " **best**" if best[run.recipe.name] is run else ""
+        rate = run.tokens / max(run.clock, 1e-9)
+        lines.append(
+            f"| {run.recipe.name} | {lr_label(run.optim)} | {run.steps:,} | {run.tokens:,} | {rate:,.0f} | "
+            f"{run.final_bpb:.4f}{mark} |"
+        )
+    edges = [name for name, run in best.items() if _at_sweep_edge(run, runs)]
+    if edges:
+        lines += ["", f"best lr at the edge of its sweep (widen --lr-scales): {', '.join(edges)}"]
+    ra, rb = best[a], best[b]
+    target, total = ra.final_bpb, ra.curve[-1][0]
+    reached = first_reach(rb.curve, target)
+    lines += [
+        "",
+        f"best vs best, {args.minutes:g} min of training each:",
+        "",
+        "| recipe | lr | parameters | val bpb at the end | time to nanoGPT's final val bpb |",
+        "| --- | --- | ---: | ---: | ---: |",
+        f"| (a) {a} | {lr_label(ra.optim)} | {ra.params:,} | {ra.final_bpb:.4f} | {total:.1f} s (1.00) |",
+    ]
+    when = "not reached" if reached is None else f"{reached:.1f} s ({reached / total:.2f})"
+    lines.append(f"| (b) {b} | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | {when} |")
+    if reached is not None:
+        lines += ["", f"{b} reaches {a}'s final val bpb {target:.4f} in {reached / total:.2f}x its time"]
+    for name, run in best.items():
+        if name not in (a, b):
+            lines.append(f"ablation: {name} (lr {lr_label(run.optim)}): val bpb {run.final_bpb:.4f}")
+    return "\n".join(lines)
+
+
+def _at_sweep_edge(best: Run, runs: list[Run]) -> bool:
+    lrs = sorted(r.optim.lr for r in runs if r.recipe is best.recipe)
+    return len(lrs) > 2 and best.optim.lr in (lrs[0], lrs[-1])
+
+
+def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = {}
+    for run in runs:
+        if run.recipe.name not in best or run.final_bpb < best[run.recipe.name].final_bpb:
+            best[run.recipe.name] = run
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    colors = {a: "tab:blue", b: "tab:red"}
+    for run in runs:
+        t = [p[0] for p in run.curve]
+        bpb = [p[3] for p in run.curve]
+        is_best = best[run.recipe.name] is run
+        color = colors.get(run.recipe.name, "tab:gray")
+        if run.recipe.name not in colors and not is_best:
+            continue
+        label = f"{run.recipe.name}, lr {lr_label(run.optim)}" if is_best else None
+        ax.plot(t, bpb, color=color, lw=2 if is_best else 0.8, alpha=1 if is_best else 0.35, label=label)
+    target = best[a].final_bpb
+    ax.axhline(target, color="tab:blue", ls="--", lw=0.8)
+    reached = first_reach(best[b].curve, target)
+    if reached is not None:
+        ax.axvline(reached, color="tab:red", ls=":", lw=1)
+        ax.annotate(
+            f"{reached / best[a].curve[-1][0]:.2f}x", (reached, target), textcoords="offset points", xytext=(4, 6)
+        )
+    finite = [p[3] for r in runs for p in r.curve if math.isfinite(p[3])]
+    ax.set_ylim(min(finite) - 0.05, min(max(finite), sorted(finite)[len(finite) // 2] + 1.5))
+    ax.set_xlabel("training time (s), evaluation excluded")
+    ax.set_ylabel("val bits per byte")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_csv(runs: list[Run], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["recipe", "lr", "muon_lr", "train_seconds", "step", "tokens", "val_loss", "val_bpb"])
+        for run in runs:
+            muon = run.optim.muon.lr if run.optim.muon else ""
+            for t, steps, loss, bpb in run.curve:
+                tokens = steps * run.data.B * run.data.T
+                w.writerow(
+                    [run.recipe.name, run.optim.lr, muon, f"{t:.3f}", steps, tokens, f"{loss:.5f}", f"{bpb:.5f}"]
+                )
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="CPU, tiny-sized models, 1.25 min per run")
+    mode.add_argument("--gpu", action="store_true", help="one CUDA GPU, gpt2-124m-sized models, bf16, compiled")
+    parser.add_argument("--data", nargs="+", help="folders or files (default: the built-in corpus)")
+    parser.add_argument("--name", help="names the corpus in the outputs (default: builtin, or the folder's name)")
+    parser.add_argument("--minutes", type=float, help="training time of each (recipe, lr) run")
+    parser.add_argument("--lr-scales", help="each recipe's conf/optim lrs times these (default: 0.5,1,2 with --quick)")
+    parser.add_argument("--ablate", action="store_true", help="also ours with one choice replaced by nanoGPT's")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
+    parser.add_argument("--batch", type=int, help="sequences per step")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "speedrun")
+    args = parser.parse_args()
+
+    settings = MODES["gpu" if args.gpu else "quick" if args.quick else "cpu"]
+    args.minutes = args.minutes or settings["minutes"]
+    args.lr_scales = args.lr_scales or settings["lr_scales"]
+    args.evals, args.clip = settings["evals"], 1.0
+    args.bf16 = args.compile = args.gpu
+    device = torch.device("cuda" if args.gpu else "cpu")
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA GPU")
+    torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision("high")
+    logging.basicConfig(level=logging.WARNING)
+    name = args.name or ("builtin" if not args.data else Path(args.data[0]).expanduser().resolve().name)
+    out = args.out / name
+    out.mkdir(parents=True, exist_ok=True)
+
+    folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
+    nanogpt, ours = recipes(settings["preset"], meta["vocab_size"])
+    block = ours.model.block_size
+    data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
+    nbytes = token_bytes(tokenizer)
+    val = np.fromfile(folder / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+    if int(nbytes[val].sum()) != len(tokenizer.decode(val.tolist()).encode()):
+        raise SystemExit("token byte lengths do not add up to the validation text: bits per byte would be wrong")
+
+    scales = [float(s) for s in args.lr_scales.split(",")]
+    chosen = [nanogpt, ours, *(ablations(nanogpt, ours) if args.ablate else [])]
+    runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in chosen for s in scales]
+    pa, pb = runs[0].params, runs[len(scales)].params
+    header = [
+        f"corpus: {name} ({', '.join(args.data or ['docs/', 'llm/', 'data/sample/'])}): "
+        f"{meta['train_tokens']:,} training tokens, {data.val_y.numel():,} validation tokens "
+        f"({runs[0].val_bytes:,} bytes), one byte-level BPE of {meta['vocab_size']:,} tokens for both",
+        f"models ({settings['preset']}-sized, T={block}, batch {data.B}): nanoGPT {pa:,} parameters, "
+        f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'})",
+        f"each run {args.minutes:g} min of training, lrs x {args.lr_scales}, best vs best; runs interleaved step "
+        f"by step; {device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
+        f"torch {torch.__version__}, lightning {lightning.__version__}",
+    ]
+    print("\n".join(header), flush=True)
+    print(f"training {len(runs)} runs, {len(runs) * args.minutes:g} min of training in all:", flush=True)
+    start = time.perf_counter()
+    train_all(runs)
+    header.append(
+        f"load average at the end: {os.getloadavg()[0]:.1f}; wall time {(time.perf_counter() - start) / 60:.1f} min"
+    )
+    table = report(runs, nanogpt.name, ours.name, args, header)
+    print("\n" + table)
+    (out / "speedrun.md").write_text(table + "\n")
+    write_csv(runs, out / "speedrun.csv")
+    plot(runs, nanogpt.name, ours.name, out / "speedrun.png", f"{name}: val bpb against training time")
+    print(f"\nwrote {out / 'speedrun.md'}, {out / 'speedrun.csv'}, {out / 'speedrun.png'}")
+
+
+if __name__ == "__main__":
+    main()
