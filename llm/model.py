@@ -10,7 +10,7 @@ Shapes use B = batch, T = time (tokens), C = channels (n_embd), nh = heads, hs =
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, asdict, dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,28 +26,29 @@ CHOICES = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GPTConfig:
-    vocab_size: int = 4096  # tokenizer size; the embedding is padded up to a multiple of 64
-    block_size: int = 256  # longest context the model attends over
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # None: one K/V head per query head; fewer: grouped-query attention
-    n_embd: int = 256
-    mlp_hidden: int | None = None  # None: 4*C for GELU and ReLU², ~8/3*C (multiple of 64) for SwiGLU
-    attn: str = "sdpa"  # explicit: the math written out; sdpa: torch's fused kernel
-    pos: str = "rope"  # rope: rotary embedding of q and k; learned: absolute position table
-    norm: str = "rmsnorm"
-    mlp: str = "swiglu"
-    bias: bool = False  # biases in Linear layers and LayerNorm (GPT-2 has them)
-    dropout: float = 0.0
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    _: KW_ONLY  # the switches below have no default: every preset YAML names each one
+    """The model's shape and variants. Every preset in conf/model/ names each key without a default here."""
+
+    vocab_size: int  # tokenizer size; the embedding is padded up to a multiple of 64
+    block_size: int  # longest context the model attends over
+    n_layer: int
+    n_head: int
+    n_kv_head: int | None  # None: one K/V head per query head; fewer: grouped-query attention
+    n_embd: int
+    attn: str  # explicit: the math written out; sdpa: torch's fused kernel
+    pos: str  # rope: rotary embedding of q and k; learned: absolute position table
+    norm: str  # rmsnorm | layernorm
+    mlp: str  # swiglu | gelu | relu2
+    bias: bool  # biases in Linear layers and LayerNorm (GPT-2 has them)
+    dropout: float
     qk_norm: bool  # RMSNorm of q and k per head before rope: attention logits cannot blow up
     zero_init_proj: bool  # attention and MLP output projections start at 0: each block starts as identity
     logit_softcap: float | None  # logits = cap * tanh(logits / cap); None: raw logits
     tie_embeddings: bool  # lm_head reuses the token embedding (GPT-2); false: a separate output matrix
+    mlp_hidden: int | None = None  # None: 4*C for GELU and ReLU², ~8/3*C (multiple of 64) for SwiGLU
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():

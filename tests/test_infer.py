@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 from llm import infer
 from llm.checkpoint import load_checkpoint
+from llm.config import model_preset
 from llm.errors import ConfigError
-from llm.model import GPT, GPTConfig
+from llm.model import GPT
 from llm.sampler import generate, read_stop
 from llm.tokenizer import train_tokenizer
 
@@ -28,7 +29,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = train_tokenizer(["def add(a, b):\n    return a + b\n", "The quick brown fox jumps."] * 20, vocab_size=300)
     torch.manual_seed(0)
     switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
-    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=32, **switches)
+    config = model_preset(
+        "tiny",
+        vocab_size=tok.get_vocab_size(),
+        block_size=64,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=None,
+        n_embd=32,
+        mlp="swiglu",
+        **switches,
+    )
     model = GPT(config)
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt"
     path.parent.mkdir()

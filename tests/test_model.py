@@ -174,7 +174,20 @@ def test_gpt2_preset_is_gpt2_with_124m_parameters():
 def test_every_switch_is_required():
     """No switch has a default in code: a preset YAML that forgot one would not load."""
     with pytest.raises(TypeError, match="qk_norm"):
-        GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=4, n_embd=32)
+        GPTConfig(
+            vocab_size=100,
+            block_size=16,
+            n_layer=2,
+            n_head=4,
+            n_kv_head=None,
+            n_embd=32,
+            attn="sdpa",
+            pos="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            bias=False,
+            dropout=0.0,
+        )
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k():

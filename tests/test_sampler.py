@@ -8,8 +8,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from llm.config import model_preset
 from llm.errors import ConfigError
-from llm.model import GPT, GPTConfig
+from llm.model import GPT
 from llm.sampler import SamplingParams, TextStream, generate, generate_ids, generation
 from llm.sampler.generation import decode_one_token
 from llm.sampler.params import SHARED_KEYS, generation_defaults
@@ -24,8 +25,8 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 def make_model(seed: int = 0, vocab_size: int = 320, block_size: int = 160, **overrides) -> GPT:
     """A tiny float32 model whose random weights are large enough that greedy decoding does not loop at once."""
     torch.manual_seed(seed)
-    shape = {"n_layer": 2, "n_head": 4, "n_embd": 64, **SWITCHES_OFF, **overrides}
-    config = GPTConfig(vocab_size=vocab_size, block_size=block_size, **shape)
+    shape = {"n_layer": 2, "n_head": 4, "n_kv_head": None, "n_embd": 64, "mlp": "swiglu", **SWITCHES_OFF, **overrides}
+    config = model_preset("tiny", vocab_size=vocab_size, block_size=block_size, **shape)
     model = GPT(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

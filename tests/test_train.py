@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.checkpoint import find_checkpoint, load_checkpoint
+from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
 from tests.conftest import compose_train
@@ -145,7 +146,9 @@ def test_compiled_training_matches_eager() -> None:
     from llm.training.optim import optim_preset
 
     switches = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
-    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, **switches)
+    config = model_preset(
+        "tiny", vocab_size=64, block_size=16, n_layer=1, n_head=2, n_kv_head=None, n_embd=32, **switches
+    )
     data = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
     weights = {}
     for compile in (False, True):
