@@ -104,13 +104,13 @@ def recipes(preset: str, vocab_size: int) -> tuple[Recipe, Recipe]:
 
 
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
-    """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; and the
-    switches ours leaves off (other than a separate output layer, which breaks the equal parameter count) on."""
+    """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
+    choices ours does not make (SwiGLU, a soft-cap, a separate output layer), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
-    changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("qk_norm", True), ("zero_init_proj", True)]
+    changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("tie_embeddings", False), ("qk_norm", True)]
     seen = set()
     for key, value in changes:
         if getattr(ours.model, key) == value or (key, value) in seen:
@@ -348,7 +348,9 @@ def report(runs: list[Run], a: str, b: str, args, header: list[str]) -> str:
         lines += ["", f"{b} reaches {a}'s final val bpb {target:.4f} in {reached / total:.2f}x its time"]
     for name, run in best.items():
         if name not in (a, b):
-            lines.append(f"ablation: {name} (lr {lr_label(run.optim)}): val bpb {run.final_bpb:.4f}")
+            lines.append(
+                f"ablation: {name} (lr {lr_label(run.optim)}, {run.params:,} parameters): val bpb {run.final_bpb:.4f}"
+            )
     return "\n".join(lines)
 
 
