@@ -44,6 +44,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 from torch.distributed.run import get_args_parser as torchrun_args_parser
 
+from llm.config import config_dir
 from tests.conftest import DOC_COMMANDS, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"^```(bash|sh|shell|console|zsh)[ \t]*\n(.*?)^```", re.M | re.S)
 # a command line of this project, after any VAR=value prefixes
 PROJECT = re.compile(
-    r"^(?:\w+=\S*\s+)*(?:python (?:train\.py|infer\.py|bench/|-m (?:llm|tools)\b)|make\b|bash bench/|torchrun\b)"
+    r"^(?:\w+=\S*\s+)*(?:python (?:train\.py|infer\.py|bench/|-m (?:llm|tools|bench)\b)|make\b|bash bench/|torchrun\b)"
 )
 HOME_PATH = re.compile(r"(?:~|\$HOME|\$\{HOME\})/([\w.-]+(?:/[\w.-]+)*)")
 
@@ -61,7 +62,7 @@ NOT_IN_CI = {
     r"hydra/launcher=slurm": "needs a SLURM cluster",
     r"\btrainer=(gpu|ddp|fsdp)\b|\bsweep=per_gpu\b": "needs CUDA GPUs",
     r"\bbench/gpu\.sh\b|--preset gpt2-124m": "needs a CUDA GPU",
-    r"^python bench/": "a benchmark: minutes of timed runs on a CPU",
+    r"^python (?:-m )?bench[/.]": "a benchmark: minutes of timed runs on a CPU",
     r"\bWANDB_MODE=online\b": "uploads to wandb.ai",
     r"^make test\b": "the whole test suite, this test included",
 }
@@ -242,8 +243,18 @@ def run(world: World, shell: str, text: str, cwd: Path, extra: list[str]) -> sub
 # ---------------------------------------------------------------------------------------------- composing
 
 
+def hydra_script(script: Path) -> Path | None:
+    """The file whose @hydra.main `python script` runs: the script, or the llm module whose main it calls."""
+    text = script.read_text()
+    if "@hydra.main" in text:
+        return script
+    found = re.search(r"^from (llm\.\w+) import .*\bmain\b", text, re.M)
+    module = ROOT.joinpath(*found.group(1).split(".")).with_suffix(".py") if found else None
+    return module if module is not None and "@hydra.main" in module.read_text() else None
+
+
 def hydra_config_name(script: Path) -> str:
-    found = re.search(r"@hydra\.main\([^)]*config_name=\"(\w+)\"", script.read_text())
+    found = re.search(r"@hydra\.main\(.*?config_name=\"(\w+)\"", script.read_text(), re.S)
     assert found, f"{script.name} has no @hydra.main(config_name=...)"
     return found.group(1)
 
@@ -259,7 +270,7 @@ def compose_hydra(script: Path, args: list[str]) -> tuple[list[DictConfig], argp
     configs = []
     for job in jobs:
         GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(script.parent / "conf")):
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             configs.append(compose(hydra_config_name(script), overrides=job, return_hydra_config=True))
     GlobalHydra.instance().clear()
     return configs, flags
@@ -327,15 +338,15 @@ def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Pla
         if not fixed_rank and flags.nnodes != "1":
             assert flags.rdzv_backend == "c10d", f"{command}: without --rdzv-backend=c10d every node is node rank 0"
             assert flags.rdzv_endpoint, f"{command}: c10d needs --rdzv-endpoint=HOST:PORT"
-        compose_hydra(cwd / flags.training_script, flags.training_script_args)
+        compose_hydra(hydra_script(cwd / flags.training_script), flags.training_script_args)
         return None
     if name == "bash":
         proc = subprocess.run(["bash", "-n", args[0]], cwd=cwd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         return Plan([])
     assert name == "python", argv
-    script = cwd / args[0]
-    if args[0] != "-m" and "@hydra.main" in script.read_text():
+    script = hydra_script(cwd / args[0]) if args[0] != "-m" else None
+    if script is not None:
         configs, flags = compose_hydra(script, args[1:])
         if flags.cfg or flags.help or flags.hydra_help or flags.info:
             return Plan([], prints=True)  # prints and exits: runs in full
