@@ -239,7 +239,7 @@ def test_wandb_offline_run_keeps_its_history(train_cfg):
         if b"val/loss" in history:
             break
         time.sleep(0.2)
-    assert b"train/loss" in history and b"val/loss" in history and b"samples" in history
+    assert b"train/loss" in history and b"val/loss" in history and b"val/bpb" in history and b"samples" in history
     assert list(runs[0].glob("files/media/images/attention/layer0_*.png"))  # heatmaps
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["wandb_run_id"] in runs[0].name  # a resume continues this run
