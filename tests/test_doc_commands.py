@@ -183,6 +183,11 @@ def write_documents(folder: Path, name: str) -> None:
         (folder / f"note{i}.txt").write_text(f"Note {i} in {name}. {sentences}\n")
     code = "".join(f"def {name.replace('-', '_')}_{i}(a, b):\n    return a * {i} + b\n\n\n" for i in range(30))
     (folder / "example.py").write_text(code)
+    if "papers" in name:  # the docs glob ~/papers/**/*.pdf
+        from tools.make_sample import text_pdf
+
+        (folder / "2024" / "paper.pdf").parent.mkdir(exist_ok=True)
+        (folder / "2024" / "paper.pdf").write_bytes(text_pdf([[f"A paper in {name}.", *sentences.split(". ")[:8]]]))
 
 
 @pytest.fixture(scope="module")

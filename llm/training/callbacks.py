@@ -193,7 +193,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, every_n_train_steps: int) -> None:
         every_n_train_steps = every("every_n_train_steps", every_n_train_steps)
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,  # always last.ckpt: a resume of a moved run folder rewrites it too
+        )
 
     @property
     def state_key(self) -> str:
