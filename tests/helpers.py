@@ -21,11 +21,11 @@ class KillAtStep(L.Callback):
 
 
 class RecordShard(L.Callback):
-    """Write `<out>/rank<R>.json`: this rank's place in the world and the window indices it trained on."""
+    """Write `<out>/rank<R>.json`: this rank's place in the world and the windows it trained on, as (epoch, k)."""
 
     def __init__(self, out: str) -> None:
         self.out = out
-        self.indices: list[int] = []
+        self.indices: list[tuple[int, int]] = []
         self.rows_match = True  # every row trained on equals the window its index names
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

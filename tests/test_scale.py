@@ -170,7 +170,7 @@ def test_two_torchrun_nodes_train_one_run_each_rank_on_its_own_shard(tmp_path, c
     assert [(r["global_rank"], r["world_size"], r["num_nodes"]) for r in ranks] == [(0, 2, 2), (1, 2, 2)]
     assert {r["node_rank"] for r in ranks} == {0, 1}  # c10d gave each node its own rank
     assert all(r["rows_match"] for r in ranks)  # the indices name the windows each rank really trained on
-    seen = [set(r["indices"]) for r in ranks]
+    seen = [{tuple(key) for key in r["indices"]} for r in ranks]  # (epoch, window) keys
     assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 3 * 4  # 3 steps x batch 4 on each rank
     assert not seen[0] & seen[1]  # each rank on its own shard of the epoch
 
