@@ -167,7 +167,10 @@ class World:
         return run_dir
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCS_", "WANDB_"))}
+        # make's own variables leak in when the suite runs under `make test`; a nested make would then
+        # print "Entering directory" lines into its dry run.
+        outer = ("DOCS_", "WANDB_", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(outer)}
         path = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
         env |= {"HOME": str(self.home), "PATH": path, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
@@ -316,7 +319,13 @@ def parse_only(args: list[str], cwd: Path) -> None:
 
 def make_recipe(target_args: list[str], cwd: Path, world: World) -> list[str]:
     """The project's command lines that `make ARGS` would run (a dry run)."""
-    command = [world.make, "-n", *target_args, "PY=python"]  # PY: the shim, not .venv/bin/python
+    command = [
+        world.make,
+        "-n",
+        "--no-print-directory",
+        *target_args,
+        "PY=python",
+    ]  # PY: the shim, not .venv/bin/python
     proc = subprocess.run(command, cwd=cwd, env=world.env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"make -n {' '.join(target_args)}: {proc.stderr.strip()}"
     return [row.strip() for row in proc.stdout.splitlines() if PROJECT.match(row.strip())]
