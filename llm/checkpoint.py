@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,12 +31,37 @@ def find_checkpoint(spec: str | Path, outputs_root: str | Path) -> Path:
     return path
 
 
+def damaged(path: Path) -> str | None:
+    """Why `path` cannot be a whole checkpoint ("is empty", "is truncated ..."), or None when it may be one.
+
+    torch.save writes a zip archive whose directory is at the end of the file: a file cut short has none."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return f"is truncated or not a checkpoint ({size:,} bytes, no zip directory at its end)"
+    return None
+
+
+def previous_good(path: Path) -> Path | None:
+    """The newest other .ckpt in the same folder that is whole, if any."""
+    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime)
+    return next((p for p in reversed(others) if damaged(p) is None), None)
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint (memory-mapped), or a ConfigError that says why it is not one of ours."""
+    path = Path(path)
+    why = damaged(path)
+    if why is not None:
+        good = previous_good(path)
+        hint = f"the previous good one is ckpt_path={good}" if good else "no whole checkpoint beside it"
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint: it {why}; {hint}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as e:  # truncated file, not a checkpoint, a pickle we refuse to execute
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint: {e}") from e
+    except Exception as e:  # damaged inside, not a checkpoint, a pickle we refuse to execute
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint: {reason}") from e
     missing = [k for k in ("model_config", "tokenizer", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ConfigError(f"ckpt_path={path} lacks {missing}: was it written by train.py?")

@@ -25,11 +25,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
+from llm.training.checkpoint_io import AtomicCheckpointIO
 from llm.training.checks import check_trainer
 from llm.training.distributed import check_shared_run_dir, job_scope
 from llm.training.gpu_slots import claim_device
@@ -71,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module.run_config = resolved
     callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
-    (out / "config.yaml").write_text(resolved)
+    write_text(out / "config.yaml", resolved)
     log.info("config:\n%s", resolved)
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
@@ -80,7 +82,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with gpu_slot as gpu, job_scope():  # job_scope: DDP ranks of a sweep job run that job only
         devices = {"devices": [gpu]} if gpu is not None else {}
         trainer: L.Trainer = build(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision, **devices
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            precision=precision,
+            plugins=[AtomicCheckpointIO()],  # checkpoints renamed into place in their own folder
+            **devices,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 
+from llm.atomic import remove_stale_temps
 from llm.training.flops import peak_flops
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,9 @@ def progress_bar(every_n_steps: int, metrics_every_n_steps: int) -> ProgressBar:
 class LastCheckpoint(ModelCheckpoint):
     """last.ckpt every `every_n_train_steps` optimizer steps and once more when training ends.
 
-    Saves go through Lightning's atomic write (a temporary file renamed into place), so a run killed
-    mid-save leaves the previous last.ckpt intact.
+    train.py saves through AtomicCheckpointIO (a temporary file in this folder, renamed into place), so a run
+    killed mid-save leaves the previous last.ckpt intact; the temporary files such a kill leaves are removed
+    when the next run starts.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int) -> None:
@@ -204,6 +206,11 @@ class LastCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return "LastCheckpoint"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            remove_stale_temps(self.dirpath)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
