@@ -35,6 +35,7 @@ from llm.training.checkpoint_io import AtomicCheckpointIO
 from llm.training.checks import check_trainer
 from llm.training.distributed import check_shared_run_dir, job_scope
 from llm.training.gpu_slots import claim_device
+from llm.training.loggers import LogHyperparameters, flat_hparams
 from llm.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build(cfg.module)
     module.run_config = resolved
     callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks.append(LogHyperparameters(flat_hparams(cfg)))
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
     write_text(out / "config.yaml", resolved)
     log.info("config:\n%s", resolved)

@@ -228,7 +228,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(train_cfg, monk
 
 def test_wandb_offline_run_keeps_its_history(train_cfg):
     cfg = train_cfg(
-        "logger=wandb", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "callbacks.wandb_extras.every_n_steps=2"
+        "logger=wandb", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "callbacks.samples.every_n_steps=2"
     )
     train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))

@@ -1,12 +1,17 @@
-"""Loggers that continue a resumed run's history instead of starting it again."""
+"""Loggers that continue a resumed run's history instead of starting it again, and the run's config as
+every logger's hyperparameters."""
 
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +44,50 @@ class CSVLogger(_CSVLogger):
             writer.metrics_keys = sorted(fields)
             log.info("metrics.csv continues after step %d (%d earlier rows kept)", self.resume_step - 1, len(kept))
         return writer
+
+
+# The metrics of the final model that TensorBoard's HPARAMS tab shows beside each run's hyperparameters
+FINAL_METRICS = ("val/loss", "val/bpb")
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as one level of dotted keys (`optim.lr`, `model.config.n_layer`): what dashboards
+    group and filter runs by. `_target_` keys are left out, and so are nodes that only repeat another
+    (module.net is ${model})."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            if key == "_target_":
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                if not OmegaConf.is_interpolation(node, key):
+                    walk(value, f"{prefix}{key}.")
+            elif isinstance(value, ListConfig):
+                flat[f"{prefix}{key}"] = OmegaConf.to_container(value, resolve=True)
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(cfg, "")
+    return flat
+
+
+class LogHyperparameters(L.Callback):
+    """`params` to every logger when fit starts (wandb's config, TensorBoard's and CSV's hparams.yaml); when
+    training ends, TensorBoard's hparams again with FINAL_METRICS as their metrics."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.params)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(trainer.callback_metrics[k]) for k in FINAL_METRICS if k in trainer.callback_metrics}
+        if not metrics:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(self.params, metrics=metrics, step=trainer.global_step)

@@ -114,6 +114,12 @@ class LitGPT(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The last step: ask Lightning to stop, which makes it validate now if the last validation was
+        # earlier. The final model is the one measured (val/loss is what a sweep minimises).
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """batch: (input, target) and, where the data knows them, the UTF-8 bytes of each window's targets."""
         x, y, *n_bytes = batch
