@@ -12,10 +12,19 @@ from typing import TYPE_CHECKING
 
 from omegaconf import ListConfig, OmegaConf
 
+from llm.errors import ConfigError
+
 if TYPE_CHECKING:
     from llm.model import GPTConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def check_flag(key: str, value: object) -> bool:
+    """A boolean key's value: true or false only (Hydra reads `x=maybe` as the string 'maybe', which is truthy)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
 
 
 def config_dir() -> Path:

@@ -10,6 +10,7 @@ See conf/infer.yaml for every key. The generated text goes to stdout; logs go to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -19,12 +20,11 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from llm.checkpoint import find_checkpoint, load_checkpoint
-from llm.config import config_dir, register_resolvers
+from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.model import GPT
 from llm.sampler import (
     SamplingParams,
-    check_flag,
     check_max_new_tokens,
     generate,
     read_prompts,
@@ -89,7 +89,14 @@ def infer(cfg: DictConfig) -> None:
 
 
 def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
-    """Each line continues the transcript so far (older text falls out of the context). /reset, /quit."""
+    """Each line continues the transcript so far (older text falls out of the context). /reset, /quit.
+
+    A seed seeds the session once: the same lines give the same session, and each turn draws on from where
+    the last one stopped (seeding every turn would repeat the same draws: the same reply to different lines)."""
+    params = options["params"]
+    if params.seed is not None:
+        torch.manual_seed(params.seed)  # the CPU's and every GPU's generator
+        options = {**options, "params": dataclasses.replace(params, seed=None)}
     sys.stderr.write("interactive: type a line and press enter; /reset forgets the conversation, /quit ends\n")
     on_text = write_row if stream else None
     transcript = ""

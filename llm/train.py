@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint
-from llm.config import config_dir, register_resolvers
+from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
@@ -62,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_trainer(cfg.trainer, cfg.optim)
+    one_job_per_gpu = check_flag("one_job_per_gpu", cfg.get("one_job_per_gpu", False))
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
     ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
@@ -80,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
 
-    gpu_slot = claim_device(torch.cuda.device_count()) if cfg.get("one_job_per_gpu") else nullcontext()
+    gpu_slot = claim_device(torch.cuda.device_count()) if one_job_per_gpu else nullcontext()
     with gpu_slot as gpu, job_scope():  # job_scope: DDP ranks of a sweep job run that job only
         devices = {"devices": [gpu]} if gpu is not None else {}
         trainer: L.Trainer = build(

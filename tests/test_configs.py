@@ -114,6 +114,7 @@ def test_precision_rules(caplog):
         ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be a number of steps"),
         ("trainer.max_steps=0", "trainer.max_steps=0 must be at least 1, or -1"),
         ("ckpt_path=NOT_A_CKPT", "is not a readable checkpoint"),
+        ("one_job_per_gpu=maybe", "one_job_per_gpu='maybe' must be true or false"),
         ("ckpt_path=OTHER_SHAPE", "model.config.n_embd=32 but the checkpoint"),
     ],
 )

@@ -102,6 +102,33 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert captured.err.count("> ") == 6 and "> " not in captured.out
 
 
+def test_a_seeded_interactive_session_is_reproducible_and_its_turns_differ(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """seed=7 seeds the session once: the same lines give the same session; the same line after /reset (the
+    same transcript) gets another reply, as every turn draws on from where the last stopped."""
+
+    def session() -> list[str]:
+        lines = iter(["def add\n", "/reset\n", "def add\n", "x = 1\n", "/quit\n"])
+        monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"readline": lambda self: next(lines)})())
+        replies: list[str] = []
+
+        def spy(model, tokenizer, prompt, **kwargs):
+            results = generate(model, tokenizer, prompt, **kwargs)
+            replies.append(results[0].text)
+            return results
+
+        monkeypatch.setattr(infer, "generate", spy)
+        overrides = ["interactive=true", "seed=7", "temperature=1.0", "top_p=1.0", "max_new_tokens=8"]
+        infer.infer(compose_infer(f"ckpt_path={checkpoint}", *overrides))
+        return replies
+
+    first = session()
+    torch.manual_seed(123)  # whatever the process drew before, the session is the same
+    assert session() == first
+    assert len(first) == 3 and first[0] != first[1]  # the same transcript, "def add\n", a new reply
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
@@ -118,6 +145,8 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         (["dtype=float8"], ConfigError, "dtype='float8' is not one of ['auto', 'float32'"),
         (["kv_cache=maybe"], ConfigError, "kv_cache='maybe' must be true or false"),
         (["stream=1"], ConfigError, "stream=1 must be true or false"),
+        (["stream=maybe"], ConfigError, "stream='maybe' must be true or false"),
+        (["interactive=maybe"], ConfigError, "interactive='maybe' must be true or false"),
     ],
 )
 def test_errors_name_the_problem(checkpoint: Path, overrides: list[str], error: type, message: str) -> None:

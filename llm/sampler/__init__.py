@@ -4,7 +4,6 @@ from llm.sampler.device import DTYPES, resolve_compile, resolve_device, resolve_
 from llm.sampler.generation import Generation, generate, generate_ids
 from llm.sampler.params import (
     SamplingParams,
-    check_flag,
     check_max_new_tokens,
     check_prompts,
     generation_defaults,
@@ -21,7 +20,6 @@ __all__ = [
     "SamplingParams",
     "TextStream",
     "build_processors",
-    "check_flag",
     "check_max_new_tokens",
     "check_prompts",
     "generate",

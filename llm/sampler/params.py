@@ -132,9 +132,3 @@ def read_stop(value: object) -> list[str]:
     else:
         items = list(value)  # type: ignore[call-overload]
     return [re.sub(r"\\[ntr\\]", lambda m: ESCAPES[m.group()], str(item)) for item in items]
-
-
-def check_flag(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    return value
