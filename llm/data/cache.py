@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from llm.atomic import write_text
 from llm.data.reader import Settings
 
 
@@ -55,11 +55,5 @@ class Cache:
         folder = self.root / key[:2]
         folder.mkdir(parents=True, exist_ok=True)
         if outcome["status"] == "ok":
-            _atomic_write(self.text_file(key), outcome["text"])
-        _atomic_write(self._meta_file(key), json.dumps(meta, ensure_ascii=False))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", errors="replace")
-    os.replace(tmp, path)
+            write_text(self.text_file(key), outcome["text"], errors="replace")
+        write_text(self._meta_file(key), json.dumps(meta, ensure_ascii=False))

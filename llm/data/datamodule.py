@@ -20,6 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
+from llm.atomic import fsync_dir, remove_stale_temps, write_bytes, write_text
 from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
 from llm.data.pipeline import ingest
 from llm.data.reader import Settings
@@ -98,6 +99,7 @@ class TextDataModule(L.LightningDataModule):
         return self.out_dir / "dataset.json"  # tells every rank where prepare_data put the tokens
 
     def prepare_data(self) -> None:
+        remove_stale_temps(self.out_dir)  # left by a killed write of the manifest or the tokenizer
         result = ingest(
             self.paths, self.out_dir, self.exclude, settings=self.ingest_settings, cache_dir=self.cache_dir / "ingest"
         )
@@ -115,8 +117,8 @@ class TextDataModule(L.LightningDataModule):
         else:
             self._build(docs, folder)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "tokenizer.json", self.out_dir / "tokenizer.json")
-        self.pointer.write_text(json.dumps({"folder": str(folder.resolve())}))
+        write_bytes(self.out_dir / "tokenizer.json", (folder / "tokenizer.json").read_bytes())
+        write_text(self.pointer, json.dumps({"folder": str(folder.resolve())}))
 
     def _build(self, docs, folder: Path) -> None:
         train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
@@ -128,7 +130,7 @@ class TextDataModule(L.LightningDataModule):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
-        tok.save(str(tmp / "tokenizer.json"))
+        write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))
         meta = {
             "dtype": token_dtype(tok.get_vocab_size()).name,
             "vocab_size": tok.get_vocab_size(),
@@ -137,12 +139,13 @@ class TextDataModule(L.LightningDataModule):
             "train_docs": [d.path for d in train_docs],
             "val_docs": [d.path for d in val_docs],
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_text(tmp / "meta.json", json.dumps(meta, indent=1))
         if (folder / "meta.json").exists():  # another run finished the same entry first: use that one
             shutil.rmtree(tmp, ignore_errors=True)
             return
         try:
             tmp.rename(folder)  # the cache entry appears whole or not at all
+            fsync_dir(folder.parent)
         except OSError:
             if not (folder / "meta.json").exists():
                 raise

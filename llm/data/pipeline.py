@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm.atomic import atomic_open
 from llm.data import kinds, offline
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, Found, discover
@@ -330,11 +331,9 @@ def _prune(out: Path, stale: set[str]) -> None:
 
 def write_manifest(records: Sequence[Record], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def format_summary(result: IngestResult, seconds: float | None = None, slowest: int = 5, problems: int = 20) -> str:

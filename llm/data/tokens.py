@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from torch.utils.data import Dataset, Sampler
 
+from llm.atomic import atomic_open
 from llm.data.pipeline import Document
 from llm.errors import ConfigError
 from llm.tokenizer import eod_id
@@ -46,7 +47,7 @@ def write_tokens(docs: Sequence[Document], tok: Tokenizer, path: Path, chunk: in
     eod = eod_id(tok)
     dtype = token_dtype(tok.get_vocab_size())
     n = 0
-    with path.open("wb") as f:
+    with atomic_open(path, "wb") as f:
         for i in range(0, len(docs), chunk):
             for enc in tok.encode_batch([d.text for d in docs[i : i + chunk]], add_special_tokens=False):
                 ids = np.asarray(enc.ids + [eod], dtype=dtype)
