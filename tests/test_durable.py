@@ -1,5 +1,6 @@
 """Nothing lost: files written whole or not at all, a kill during a checkpoint save on any filesystem."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -98,6 +99,7 @@ def test_kills_during_saves_with_tmpdir_on_another_filesystem_lose_nothing(tmp_p
         "model.config.n_head=1",
     ]
     rng = random.Random(19)
+    children: list[int] = []
     try:
         unbroken = compose_train(tmp_path / "unbroken", common, corpus)
         build(unbroken.data).prepare_data()  # ingest and tokens cached here: the forked runs start no workers
@@ -116,6 +118,7 @@ def test_kills_during_saves_with_tmpdir_on_another_filesystem_lose_nothing(tmp_p
                 assert os.waitstatus_to_exitcode(status) == 0
                 break
             pid = _fork_train(cfg, tmpdir)
+            children.append(pid)
             saves_to_skip, seen = rng.randrange(3), set()
             while True:  # poll for the temporary file of a save in progress
                 if os.waitpid(pid, os.WNOHANG) != (0, 0):
@@ -125,6 +128,7 @@ def test_kills_during_saves_with_tmpdir_on_another_filesystem_lose_nothing(tmp_p
                     seen |= temps
                     if len(seen) > saves_to_skip:
                         break
+                time.sleep(1e-4)  # a save (write, fsync, rename) takes milliseconds
             time.sleep(rng.random() * 1e-3)  # a random moment within the save (a few ms for this model)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -143,4 +147,8 @@ def test_kills_during_saves_with_tmpdir_on_another_filesystem_lose_nothing(tmp_p
         left = [p for p in run.rglob("*") if is_temp(p) or p.name.endswith(".tmp")]
         assert left == [] and list(tmpdir.iterdir()) == []
     finally:
+        for pid in children:  # a failed assertion leaves no training process behind
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         shutil.rmtree(tmpdir)
