@@ -318,3 +318,19 @@ def test_init_from_offline_says_what_to_download_and_where(tmp_path, monkeypatch
     cfg = compose_train(tmp_path, ["init_from=openai-community/gpt2"], tmp_path)
     with pytest.raises(ConfigError, match=r"init_from=openai-community/gpt2: .*hf download openai-community/gpt2"):
         train(cfg)
+
+
+@pytest.mark.parametrize("kind", sorted(HF_MODELS))
+def test_import_then_export_gives_back_every_tensor(kind: str, tmp_path: Path) -> None:
+    """HF folder -> our GPT -> HF folder: the same tensors under the same names (an untied head included)."""
+    from safetensors.torch import load_file
+
+    from llm.interop.hf import save_pretrained
+
+    _random_hf(kind, tmp_path / "in")
+    save_pretrained(load_pretrained(str(tmp_path / "in")), tmp_path / "out", None, None)
+    before, after = load_file(tmp_path / "in" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    before = {k: v for k, v in before.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # buffers
+    assert sorted(after) == sorted(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert ("lm_head.weight" in after) == (kind == "llama-gqa")  # LlamaConfig unties by default, GPT-2 ties

@@ -133,11 +133,12 @@ def write_gguf(model: GPT, tok: Tokenizer, path: str | Path, name: str = "llm") 
     w.add_bos_token_id(vocab["eos_id"])
     w.add_eos_token_id(vocab["eos_id"])
     w.add_add_bos_token(False)
-    for tensor_name, array in gguf_tensors(model).items():
+    tensors = gguf_tensors(model)
+    for tensor_name, array in tensors.items():
         w.add_tensor(tensor_name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    log.info("wrote %s (%s layout, %d tensors)", path, layout, len(w.tensors[0]) if w.tensors else 0)
+    log.info("wrote %s (%s layout, %d tensors)", path, layout, len(tensors))
     return path

@@ -319,14 +319,17 @@ def _expand_kv(w: torch.Tensor, config: GPTConfig) -> torch.Tensor:
 # ---- folders -----------------------------------------------------------------------------------------------
 
 
-def resolve_source(source: str, download_dir: str | Path) -> Path:
+def resolve_source(source: str, download_dir: str | Path | None) -> Path:
     """A local folder as it is; a hub id (e.g. gpt2, owner/name) downloaded into download_dir/<id> with
-    huggingface_hub when the network is allowed; otherwise a ConfigError that says what to fetch and where."""
+    huggingface_hub when the network is allowed (download_dir None: folders only); otherwise a ConfigError
+    that says what to fetch and where."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"init_from={source}: the folder has no config.json (a Hugging Face model folder)")
         return path
+    if download_dir is None:
+        raise ConfigError(f"init_from={source}: no such folder (a Hugging Face model folder with config.json)")
     target = Path(download_dir) / source.replace("/", "--")
     fix = (
         f"on a machine with network access run `hf download {source} --local-dir {target}` "
@@ -380,7 +383,8 @@ class Pretrained:
     model_config: dict
 
     @classmethod
-    def open(cls, source: str, download_dir: str | Path = ".cache/llm/hub") -> Pretrained:
+    def open(cls, source: str, download_dir: str | Path | None) -> Pretrained:
+        """source: a folder, or a hub id fetched into download_dir (train.yaml's paths.hub_dir)."""
         folder = resolve_source(source, download_dir)
         hf = json.loads((folder / "config.json").read_text())
         return cls(folder, hf.get("model_type"), config_from_hf(hf, source))
@@ -397,10 +401,10 @@ class Pretrained:
         log.info("init_from: loaded %s weights from %s", self.layout, self.folder)
 
 
-def load_pretrained(source: str, **preset) -> GPT:
-    """A GPT (eval mode) with a Hugging Face folder's weights; preset gives the keys that do not fix weights
-    (attn, dropout, zero_init_proj), each with a default suited to inference."""
-    pretrained = Pretrained.open(source)
+def load_pretrained(source: str, hub_dir: str | Path | None = None, **preset) -> GPT:
+    """A GPT (eval mode) with a Hugging Face folder's weights (a hub id too, given hub_dir to download into);
+    preset gives the keys that do not fix weights (attn, dropout, zero_init_proj), defaults suited to inference."""
+    pretrained = Pretrained.open(source, hub_dir)
     keys = {"attn": "sdpa", "dropout": 0.0, "zero_init_proj": False} | preset
     model = GPT(GPTConfig(**keys, **pretrained.model_config))
     pretrained.load_into(model)
