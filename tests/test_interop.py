@@ -204,6 +204,13 @@ def test_gguf_holds_every_tensor_and_the_llama_metadata(trained, tmp_path) -> No
     assert fields["tokenizer.ggml.token_type"][tok.token_to_id(EOD)] == 3  # control
     merges = json.loads(tok.to_str())["model"]["merges"]
     assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    # the metadata alone is the tokenizer: a BPE rebuilt from it gives our ids (code, non-ASCII, EOD as text)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(tokens) if fields["tokenizer.ggml.token_type"][i] == 1}  # normal tokens
+    rebuilt = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in fields["tokenizer.ggml.merges"]]))
+    rebuilt.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert rebuilt.encode(MIXED).ids == tok.encode(MIXED).ids
 
     # every tensor: the Hugging Face export's, renamed, with q and k rows in llama.cpp's pair order
     from safetensors.torch import load_file
