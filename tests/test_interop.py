@@ -307,13 +307,18 @@ def test_finetune_from_a_saved_gpt2_lowers_val_loss_and_exports_again(tmp_path) 
     assert len(val) == 3 and val[0] > val[1] > val[2] and val[-1] < start - 0.5, val
     assert cfg.model.config.n_embd == 64 and cfg.model.config.pos == "learned"  # the folder's shape, not tiny's
     ckpt = run / "checkpoints" / "last.ckpt"
-    model, run_tok, _ = load_checkpoint(ckpt)
+    _, run_tok, _ = load_checkpoint(ckpt)
     assert run_tok.encode(MIXED).ids == tok.encode(MIXED).ids  # the folder's tokenizer: no BPE was trained
     assert (
         load_tokenizer(run / "data" / "tokenizer.json").to_str() == load_tokenizer(folder / "tokenizer.json").to_str()
     )
 
+    # resumed: the checkpoint's weights, not the folder's, and the same tokenizer
+    train(compose_train(tmp_path / "ft", [*overrides, "trainer.max_steps=32", f"ckpt_path={run}"], ROOT / "llm"))
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 32
+
     out = export(ckpt, "hf", tmp_path / "again")
+    model, _, _ = load_checkpoint(ckpt)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     x = torch.tensor([tok.encode("def build(node):").ids])
     with torch.no_grad():
