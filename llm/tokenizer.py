@@ -12,6 +12,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOD = "<|endoftext|>"  # separates documents in the token stream
+# A tokenizer imported with a pretrained model ends documents with its own token: GPT-2's is EOD; Llama 3's,
+# Llama 2's / Mistral's and Gemma's are these, looked up in this order.
+END_TOKENS = (EOD, "<|end_of_text|>", "</s>", "<eos>")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -48,11 +51,16 @@ def _batched(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
         yield batch
 
 
+def eod_token(tok: Tokenizer) -> str:
+    """The end-of-document token: the first of END_TOKENS the tokenizer has."""
+    for token in END_TOKENS:
+        if tok.token_to_id(token) is not None:
+            return token
+    raise ValueError(f"tokenizer has none of the end-of-document tokens {list(END_TOKENS)}")
+
+
 def eod_id(tok: Tokenizer) -> int:
-    token_id = tok.token_to_id(EOD)
-    if token_id is None:
-        raise ValueError(f"tokenizer has no {EOD} token")
-    return token_id
+    return tok.token_to_id(eod_token(tok))
 
 
 def load_tokenizer(source: str | Path) -> Tokenizer:

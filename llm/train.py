@@ -23,12 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
+from llm.interop.hf import Pretrained
+from llm.interop.tokenizer import tokenizer_from_hf
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
 from llm.training.checkpoint_io import AtomicCheckpointIO
@@ -54,6 +56,18 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def use_pretrained(cfg: DictConfig, out: Path) -> Pretrained:
+    """init_from: the folder's shape replaces model.config's shape keys, its tokenizer replaces BPE training."""
+    pretrained = Pretrained.open(cfg.init_from, cfg.paths.hub_dir)
+    tokenizer_file = out / "init_tokenizer.json"
+    tokenizer_from_hf(pretrained.folder).save(str(tokenizer_file))
+    with open_dict(cfg):
+        cfg.model.config.update(pretrained.model_config)
+        cfg.data.tokenizer = str(tokenizer_file)
+    log.info("init_from: %s (%s layout): %s", cfg.init_from, pretrained.layout, pretrained.model_config)
+    return pretrained
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model the config describes; returns the final logged metrics."""
     check_shared_run_dir()
@@ -66,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
     ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
+    pretrained = use_pretrained(cfg, out) if cfg.get("init_from") else None
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if ckpt_path is not None:
         check_resume(ckpt_path, OmegaConf.create(resolved))  # before any data work
@@ -73,6 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)  # each object checks its values as it is built: nothing has run yet
     module = build(cfg.module)
     module.run_config = resolved
+    if pretrained is not None and ckpt_path is None:  # a resumed run's checkpoint holds the weights
+        pretrained.load_into(module.net)
     callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
     callbacks.append(LogHyperparameters(flat_hparams(cfg)))
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]

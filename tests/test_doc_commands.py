@@ -45,6 +45,7 @@ from omegaconf import DictConfig
 from torch.distributed.run import get_args_parser as torchrun_args_parser
 
 from llm.config import config_dir
+from llm.model import GPTConfig
 from tests.conftest import DOC_COMMANDS, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,9 +159,17 @@ class World:
     @property
     def reference(self) -> Path:
         """A run of `python train.py` (one step, tiny): what a line that reads a checkpoint finds. Made once."""
-        run_dir = self.root / "reference"
+        return self.reference_run("reference", [])
+
+    @property
+    def exportable(self) -> Path:
+        """The same in the Llama layout (docs/export.md): what an export line reads. Made once."""
+        return self.reference_run("exportable", ["model.config.mlp=swiglu", "model.config.qk_norm=false"])
+
+    def reference_run(self, name: str, overrides: list[str]) -> Path:
+        run_dir = self.root / name
         if not (run_dir / "checkpoints" / "last.ckpt").exists():
-            args = [*ONE_STEP, "trainer.max_steps=1", *cache_and_data(self), f"hydra.run.dir={run_dir}"]
+            args = [*ONE_STEP, "trainer.max_steps=1", *overrides, *cache_and_data(self), f"hydra.run.dir={run_dir}"]
             command = [sys.executable, str(ROOT / "train.py"), *args]
             proc = subprocess.run(command, cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, proc.stderr[-3000:]
@@ -261,6 +270,12 @@ def hydra_script(script: Path) -> Path | None:
     return module if module is not None and "@hydra.main" in module.read_text() else None
 
 
+def hydra_module(module: str) -> Path | None:
+    """The file of `python -m llm.X` when it is a Hydra app (llm.export), else None."""
+    path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    return path if module.startswith("llm.") and path.is_file() and "@hydra.main" in path.read_text() else None
+
+
 def hydra_config_name(script: Path) -> str:
     found = re.search(r"@hydra\.main\(.*?config_name=\"(\w+)\"", script.read_text(), re.S)
     assert found, f"{script.name} has no @hydra.main(config_name=...)"
@@ -359,12 +374,13 @@ def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Pla
         assert proc.returncode == 0, proc.stderr
         return Plan([])
     assert name == "python", argv
-    script = hydra_script(cwd / args[0]) if args[0] != "-m" else None
+    script = hydra_script(cwd / args[0]) if args[0] != "-m" else hydra_module(args[1])
     if script is not None:
-        configs, flags = compose_hydra(script, args[1:])
+        rest = args[2:] if args[0] == "-m" else args[1:]
+        configs, flags = compose_hydra(script, rest)
         if flags.cfg or flags.help or flags.hydra_help or flags.info:
             return Plan([], prints=True)  # prints and exits: runs in full
-        return hydra_plan(configs, args[1:], bool(flags.multirun), cwd, world)
+        return hydra_plan(configs, rest, bool(flags.multirun), cwd, world)
     parse_only(args, cwd)
     return Plan([])
 
@@ -372,14 +388,17 @@ def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Pla
 def hydra_plan(configs: list[DictConfig], args: list[str], multirun: bool, cwd: Path, world: World) -> Plan:
     cfg = configs[0]
     if cfg.get("ckpt_path"):  # reads a checkpoint: put the reference run where it looks
+        reference = world.exportable if "format" in cfg else world.reference  # export: a Llama-layout run
         spec = str(cfg.ckpt_path)
         target = cwd / "outputs" / "train" / "reference" if spec == "last" else cwd / spec
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             if spec.endswith(".ckpt"):
-                shutil.copyfile(world.reference / "checkpoints" / "last.ckpt", target)
+                shutil.copyfile(reference / "checkpoints" / "last.ckpt", target)
             else:
-                shutil.copytree(world.reference, target)
+                shutil.copytree(reference, target)
+    if cfg.get("init_from"):  # a pretrained model's folder: a tiny GPT-2 with its own tokenizer
+        write_gpt2_folder(Path(os.path.expanduser(str(cfg.init_from).replace("$HOME", str(world.home)))), world)
     for arg in args:  # a prompt file the docs name
         key, _, value = arg.partition("=")
         if key.endswith("_file") and value and not (cwd / value).exists():
@@ -395,6 +414,25 @@ def hydra_plan(configs: list[DictConfig], args: list[str], multirun: bool, cwd: 
         if "n_trials" in cfg.hydra.sweeper:
             extra.append("hydra.sweeper.n_trials=1")
     return Plan(extra, trains=not cfg.trainer.get("fast_dev_run"))
+
+
+def write_gpt2_folder(folder: Path, world: World) -> None:
+    """A Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer files) of a tiny random model."""
+    if (folder / "config.json").is_file():
+        return
+    pytest.importorskip("safetensors")
+    from llm.interop.hf import save_pretrained
+    from llm.interop.tokenizer import save_hf_tokenizer
+    from llm.model import GPT
+    from llm.tokenizer import eod_id, train_tokenizer
+
+    texts = [p.read_text() for p in sorted(world.corpus.rglob("*")) if p.is_file()]
+    tok = train_tokenizer(texts, 320)
+    keys = dict(block_size=1024, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, attn="sdpa", pos="learned")
+    keys |= dict(norm="layernorm", mlp="gelu", bias=True, dropout=0.0, qk_norm=False, zero_init_proj=False)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), logit_softcap=None, tie_embeddings=True, **keys))
+    save_pretrained(model, folder, eod_id(tok), eod_id(tok))
+    save_hf_tokenizer(tok, folder, 1024)
 
 
 @dataclass

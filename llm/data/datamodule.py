@@ -56,6 +56,7 @@ class TextDataModule(L.LightningDataModule):
         val_windows: int | None,
         num_workers: int,
         ingest: Mapping,  # llm.data.reader.Settings: workers, time/memory limits, strategies
+        tokenizer: str | None,  # a tokenizer.json to encode with instead of training a BPE (init_from sets it)
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ) -> None:
         """Every value is checked here, before any work: a bad one is a ConfigError naming its data.* key."""
@@ -76,6 +77,9 @@ class TextDataModule(L.LightningDataModule):
                 f"data.vocab_size={vocab_size} (it follows model.config.vocab_size) must be at least 257: "
                 "the 256 bytes and the end-of-document token"
             )
+        if tokenizer is not None and not Path(tokenizer).is_file():
+            raise ConfigError(f"data.tokenizer={tokenizer}: no such file (a tokenizer.json, or null to train one)")
+        self.tokenizer_file = Path(tokenizer) if tokenizer is not None else None
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir)
         self.vocab_size = vocab_size
@@ -109,6 +113,8 @@ class TextDataModule(L.LightningDataModule):
                 f"data.paths: no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}"
             )
         settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
+        if self.tokenizer_file is not None:  # a given tokenizer: its content, not a vocab size, fixes the ids
+            settings.append(hashlib.sha256(self.tokenizer_file.read_bytes()).hexdigest())
         # text_key changes with the source, the ingester's version and its settings: new text, new tokens
         digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())
         folder = self.cache_dir / digest.hexdigest()[:16]
@@ -129,7 +135,15 @@ class TextDataModule(L.LightningDataModule):
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # two runs building at once never share it
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
+        if self.tokenizer_file is not None:
+            tok = load_tokenizer(self.tokenizer_file)
+            if tok.get_vocab_size() > self.vocab_size:
+                raise ConfigError(
+                    f"data.tokenizer={self.tokenizer_file} has {tok.get_vocab_size()} tokens, more than "
+                    f"data.vocab_size={self.vocab_size} (model.config.vocab_size)"
+                )
+        else:
+            tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
         write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))
         meta = {
             "dtype": token_dtype(tok.get_vocab_size()).name,

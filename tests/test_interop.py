@@ -1,0 +1,348 @@
+"""Hugging Face and GGUF in and out: parity with transformers on tiny random models, round trips, GGUF read-back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("safetensors")
+
+from llm.checkpoint import load_checkpoint  # noqa: E402
+from llm.config import model_preset  # noqa: E402
+from llm.errors import ConfigError  # noqa: E402
+from llm.export import export  # noqa: E402
+from llm.interop.gguf import permute_rotary  # noqa: E402
+from llm.interop.hf import config_from_hf, export_layout, load_pretrained  # noqa: E402
+from llm.interop.tokenizer import save_hf_tokenizer  # noqa: E402
+from llm.model import GPT, apply_rope, rope_cache  # noqa: E402
+from llm.sampler import SamplingParams, generate_ids  # noqa: E402
+from llm.tokenizer import EOD, load_tokenizer, train_tokenizer  # noqa: E402
+from tests.conftest import compose_train  # noqa: E402
+from train import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MIXED = 'def héllo(x):\n    return f"naïve café — 日本語 {x}"  # ✓\n<|endoftext|>\tdone  \n'
+GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None)
+NO_SPECIALS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # generate() never stops early
+
+HF_MODELS = {
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, **NO_SPECIALS)
+    ),
+    "llama-gqa": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,  # grouped-query attention
+            max_position_embeddings=128,
+            rope_theta=5000.0,  # not the default 10000
+            rms_norm_eps=1e-6,
+            **NO_SPECIALS,
+        )
+    ),
+}
+
+
+def _random_hf(kind: str, folder: Path):
+    torch.manual_seed(0)
+    model = HF_MODELS[kind]().eval()
+    for p in model.parameters():  # larger than init's 0.02, so every weight matters to the logits
+        p.data.normal_(0, 0.2 if p.dim() > 1 else 1.0)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("kind", sorted(HF_MODELS))
+def test_imported_model_gives_transformers_logits_and_greedy_tokens(kind: str, tmp_path: Path) -> None:
+    theirs = _random_hf(kind, tmp_path)
+    ours = load_pretrained(str(tmp_path), attn="explicit")
+    assert ours.config.n_kv_head == (2 if kind == "llama-gqa" else 4)
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        got = ours(ids)[..., :300]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    prompt = ids[:1]
+    hf_tokens = theirs.generate(prompt, max_new_tokens=50, do_sample=False, min_new_tokens=0)[0, 12:].tolist()
+    our_tokens = generate_ids(ours, [prompt[0].tolist()], 50, GREEDY)[0].token_ids
+    assert len(hf_tokens) == 50 and our_tokens == hf_tokens
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sliding_window": 4096}, "sliding-window attention"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_scaling type 'yarn'"),
+        ({"attention_bias": True}, "attention_bias=true"),
+        ({"num_local_experts": 8}, "mixture-of-experts"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"model_type": "mamba"}, "model_type='mamba' is not one of"),
+    ],
+)
+def test_what_our_model_cannot_express_is_refused_by_name(change: dict, message: str) -> None:
+    hf = {"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96}
+    hf |= {"num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+    config_from_hf(hf)  # the plain one is accepted
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        config_from_hf(hf | change)
+
+
+def test_export_refuses_what_neither_layout_computes_and_names_the_fix() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"model.config.mlp=relu2 .*qk_norm=true .*Train with model.config.mlp=swiglu model.config.qk_norm=false$",
+    ):
+        export_layout(model_preset("tiny"))  # the default recipe: ReLU² and QK-norm are not Llama's
+    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, zero_init_proj=True)) == "llama"
+    with pytest.raises(ConfigError, match=r"model.config.logit_softcap=30.0 \(neither layout caps logits\)"):
+        export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, logit_softcap=30.0))
+    assert export_layout(model_preset("gpt2-124m", tie_embeddings=False)) == "gpt2"
+
+
+LLAMA_LAYOUT = ["model.config.mlp=swiglu", "model.config.qk_norm=false"]  # tiny's switches that Llama lacks
+GPT2_SHRUNK = ["model=gpt2-124m"]  # conftest's TINY shrinks it: 2 layers x 32, 1 K/V head (expanded on export)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two short runs on the test corpus: tiny in the Llama layout (20 steps) and a shrunk gpt2-124m (4 steps)."""
+    root = tmp_path_factory.mktemp("interop")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_text(MIXED * 3 + f"Note {i}: the quick brown fox. " * 30)
+        (corpus / f"mod{i}.py").write_text(f"def add{i}(a, b):\n    return a + b + {i}\n\n" * 10)
+    runs = {}
+    for name, overrides in (("llama", [*LLAMA_LAYOUT, "trainer.max_steps=20"]), ("gpt2", GPT2_SHRUNK)):
+        cfg = compose_train(root / name, [*overrides, "trainer.val_check_interval=10"], corpus)
+        train(cfg)
+        runs[name] = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return runs
+
+
+@pytest.mark.parametrize("layout, cls", [("llama", "LlamaForCausalLM"), ("gpt2", "GPT2LMHeadModel")])
+def test_exported_folder_loads_in_transformers_with_our_logits_and_ids(trained, layout, cls, tmp_path) -> None:
+    out = export(trained[layout], "hf", tmp_path / "hf")
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ours, tok, _ = load_checkpoint(trained[layout])
+    assert type(theirs).__name__ == cls
+
+    ids = tok.encode(MIXED).ids
+    assert hf_tok(MIXED)["input_ids"] == ids  # code, non-ASCII, "<|endoftext|>" as text: same ids
+    assert tok.token_to_id(EOD) not in ids and hf_tok.decode(ids) == MIXED
+    x = torch.tensor([ids[:32]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x)[..., : ours.config.vocab_size], atol=1e-4, rtol=0)
+
+
+def _interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """llama.cpp's rotation (rope type NORM): adjacent pairs (x[2i], x[2i+1]) turn by angle i."""
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+
+
+def _read_gguf(path: Path) -> tuple[dict, dict]:
+    reader = gguf.GGUFReader(path)
+    fields = {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        values = [field.parts[i] for i in field.data]
+        kind = field.types[-1] if field.types else None
+        if kind == gguf.GGUFValueType.STRING:
+            values = [bytes(v).decode() for v in values]
+        else:
+            values = [v.tolist()[0] if len(v) == 1 else v.tolist() for v in values]
+        fields[name] = values if field.types[0] == gguf.GGUFValueType.ARRAY else values[0]
+    # GGUF lists dims fastest-first (ne0 = columns): the reader's array has numpy's (rows, columns) order
+    tensors = {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    return fields, tensors
+
+
+def test_gguf_holds_every_tensor_and_the_llama_metadata(trained, tmp_path) -> None:
+    path = export(trained["llama"], "gguf", tmp_path / "m.gguf")
+    hf = export(trained["llama"], "hf", tmp_path / "hf")
+    fields, tensors = _read_gguf(path)
+    model, tok, _ = load_checkpoint(trained["llama"])
+    c = model.config
+    assert fields["general.architecture"] == "llama"
+    expected = {
+        "llama.context_length": c.block_size,
+        "llama.embedding_length": c.n_embd,
+        "llama.block_count": c.n_layer,
+        "llama.feed_forward_length": c.mlp_hidden,
+        "llama.attention.head_count": c.n_head,
+        "llama.attention.head_count_kv": c.n_kv_head,
+        "llama.rope.dimension_count": c.head_size,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.eos_token_id": tok.token_to_id(EOD),
+        "tokenizer.ggml.bos_token_id": tok.token_to_id(EOD),
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    assert {k: fields[k] for k in expected} == expected
+    assert fields["llama.rope.freq_base"] == pytest.approx(c.rope_base)
+    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == c.vocab_size and tokens[: tok.get_vocab_size()] == [
+        tok.id_to_token(i) for i in range(tok.get_vocab_size())
+    ]
+    assert fields["tokenizer.ggml.token_type"][tok.token_to_id(EOD)] == 3  # control
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    # the metadata alone is the tokenizer: a BPE rebuilt from it gives our ids (code, non-ASCII, EOD as text)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(tokens) if fields["tokenizer.ggml.token_type"][i] == 1}  # normal tokens
+    rebuilt = Tokenizer(models.BPE(vocab, [tuple(m.split(" ")) for m in fields["tokenizer.ggml.merges"]]))
+    rebuilt.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert rebuilt.encode(MIXED).ids == tok.encode(MIXED).ids
+
+    # every tensor: the Hugging Face export's, renamed, with q and k rows in llama.cpp's pair order
+    from safetensors.torch import load_file
+
+    state = load_file(hf / "model.safetensors")
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q"}
+    per_layer |= {"self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output"}
+    per_layer |= {"mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(c.n_layer):
+        names |= {f"model.layers.{i}.{k}.weight": f"blk.{i}.{v}.weight" for k, v in per_layer.items()}
+    assert sorted(tensors) == sorted(names.values())  # tied: no output.weight, llama.cpp reuses token_embd
+    for theirs, ggml in names.items():
+        want = state[theirs]
+        if ggml.endswith("attn_q.weight"):
+            want = permute_rotary(want, c.n_head)
+        elif ggml.endswith("attn_k.weight"):
+            want = permute_rotary(want, c.n_kv_head)
+        assert tensors[ggml].shape == tuple(want.shape) and np.array_equal(tensors[ggml], want.numpy()), ggml
+
+    # the permutation is the right one: llama.cpp's interleaved rotation of the permuted q, k gives our scores
+    x = torch.randn(6, c.n_embd)
+    q, qp = (
+        x @ state["model.layers.0.self_attn.q_proj.weight"].T,
+        x @ torch.from_numpy(tensors["blk.0.attn_q.weight"]).T,
+    )
+    k, kp = (
+        x @ state["model.layers.0.self_attn.k_proj.weight"].T,
+        x @ torch.from_numpy(tensors["blk.0.attn_k.weight"]).T,
+    )
+    cos, sin = rope_cache(6, c.head_size, c.rope_base)
+    hs = c.head_size
+    ours = apply_rope(q[:, :hs], cos, sin) @ apply_rope(k[:, :hs], cos, sin).T  # head 0 against K/V head 0
+    cpp = _interleaved_rope(qp[:, :hs], cos, sin) @ _interleaved_rope(kp[:, :hs], cos, sin).T
+    torch.testing.assert_close(cpp, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_gguf_of_the_gpt2_layout(trained, tmp_path) -> None:
+    fields, tensors = _read_gguf(export(trained["gpt2"], "gguf", tmp_path / "g.gguf"))
+    model, _, _ = load_checkpoint(trained["gpt2"])
+    c = model.config
+    assert fields["general.architecture"] == "gpt2" and fields["gpt2.block_count"] == c.n_layer
+    assert fields["gpt2.attention.head_count_kv"] == c.n_head  # one K/V head per query head, as GPT-2
+    assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(c.norm_eps)
+    assert np.array_equal(tensors["position_embd.weight"], model.wpe.weight.detach().numpy())
+    assert np.array_equal(tensors["output.weight"], model.wte.weight[: c.vocab_size].detach().numpy())
+    assert tensors["blk.1.ffn_up.weight"].shape == (c.mlp_hidden, c.n_embd)  # (out, in), as llama.cpp's converter
+    assert np.array_equal(tensors["blk.1.ffn_up.weight"], model.blocks[1].mlp.fc.weight.detach().numpy())
+    assert tensors["blk.0.attn_qkv.weight"].shape == (3 * c.n_embd, c.n_embd)
+
+
+def test_export_cli_refuses_the_default_recipe_by_name(tmp_path) -> None:
+    """A checkpoint of the default tiny recipe, written as train.py writes one (net.<name> keys)."""
+    ckpt = tmp_path / "default.ckpt"
+    config = model_preset("tiny", vocab_size=300)
+    tok = train_tokenizer(["hello world " * 50], 300)
+    state = {f"net.{k}": v for k, v in GPT(config).state_dict().items()}
+    torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, ckpt)
+    with pytest.raises(
+        ConfigError,
+        match=r"mlp=relu2 \(Llama's MLP is SwiGLU\).*Train with model.config.mlp=swiglu model.config.qk_norm=false",
+    ):
+        export(ckpt, "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"format='onnx' is not one of \['hf', 'gguf'\]"):
+        export(ckpt, "onnx")
+
+
+def test_finetune_from_a_saved_gpt2_lowers_val_loss_and_exports_again(tmp_path) -> None:
+    """A random GPT-2 with its own tokenizer, fine-tuned 30 steps on the built-in corpus's llm/ sources."""
+    folder = tmp_path / "gpt2-random"
+    tok = train_tokenizer([p.read_text() for p in sorted((ROOT / "llm").rglob("*.py"))], 512)
+    torch.manual_seed(0)
+    eod = tok.token_to_id(EOD)
+    config = transformers.GPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_positions=64,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=eod,
+        eos_token_id=eod,
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    save_hf_tokenizer(tok, folder, 64)
+    overrides = [f"init_from={folder}", "experiment=finetune", "trainer.max_steps=30", "trainer.val_check_interval=10"]
+    overrides += ["optim.lr=3e-3", "data.batch_size=8"]  # a random start: a pretrained one keeps finetune's 6e-5
+    cfg = compose_train(tmp_path / "ft", overrides, ROOT / "llm")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    start = math.log(tok.get_vocab_size())  # a random GPT-2's logits are near uniform: its loss starts there
+    assert len(val) == 3 and val[0] > val[1] > val[2] and val[-1] < start - 0.5, val
+    assert cfg.model.config.n_embd == 64 and cfg.model.config.pos == "learned"  # the folder's shape, not tiny's
+    ckpt = run / "checkpoints" / "last.ckpt"
+    _, run_tok, _ = load_checkpoint(ckpt)
+    assert run_tok.encode(MIXED).ids == tok.encode(MIXED).ids  # the folder's tokenizer: no BPE was trained
+    assert (
+        load_tokenizer(run / "data" / "tokenizer.json").to_str() == load_tokenizer(folder / "tokenizer.json").to_str()
+    )
+
+    # resumed: the checkpoint's weights, not the folder's, and the same tokenizer
+    train(compose_train(tmp_path / "ft", [*overrides, "trainer.max_steps=32", f"ckpt_path={run}"], ROOT / "llm"))
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 32
+
+    out = export(ckpt, "hf", tmp_path / "again")
+    model, _, _ = load_checkpoint(ckpt)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.tensor([tok.encode("def build(node):").ids])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, model(x)[..., : tok.get_vocab_size()], atol=1e-4, rtol=0)
+
+
+def test_init_from_offline_says_what_to_download_and_where(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_train(tmp_path, ["init_from=openai-community/gpt2"], tmp_path)
+    with pytest.raises(ConfigError, match=r"init_from=openai-community/gpt2: .*hf download openai-community/gpt2"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("kind", sorted(HF_MODELS))
+def test_import_then_export_gives_back_every_tensor(kind: str, tmp_path: Path) -> None:
+    """HF folder -> our GPT -> HF folder: the same tensors under the same names (an untied head included)."""
+    from safetensors.torch import load_file
+
+    from llm.interop.hf import save_pretrained
+
+    _random_hf(kind, tmp_path / "in")
+    save_pretrained(load_pretrained(str(tmp_path / "in")), tmp_path / "out", None, None)
+    before, after = load_file(tmp_path / "in" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    before = {k: v for k, v in before.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # buffers
+    assert sorted(after) == sorted(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert ("lm_head.weight" in after) == (kind == "llama-gqa")  # LlamaConfig unties by default, GPT-2 ties
