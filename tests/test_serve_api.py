@@ -257,3 +257,18 @@ def test_bad_serve_config_names_the_key(serve_checkpoint: Path, override: str, m
         cfg = compose("serve", overrides=[f"ckpt_path={serve_checkpoint}", override])
     with pytest.raises(ConfigError, match=message):
         serve(cfg)
+
+
+def test_configuration_reference_covers_every_serve_key() -> None:
+    """docs/configuration.md's serve.py section lists every key of conf/serve.yaml with its default."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    section = doc[doc.index("## `serve.py`") :]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", section, re.M))
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "serve.yaml"), resolve=False)
+    flat = {f"paths.{k}": v for k, v in cfg.pop("paths").items()}
+    flat.update({k: "null" if v is None else str(v).lower() for k, v in cfg.items() if k not in ("defaults", "hydra")})
+    assert rows == {k: str(v) for k, v in flat.items()}
