@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from tokenizers import Tokenizer
 
 from llm.sampler import SamplingParams, generate_ids
@@ -118,3 +119,22 @@ def test_engine_thread_serves_and_stops(tokenizer: Tokenizer) -> None:
     finally:
         engine.stop()
     assert engine.thread is not None and not engine.thread.is_alive()
+
+
+def test_prefill_into_one_cache_row_leaves_the_others_and_equals_a_cache_of_its_own() -> None:
+    model = make_model(block_size=32)
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    T = prompt.size(1)
+    with torch.inference_mode():
+        model.setup_caches(1, 32)
+        alone = model(prompt, torch.arange(T), model.causal_mask[None, None, :T])
+        alone_k = model.blocks[0].attn.kv_cache.k_cache[0, :, :T].clone()
+        model.setup_caches(3, 32)
+        for block in model.blocks:
+            block.attn.kv_cache.k_cache.fill_(7.0)  # what other requests left in the rows
+        rows = torch.tensor([1])
+        slotted = model(prompt, torch.arange(T), model.causal_mask[None, None, :T], cache_rows=rows)
+        k = model.blocks[0].attn.kv_cache.k_cache
+        assert torch.equal(slotted, alone) and torch.equal(k[1, :, :T], alone_k)
+        assert (k[0] == 7).all() and (k[2] == 7).all() and (k[1, :, T:] == 7).all()
+    model.clear_caches()
