@@ -180,8 +180,17 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, n_kv, T, hs) at input_pos, (T,) shared or (B, T) per row; return the whole cache."""
+    def update(
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv, T, hs) at input_pos, (T,) shared or (B, T) per row; return the whole cache.
+
+        rows: which cache rows (B,) the batch is, when it is not all of them (a server prefilling new
+        requests into free rows while the others wait); the cache of those rows alone is returned."""
+        if rows is not None:  # write each given row at the same positions (T,): a prefill into a slot
+            self.k_cache[rows[:, None], :, input_pos] = k.transpose(1, 2)  # (B, T, n_kv, hs) by advanced indexing
+            self.v_cache[rows[:, None], :, input_pos] = v.transpose(1, 2)
+            return self.k_cache[rows], self.v_cache[rows]  # (B, n_kv, S, hs)
         if input_pos.dim() == 1:  # every row at the same positions (prefill)
             self.k_cache.index_copy_(2, input_pos, k)
             self.v_cache.index_copy_(2, input_pos, v)
@@ -230,11 +239,12 @@ class Attention(nn.Module):
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         attn_impl: str | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.project(x, rope)
         if input_pos is not None and self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv, S, hs): every position so far
+            k, v = self.kv_cache.update(input_pos, k, v, cache_rows)  # (B, n_kv, S, hs): every position so far
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)  # (B, nh, S, hs)
         dropout = self.dropout if self.training else 0.0
@@ -285,8 +295,8 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, input_pos=None, mask=None, attn_impl=None):
-        x = x + self.attn(self.norm1(x), rope, input_pos, mask, attn_impl)
+    def forward(self, x, rope, input_pos=None, mask=None, attn_impl=None, cache_rows=None):
+        x = x + self.attn(self.norm1(x), rope, input_pos, mask, attn_impl, cache_rows)
         return x + self.mlp(self.norm2(x))
 
     def attention_weights(self, x, rope):
@@ -335,6 +345,7 @@ class GPT(nn.Module):
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         attn_impl: str | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, padded_vocab_size).
 
@@ -342,10 +353,12 @@ class GPT(nn.Module):
         caches are set up (setup_caches), K and V are written there and attention reads the whole cache.
         mask: boolean (B or 1, 1, T, S), True where a query may attend; default causal.
         attn_impl: "explicit" or "sdpa" for this call; default config.attn.
+        cache_rows: (B,) the rows of the caches idx goes to, when it is not all of them: a server prefills a new
+        request (input_pos (T,)) into a free row while the other rows keep theirs.
         """
         x, rope = self._embed(idx, input_pos)
         for block in self.blocks:
-            x = block(x, rope, input_pos, mask, attn_impl)
+            x = block(x, rope, input_pos, mask, attn_impl, cache_rows)
         logits = self.lm_head(self.norm(x))
         cap = self.config.logit_softcap
         if cap is not None:  # smoothly into (-cap, cap), in float32: tanh saturates coarsely in bfloat16

@@ -11,7 +11,9 @@ same ones. Then:
   like a line of the docs; a bash script passes `bash -n`.
 - ran: the line runs through the shell again, for real. train.py trains a step or two of a tiny model on a
   small corpus (overrides appended after the docs' own, whose values the composition already checked);
-  every other program runs in full. A line that reads a checkpoint finds a small trained run where it looks.
+  serve.py, a server that runs until stopped, starts on a free port (port=0 appended), must answer /health and
+  /v1/models, and is then stopped; every other program runs in full. A line that reads a checkpoint finds a small
+  trained run where it looks.
   A line that matches NOT_IN_CI is composed only, for the reason given there.
 
 `~` is a temporary HOME holding a small folder for every ~/... path the docs name; each line runs in a
@@ -28,8 +30,10 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +57,8 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"^```(bash|sh|shell|console|zsh)[ \t]*\n(.*?)^```", re.M | re.S)
 # a command line of this project, after any VAR=value prefixes
 PROJECT = re.compile(
-    r"^(?:\w+=\S*\s+)*(?:python (?:train\.py|infer\.py|bench/|-m (?:llm|tools|bench)\b)|make\b|bash bench/|torchrun\b)"
+    r"^(?:\w+=\S*\s+)*(?:python (?:train\.py|infer\.py|serve\.py|bench/|-m (?:llm|tools|bench)\b)|make\b|bash bench/"
+    r"|torchrun\b)"
 )
 HOME_PATH = re.compile(r"(?:~|\$HOME|\$\{HOME\})/([\w.-]+(?:/[\w.-]+)*)")
 
@@ -257,6 +262,44 @@ def run(world: World, shell: str, text: str, cwd: Path, extra: list[str]) -> sub
     )
 
 
+def serve_and_stop(world: World, shell: str, text: str, cwd: Path, extra: list[str]) -> str | None:
+    """Start a server line, wait for its "serving ... on http://HOST:PORT" log line and for /health and /v1/models
+    to answer, then stop it: None, or what went wrong."""
+    import httpx
+
+    env = world.env(DOCS_SHIM="run", DOCS_EXTRA=json.dumps(extra))
+    proc = subprocess.Popen(
+        [shell, "-c", text], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    log: list[str] = []
+    try:
+        url = None
+        for line in proc.stderr:
+            log.append(line)
+            if " on http://" in line:
+                url = line.split(" on ")[1].split()[0]
+                break
+        if url is None:
+            return f"exit {proc.wait()} before serving\n{''.join(log)[-3000:]}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"{url}/health")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    return f"{url}/health never answered"
+                time.sleep(0.1)
+        models = httpx.get(f"{url}/v1/models")
+        if health.status_code != 200 or health.json()["status"] != "ok" or not models.json()["data"]:
+            return f"/health: {health.text}; /v1/models: {models.text}"
+        return None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        proc.stderr.close()
+
+
 # ---------------------------------------------------------------------------------------------- composing
 
 
@@ -265,7 +308,7 @@ def hydra_script(script: Path) -> Path | None:
     text = script.read_text()
     if "@hydra.main" in text:
         return script
-    found = re.search(r"^from (llm\.\w+) import .*\bmain\b", text, re.M)
+    found = re.search(r"^from (llm(?:\.\w+)+) import .*\bmain\b", text, re.M)
     module = ROOT.joinpath(*found.group(1).split(".")).with_suffix(".py") if found else None
     return module if module is not None and "@hydra.main" in module.read_text() else None
 
@@ -356,6 +399,7 @@ class Plan:
     extra: list[str]
     trains: bool = False  # leaves a last.ckpt
     prints: bool = False  # writes to stdout
+    serves: bool = False  # a server: started, asked for /health and /v1/models, stopped
 
 
 def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Plan | None:
@@ -404,6 +448,8 @@ def hydra_plan(configs: list[DictConfig], args: list[str], multirun: bool, cwd: 
         if key.endswith("_file") and value and not (cwd / value).exists():
             (cwd / value).write_text("def \nThe \n")
     outputs = [f"paths.outputs_root={cwd / 'outputs'}"] if "outputs_root" in cfg.get("paths", {}) else []
+    if "max_batch" in cfg:  # serve.py: runs until stopped
+        return Plan([*outputs, "port=0"], serves=True)
     if "trainer" not in cfg:  # infer.py: runs in full
         return Plan(outputs, prints=True)
     extra = [*ONE_STEP, *outputs, f"paths.cache_dir={world.cache}"]
@@ -478,6 +524,11 @@ def run_line(checked: Checked, world: World) -> None:
         before = written_checkpoints(checked.cwd)
         readme_paths = "data.paths=" in row and checked.line.doc == "README.md"
         for shell in world.shells if readme_paths else world.shells[:1]:  # the README's folders train in zsh too
+            if plan.serves:
+                failure = serve_and_stop(world, shell, row, checked.cwd, plan.extra)
+                if failure:
+                    checked.failures.append(f"{Path(shell).name} -c {row!r}: {failure}")
+                continue
             proc = run(world, shell, row, checked.cwd, plan.extra)
             if proc.returncode != 0:
                 output = f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

@@ -58,3 +58,10 @@ def test_wheel_in_a_fresh_venv_ingests_trains_and_generates_from_another_directo
     infer = [str(venv / "bin" / "llm-infer"), "ckpt_path=last", "prompt=Small", "max_new_tokens=8", "seed=1"]
     text = run(infer, work, env)
     assert len(text.strip()) > len("Small")  # the prompt and a continuation
+
+    # the server's chat page ships as package data, and llm-serve composes its config from the installed conf/
+    show_page = (
+        "from importlib import resources; print(resources.files('llm.serve').joinpath('index.html').read_text())"
+    )
+    assert "<textarea" in run([str(python), "-c", show_page], work, env)
+    assert "max_batch: 8" in run([str(venv / "bin" / "llm-serve"), "--cfg", "job"], work, env)
