@@ -48,7 +48,7 @@ def test_manifest_has_every_file_with_the_required_fields(run):
 
 def test_pdf_text_layer(run):
     rec = run[3]["kinds/notes.pdf"]
-    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "fast", 2)
+    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "pdfium", 2)
     assert "Alpha beta gamma text layer." in doc(run, "notes.pdf").text
     assert "Second page words." in doc(run, "notes.pdf").text
 
@@ -63,7 +63,7 @@ def test_scanned_pdf_goes_through_ocr(run):
 @needs_ocr
 def test_mixed_pdf_ocrs_only_the_page_without_text(run):
     rec = run[3]["kinds/mixed.pdf"]
-    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "fast+ocr_only", 2), rec
+    assert (rec["status"], rec["strategy"], rec["pages"]) == ("ok", "pdfium+ocr_only", 2), rec
     text = doc(run, "mixed.pdf").text
     assert "Typed first page." in text and "scanned second page" in words(text)
     assert words(text).index("typed first page") < words(text).index("scanned second page")  # page order kept

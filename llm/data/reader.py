@@ -15,7 +15,7 @@ from typing import Any
 
 from llm.errors import ConfigError
 
-STRATEGIES = {"fast", "ocr_only", "hi_res", "auto"}  # unstructured's; hi_res needs layout models
+STRATEGIES = {"pdfium", "fast", "ocr_only", "hi_res", "auto"}  # pdfium: pdf.py's text layer; the rest unstructured's
 
 
 @dataclass

@@ -20,6 +20,8 @@ _TINY_PDF = (
 
 def _warm() -> None:
     offline.patch_unstructured()
+    import pypdfium2  # noqa: F401
+    from unstructured.cleaners.core import clean_ligatures  # noqa: F401
     from unstructured.nlp import tokenize
     from unstructured.partition.image import partition_image  # noqa: F401
     from unstructured.partition.pdf import partition_pdf
