@@ -2,7 +2,8 @@
 
 A worker that runs past the time limit is killed with its process group (tesseract included); one
 that dies (out of memory, a crash in a C library) is replaced. Either way that file gets an `error`
-record and the run goes on.
+record and the run goes on. Workers die with the process that started them (`die_with_parent`), so a
+killed ingest leaves nothing running.
 
 Linux and macOS: workers fork from a fork server, each in its own process group, under RLIMIT_AS
 (enforced by Linux). Windows: workers are spawned, without a process group or a memory limit.
@@ -15,10 +16,11 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -96,9 +98,54 @@ def limit_memory(max_memory_mb: int) -> bool:
     return True
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_S = 0.2  # how often the watchdog asks who the parent is
+
+
+def _kill_group() -> None:
+    """SIGKILL this process's group: the worker and every program it started (tesseract)."""
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def watch_parent(then: Callable[[], None]) -> None:
+    """Call `then` from a daemon thread as soon as this process's parent is gone (os.getppid() changes)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        then()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def die_with_parent() -> None:
+    """Take this process's group (call it as a group leader) down when its parent dies, however it dies.
+
+    Linux: the kernel sends SIGTERM on the parent's death (prctl PR_SET_PDEATHSIG), and its handler kills the
+    group; SIGKILL itself would leave tesseract running, orphaned. Everywhere (macOS has no such prctl): a
+    thread polls os.getppid(), which changes when the parent is gone; it also covers a main thread that is
+    inside a long C call, where Python signal handlers wait. A worker's parent is the fork server, which
+    follows the main process the same way (llm/data/lifeline.py).
+    """
+    if not hasattr(os, "getppid") or not hasattr(os, "killpg"):  # Windows
+        return
+    signal.signal(signal.SIGTERM, lambda *_: _kill_group())
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    watch_parent(_kill_group)
+
+
 def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
     if hasattr(os, "setpgrp"):
-        os.setpgrp()  # so a time-out kills tesseract and pdftoppm with the worker
+        os.setpgrp()  # so a time-out kills tesseract with the worker
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     if warm:
         import llm.data.warm  # noqa: F401  (already imported where the fork server preloaded it)
@@ -126,7 +173,7 @@ def _context(warm: bool) -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["llm.data.worker", *(["llm.data.warm"] if warm else [])])
+    ctx.set_forkserver_preload(["llm.data.lifeline", "llm.data.worker", *(["llm.data.warm"] if warm else [])])
     return ctx
 
 
