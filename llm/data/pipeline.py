@@ -18,12 +18,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llm.data import kinds, offline
+from llm.data import kinds, offline, pdf
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, Found, discover
 from llm.data.reader import Settings
 from llm.data.worker import Pool, Task, cpu_count
+
+if TYPE_CHECKING:
+    from llm.data.ray_pool import RayPool
 
 __all__ = ["Document", "IngestResult", "Record", "format_summary", "ingest", "write_manifest"]
 
@@ -118,10 +122,11 @@ def ingest(
     """Read every file under inputs (existing paths: discover.expand_paths makes them from what a user typed).
     With out_dir: write out_dir/text/… and out_dir/manifest.jsonl.
 
-    The cache lives in cache_dir (default out_dir/cache). workers overrides settings.workers.
+    The cache lives in cache_dir (default out_dir/cache). workers overrides settings.workers. settings.backend
+    picks where files are read: worker processes here (local) or Ray actors (ray, llm/data/ray_pool.py).
     """
     settings = settings if isinstance(settings, Settings) else Settings.from_mapping(settings)
-    n_workers = workers or settings.workers or cpu_count()
+    n_workers = workers or settings.workers
     offline.set_environment()
     out = Path(out_dir) if out_dir is not None else None
     if cache_dir:
@@ -139,8 +144,12 @@ def ingest(
     heavy = any(t.heavy for t in tasks)
     if heavy:
         offline.warn_if_no_spacy_model()
+    # PDFs read by PDFium need little: each worker imports it on its first file, and the OCR stack on its first
+    # scanned page; anything else heavy has the fork server import unstructured once for all workers
+    pdfium_only = settings.strategy.get("pdf") == "pdfium" and all(t.read is pdf.read for t in tasks if t.heavy)
+    warm = heavy and not pdfium_only
     start = time.perf_counter()
-    for task, outcome in Pool(min(n_workers, len(tasks)), settings, warm=heavy).run(tasks) if tasks else ():
+    for task, outcome in _pool(n_workers, len(tasks), settings, warm).run(tasks) if tasks else ():
         rec = records[task.index]
         cache.put(keys[task.index], outcome, settings)
         _fill(rec, outcome)
@@ -168,6 +177,14 @@ def ingest(
             "%d of %d files not ingested (%s): reasons in %s", sum(problems.values()), len(records), summary, where
         )
     return result
+
+
+def _pool(workers: int | None, n_tasks: int, settings: Settings, warm: bool) -> Pool | RayPool:
+    if settings.backend == "ray":
+        from llm.data.ray_pool import RayPool
+
+        return RayPool(workers and min(workers, n_tasks), settings, warm=warm)
+    return Pool(min(workers or cpu_count(), n_tasks), settings, warm=warm)
 
 
 def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Sequence[Path] = ()):

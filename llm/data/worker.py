@@ -248,8 +248,16 @@ class Pool:
         return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
+        """Each task with its outcome, as they finish; the workers are stopped at the end."""
+        try:
+            yield from self.serve(tasks)
+        finally:
+            self.close()
+
+    def serve(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
+        """As run(), but the workers stay up for the next call (a Ray actor serves file after file with them)."""
         pending = deque(tasks)
-        idle: list[_Worker] = []
+        idle: list[_Worker] = list(self.workers)  # between calls nothing is in flight
         busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
         timeout = self.settings.timeout_s
         try:
@@ -287,8 +295,9 @@ class Pool:
                         self._kill(w)
                         reason = f"timed out after {timeout:g} s (ingest.timeout_s)"
                         yield task, {"status": "error", "reason": reason, "seconds": now - started, "limit": True}
-        finally:
+        except BaseException:  # abandoned or interrupted: the files in flight would be lost with the workers
             self.close()
+            raise
 
     def close(self) -> None:
         for w in list(self.workers):

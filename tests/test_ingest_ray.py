@@ -1,0 +1,55 @@
+"""ingest.backend=ray gives the manifest the local pool gives: same paths, statuses, reasons and texts, hostile
+files and a file past its time limit included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from llm.data.kinds import Format
+from llm.data.pipeline import ingest
+from llm.errors import ConfigError
+from tests import ingest_readers
+from tests.ingest_fixtures import hostile_corpus, needs_ocr, use_formats, write
+
+ray = pytest.importorskip("ray")
+
+
+def _manifest(out: Path) -> dict[str, tuple]:
+    """path -> (status, reason, sha256 of the text) for every record."""
+    rows = {}
+    for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        text = (out / r["text_path"]).read_bytes() if r.get("text_path") else b""
+        rows[r["path"]] = (r["status"], r.get("reason"), hashlib.sha256(text).hexdigest() if text else None)
+    return rows
+
+
+@needs_ocr
+@pytest.mark.slow
+def test_ray_backend_gives_the_local_manifest(tmp_path, monkeypatch):
+    # heavy: scheduled first, so its time limit runs while the other files are read
+    use_formats(monkeypatch, Format("hang", ingest_readers.hang, version=1, extensions={".hang": None}, heavy=True))
+    root = hostile_corpus(tmp_path / "in" / "hostile")
+    write(root / "slow.hang", str(tmp_path / "child.pid"))
+    settings = {"timeout_s": 8}
+    local = ingest([tmp_path / "in"], tmp_path / "local", settings=settings, workers=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ingest([tmp_path / "in"], tmp_path / "ray", settings={**settings, "backend": "ray"}, workers=2)
+    finally:
+        ray.shutdown()
+    assert remote.extracted == local.extracted > 10  # both read every file: separate caches
+    a, b = _manifest(tmp_path / "local"), _manifest(tmp_path / "ray")
+    assert a == b
+    assert a["in/hostile/slow.hang"][:2] == ("error", "timed out after 8 s (ingest.timeout_s)")
+    assert a["in/hostile/png-named.pdf"][0] == "ok" and a["in/hostile/encrypted.pdf"][0] == "error"
+
+
+def test_unknown_backend_is_refused(tmp_path):
+    write(tmp_path / "a.txt", "hello")
+    with pytest.raises(ConfigError, match="data.ingest.backend='spark': choose one of"):
+        ingest([tmp_path], tmp_path / "out", settings={"backend": "spark"})
