@@ -22,10 +22,10 @@ from llm.data.reader import Extraction, Refused, Settings
 OCR_DPI = 200  # rendering resolution of a page without a text layer
 
 
-def _check(path: Path) -> int:
-    """Page count; refuses files that are not PDFs, are encrypted, or cannot be parsed at all."""
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, PdfReadError
+def _open(path: Path):
+    """The PDFium document; refuses files that are not PDFs, are encrypted, or cannot be parsed at all."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as raw
 
     with path.open("rb") as f:
         head = f.read(1024)
@@ -33,17 +33,15 @@ def _check(path: Path) -> int:
         shown = head[:16].decode("latin-1").encode("unicode_escape").decode()
         raise Refused("error", f"not a PDF: it starts with {shown!r}")
     try:
-        reader = PdfReader(path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise Refused("error", "encrypted PDF: it needs a password")
-        pages = len(reader.pages)
-    except Refused:
-        raise
-    except (PdfReadError, DependencyError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise Refused("error", f"corrupt PDF: {type(e).__name__}: {e}") from e
-    if pages == 0:
+        doc = pdfium.PdfDocument(path)  # an empty user password is tried, as viewers do
+    except pdfium.PdfiumError as e:
+        if getattr(e, "err_code", None) == raw.FPDF_ERR_PASSWORD:
+            raise Refused("error", "encrypted PDF: it needs a password") from e
+        raise Refused("error", f"corrupt PDF: {e}") from e
+    if len(doc) == 0:
+        doc.close()
         raise Refused("empty", "PDF has no pages")
-    return pages
+    return doc
 
 
 def _by_page(elements) -> dict[int, str]:
@@ -63,52 +61,48 @@ def clean_page(text: str) -> str:
     return clean_ligatures("\n".join(line.rstrip() for line in text.split("\n"))).strip()
 
 
-def _pdfium_pages(path: Path) -> dict[int, str]:
+def _pdfium_pages(doc) -> dict[int, str]:
     """Page number (1-based) -> its cleaned text layer, for the pages that have one."""
-    import pypdfium2 as pdfium
-
     pages = {}
-    doc = pdfium.PdfDocument(path)
-    try:
-        for i in range(len(doc)):
-            page = doc[i]
-            textpage = page.get_textpage()
-            text = clean_page(textpage.get_text_bounded())
-            textpage.close()
-            page.close()
-            if text:
-                pages[i + 1] = text
-    finally:
-        doc.close()
+    for i in range(len(doc)):
+        page = doc[i]
+        textpage = page.get_textpage()
+        text = clean_page(textpage.get_text_bounded())
+        textpage.close()
+        page.close()
+        if text:
+            pages[i + 1] = text
     return pages
 
 
-def _render(path: Path, numbers: list[int]) -> list[bytes]:
+def _render(doc, numbers: list[int]) -> list[bytes]:
     """PNG bytes of the given pages (1-based), rendered by PDFium at OCR_DPI."""
-    import pypdfium2 as pdfium
-
     out = []
-    doc = pdfium.PdfDocument(path)
-    try:
-        for n in numbers:
-            page = doc[n - 1]
-            image = page.render(scale=OCR_DPI / 72, grayscale=True).to_pil()
-            page.close()
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            out.append(buf.getvalue())
-    finally:
-        doc.close()
+    for n in numbers:
+        page = doc[n - 1]
+        image = page.render(scale=OCR_DPI / 72, grayscale=True).to_pil()
+        page.close()
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        out.append(buf.getvalue())
     return out
 
 
 def read(path: Path, language: str | None, settings: Settings) -> Extraction:
-    n_pages = _check(path)
+    doc = _open(path)
+    try:
+        return _read(doc, path, settings)
+    finally:
+        doc.close()
+
+
+def _read(doc, path: Path, settings: Settings) -> Extraction:
+    n_pages = len(doc)
     first = settings.strategy.get("pdf") or "pdfium"
     scanned = settings.strategy.get("scanned")
     langs = settings.languages
     if first == "pdfium":
-        pages = _pdfium_pages(path)
+        pages = _pdfium_pages(doc)
     else:
         if first != "fast":
             ocr.require("tesseract")
@@ -121,7 +115,7 @@ def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     if missing and scanned and first in ("pdfium", "fast"):
         ocr.require("tesseract")
         offline.patch_unstructured()
-        for p, png in zip(missing, _render(path, missing), strict=True):
+        for p, png in zip(missing, _render(doc, missing), strict=True):
             text = ocr.read_page(png, scanned, langs)
             if text.strip():
                 pages[p] = text

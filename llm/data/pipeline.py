@@ -141,15 +141,11 @@ def ingest(
     records, tasks, keys = _plan(found, settings, cache)
     result = IngestResult(records=records)
     tasks.sort(key=lambda t: (t.heavy, records[t.index].bytes), reverse=True)  # longest first: no long tail
-    heavy = any(t.heavy for t in tasks)
-    if heavy:
+    if any(t.heavy for t in tasks):
         offline.warn_if_no_spacy_model()
-    # PDFs read by PDFium need little: each worker imports it on its first file, and the OCR stack on its first
-    # scanned page; anything else heavy has the fork server import unstructured once for all workers
-    pdfium_only = settings.strategy.get("pdf") == "pdfium" and all(t.read is pdf.read for t in tasks if t.heavy)
-    warm = heavy and not pdfium_only
+    preload = _preload(tasks, settings)
     start = time.perf_counter()
-    for task, outcome in _pool(n_workers, len(tasks), settings, warm).run(tasks) if tasks else ():
+    for task, outcome in _pool(n_workers, len(tasks), settings, preload).run(tasks) if tasks else ():
         rec = records[task.index]
         cache.put(keys[task.index], outcome, settings)
         _fill(rec, outcome)
@@ -179,12 +175,24 @@ def ingest(
     return result
 
 
-def _pool(workers: int | None, n_tasks: int, settings: Settings, warm: bool) -> Pool | RayPool:
+def _preload(tasks: Sequence[Task], settings: Settings) -> tuple[str, ...]:
+    """What the workers import once, before their first file: PDFs read by PDFium need PDFium and unstructured's
+    cleaners (a scanned page imports the OCR stack in its worker, once); anything else heavy needs unstructured's
+    partitioners, warmed up (warm.py); code and text need nothing."""
+    heavy = [t for t in tasks if t.heavy]
+    if not heavy:
+        return ()
+    if settings.strategy.get("pdf") == "pdfium" and all(t.read is pdf.read for t in heavy):
+        return ("pypdfium2", "unstructured.cleaners.core")
+    return ("llm.data.warm",)
+
+
+def _pool(workers: int | None, n_tasks: int, settings: Settings, preload: tuple[str, ...]) -> Pool | RayPool:
     if settings.backend == "ray":
         from llm.data.ray_pool import RayPool
 
-        return RayPool(workers and min(workers, n_tasks), settings, warm=warm)
-    return Pool(min(workers or cpu_count(), n_tasks), settings, warm=warm)
+        return RayPool(workers and min(workers, n_tasks), settings, preload)
+    return Pool(min(workers or cpu_count(), n_tasks), settings, preload)
 
 
 def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Sequence[Path] = ()):

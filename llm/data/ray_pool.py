@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 class _Reader:
     """A Ray actor: one persistent local worker (started and warmed once), file after file."""
 
-    def __init__(self, settings: Settings, warm: bool) -> None:
+    def __init__(self, settings: Settings, preload: Sequence[str]) -> None:
         from llm.data import offline
 
         offline.set_environment()
-        self.pool = Pool(1, settings, warm=warm)
+        self.pool = Pool(1, settings, preload)
 
     def read(self, task: Task) -> dict[str, Any]:
         for _, outcome in self.pool.serve([task]):
@@ -51,17 +51,17 @@ def connect(address: str | None) -> Any:
 class RayPool:
     """worker.Pool's interface (`run(tasks)` yields each task with its outcome) over Ray actors."""
 
-    def __init__(self, workers: int | None, settings: Settings, warm: bool = False) -> None:
+    def __init__(self, workers: int | None, settings: Settings, preload: Sequence[str] = ()) -> None:
         self.ray = connect(settings.address)
         self.n = workers or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         self.settings = settings
-        self.warm = warm
+        self.preload = tuple(preload)
         self.actor = self.ray.remote(num_cpus=1, max_restarts=0)(_Reader)
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
         ray = self.ray
         pending = deque(tasks)
-        idle = [self.actor.remote(self.settings, self.warm) for _ in range(min(self.n, len(tasks)))]
+        idle = [self.actor.remote(self.settings, self.preload) for _ in range(min(self.n, len(tasks)))]
         actors = list(idle)
         busy: dict[Any, tuple[Any, Task]] = {}  # object ref -> (actor, task)
         try:
@@ -81,7 +81,7 @@ class RayPool:
                         out["transient"] = True  # no fault of the file: tried again next run
                         ray.kill(actor)
                         actors.remove(actor)
-                        replacement = self.actor.remote(self.settings, self.warm)
+                        replacement = self.actor.remote(self.settings, self.preload)
                         actors.append(replacement)
                         idle.append(replacement)
                     yield task, out

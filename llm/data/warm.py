@@ -1,4 +1,4 @@
-"""Imported once by the worker fork server when a run has PDFs, images or office files.
+"""Imported once by the worker fork server when a run has images, office files or PDFs read by unstructured.
 
 unstructured's partitioners take seconds to import and to run the first time (spaCy, pdfminer, torch
 through thinc); done here once, every worker forked from the server starts warm.

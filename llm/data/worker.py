@@ -11,6 +11,7 @@ Linux and macOS: workers fork from a fork server, each in its own process group,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -142,13 +143,16 @@ def die_with_parent() -> None:
     watch_parent(_kill_group)
 
 
-def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
+def _worker_main(conn: Connection, settings: Settings, preload: Sequence[str]) -> None:
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # so a time-out kills tesseract with the worker
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    if warm:
-        import llm.data.warm  # noqa: F401  (already imported where the fork server preloaded it)
+    for module in preload:  # already imported where the fork server preloaded them
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the ingest extra is missing: the files that need it say so
+            pass
     limit_memory(settings.max_memory_mb)
     offline.set_environment()
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair notes on broken files: the record says it
@@ -166,14 +170,14 @@ def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
         conn.send((task.index, run_task(task, settings)))
 
 
-def _context(warm: bool) -> mp.context.BaseContext:
-    """Workers fork from one server process per parent, started by the first pool: it imports unstructured
-    when that pool has heavy files (a later heavy pool on a cold server imports it in each worker instead).
-    Where there is no fork server (Windows) each worker is spawned."""
+def _context(preload: Sequence[str]) -> mp.context.BaseContext:
+    """Workers fork from one server process per parent, started by the first pool, which imports `preload`
+    there once (a later pool with more to preload imports it in each worker instead). Where there is no fork
+    server (Windows) each worker is spawned."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["llm.data.lifeline", "llm.data.worker", *(["llm.data.warm"] if warm else [])])
+    ctx.set_forkserver_preload(["llm.data.lifeline", "llm.data.worker", *preload])
     return ctx
 
 
@@ -208,16 +212,17 @@ class Pool:
     A file's time limit (ingest.timeout_s) counts from the moment its worker takes it, so a worker that is
     still importing the PDF/OCR stack (seconds on a busy machine) never eats into it."""
 
-    def __init__(self, workers: int, settings: Settings, warm: bool = False) -> None:
+    def __init__(self, workers: int, settings: Settings, preload: Sequence[str] = ()) -> None:
+        """preload: modules every worker needs (readers' imports), imported once in the fork server."""
         self.n = max(1, workers)
         self.settings = settings
-        self.warm = warm
-        self.ctx = _context(warm)
+        self.preload = tuple(preload)
+        self.ctx = _context(self.preload)
         self.workers: list[_Worker] = []
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
-        args = (child, self.settings, self.warm)
+        args = (child, self.settings, self.preload)
         p = self.ctx.Process(target=_worker_main, args=args, daemon=True, name="ingest-worker")
         with _without_main():
             p.start()
