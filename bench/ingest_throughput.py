@@ -33,6 +33,7 @@ REAL_PDFS = {
     Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"): "libtasn1-doc",
     Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"): "shared-mime-info",
 }
+WIDTHS = (10, 9, 7, 6, 7, 8, 11, 8)
 WORDS = "the model reads every page of text and learns which token tends to follow which".split()
 
 
@@ -120,9 +121,8 @@ def main() -> None:
     versions = [f"{name} {version(name)}" for name in ("pypdfium2", "pdfminer.six", "unstructured")]
     print(f"{', '.join(versions)} (pdfminer: unstructured's fast strategy)")
     print(f"cores: {os.cpu_count()}, 1-min load average up to {load:.1f}")
-    print(
-        f"{'set':<10} {'reader':<9} {'workers':>7} {'pages':>6} {'wall s':>7} {'pages/s':>8} {'per worker':>11} {'scaling':>8}"
-    )
+    header = ("set", "reader", "workers", "pages", "wall s", "pages/s", "per worker", "scaling")
+    print(" ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, WIDTHS, strict=True))))
     for (name, n), r in rows.items():
         base = rows[name, 1]["wall"]
         what = ("scanned", "ocr") if name == "scanned" else ("digital", name)
