@@ -63,7 +63,7 @@ def test_token_file_streamed_in_small_pieces_equals_the_whole(tmp_path):
         ds.append(Document(f"r/{i}.txt", "text", None, f"{i:064x}", text_file=tmp_path / f"{i}.txt"))
     tok = train_tokenizer(texts, vocab_size=300)
     whole = write_tokens(ds, tok, tmp_path / "whole.bin")
-    small = write_tokens(ds, tok, tmp_path / "small.bin", chunk_bytes=200, piece=50)  # ~60 pieces a document
+    small = write_tokens(ds, tok, tmp_path / "small.bin", chunk_bytes=200, piece_chars=50)  # ~60 pieces a document
     assert whole == small
     assert np.array_equal(
         np.fromfile(tmp_path / "whole.bin", np.uint16), np.fromfile(tmp_path / "small.bin", np.uint16)

@@ -99,10 +99,10 @@ def _pieces(doc: Document, size: int) -> Iterator[str]:
 
 
 def write_tokens(
-    docs: Sequence[Document], tok: Tokenizer, path: Path, chunk_bytes: int = 1 << 22, piece: int = 1 << 16
+    docs: Sequence[Document], tok: Tokenizer, path: Path, chunk_bytes: int = 1 << 22, piece_chars: int = 1 << 16
 ) -> int:
     """Encode docs (EOD after each) into path as a flat array, streamed: about chunk_bytes of text are held and
-    encoded at a time, a long document in pieces of about `piece` characters (the batch's unit of parallel
+    encoded at a time, a long document in pieces of about piece_chars characters (the batch's unit of parallel
     work), so memory stays flat whatever the corpus. Returns the token count."""
     eod = eod_id(tok)
     dtype = token_dtype(tok.get_vocab_size())
@@ -122,7 +122,7 @@ def write_tokens(
 
     with path.open("wb") as f:
         for doc in docs:
-            pieces = _pieces(doc, piece)
+            pieces = _pieces(doc, piece_chars)
             piece = next(pieces, "")
             for following in itertools.chain(pieces, [None]):
                 batch.append(piece)
