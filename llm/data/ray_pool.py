@@ -31,9 +31,8 @@ class _Reader:
         self.pool = Pool(1, settings, preload)
 
     def read(self, task: Task) -> dict[str, Any]:
-        for _, outcome in self.pool.serve([task]):
-            return outcome
-        raise AssertionError("the pool returned no outcome")
+        [(_, outcome)] = list(self.pool.serve([task]))  # run to its end: a generator closed early stops the worker
+        return outcome
 
 
 def connect(address: str | None) -> Any:
