@@ -1,10 +1,12 @@
-"""ingest.backend=ray gives the manifest the local pool gives: same paths, statuses, reasons and texts, hostile
-files and a file past its time limit included."""
+"""ingest.backend=ray gives the manifest the local pool gives (same paths, statuses, reasons and texts, hostile
+files included), and its per-file time limit kills the worker and what it started."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -31,22 +33,37 @@ def _manifest(out: Path) -> dict[str, tuple]:
 @needs_ocr
 @pytest.mark.slow
 def test_ray_backend_gives_the_local_manifest(tmp_path, monkeypatch):
-    # heavy: scheduled first, so its time limit runs while the other files are read
-    use_formats(monkeypatch, Format("hang", ingest_readers.hang, version=1, extensions={".hang": None}, heavy=True))
-    root = hostile_corpus(tmp_path / "in" / "hostile")
-    write(root / "slow.hang", str(tmp_path / "child.pid"))
-    settings = {"timeout_s": 8}
-    local = ingest([tmp_path / "in"], tmp_path / "local", settings=settings, workers=2)
+    hostile_corpus(tmp_path / "in" / "hostile")
+    local = ingest([tmp_path / "in"], tmp_path / "local", workers=2)
+    use_formats(monkeypatch, Format("hang", ingest_readers.hang, version=1, extensions={".hang": None}))
+    write(tmp_path / "slow" / "slow.hang", str(tmp_path / "child.pid"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ingest([tmp_path / "in"], tmp_path / "ray", settings={**settings, "backend": "ray"}, workers=2)
+        remote = ingest([tmp_path / "in"], tmp_path / "ray", settings={"backend": "ray"}, workers=2)
+        slow = ingest([tmp_path / "slow"], tmp_path / "slow-out", settings={"backend": "ray", "timeout_s": 2})
     finally:
         ray.shutdown()
     assert remote.extracted == local.extracted > 10  # both read every file: separate caches
     a, b = _manifest(tmp_path / "local"), _manifest(tmp_path / "ray")
     assert a == b
-    assert a["in/hostile/slow.hang"][:2] == ("error", "timed out after 8 s (ingest.timeout_s)")
     assert a["in/hostile/png-named.pdf"][0] == "ok" and a["in/hostile/encrypted.pdf"][0] == "error"
+    # the time limit holds on Ray: the worker is killed with what it started
+    rec = slow.records[0]
+    assert (rec.status, rec.reason) == ("error", "timed out after 2 s (ingest.timeout_s)")
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
 
 
 def test_unknown_backend_is_refused(tmp_path):
