@@ -1,5 +1,5 @@
 """OCR of one page image through unstructured (tesseract), turned upright by tesseract's orientation detection
-(OSD) when the first pass reads badly; and what OCR needs from the OS.
+(OSD) when the first pass reads badly; and what OCR needs from the OS (tesseract).
 
 A page scanned sideways or upside down gives tesseract's first pass little or garbled text (`Aouoy Jo Jef`).
 Such a page is measured by `reads_well`; OSD (`--psm 0`, osd.traineddata) then says by how much to turn it,
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = {
     "tesseract": "Debian/Ubuntu: apt-get install tesseract-ocr tesseract-ocr-eng; macOS: brew install tesseract",
-    "pdftoppm": "Debian/Ubuntu: apt-get install poppler-utils; macOS: brew install poppler",
 }
 MIN_WORDS = 3  # fewer well-formed words than this: the first pass found little
 MIN_SHARE = 0.75  # under this share of well-formed words among the tokens with letters: garbled
