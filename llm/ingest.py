@@ -1,5 +1,7 @@
 """python -m llm.ingest INPUT [INPUT ...] --out DIR [--workers N]: the DataModule's ingestion, alone.
 
+--backend ray [--address ADDR] reads the files on a Ray cluster instead of local worker processes.
+
 Writes DIR/manifest.jsonl and DIR/text/, prints the summary; exits 1 when no usable document remains, 2 when an
 input does not exist.
 """
@@ -21,12 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder: manifest.jsonl, text/, cache/")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
+    p.add_argument("--backend", choices=["local", "ray"], default=None, help="where files are read (default: local)")
+    p.add_argument("--address", default=None, help="--backend ray: the cluster, e.g. ray://HOST:10001 or auto")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per file")
     p.add_argument("--exclude", action="append", default=None, help="glob to exclude (repeatable; replaces defaults)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     settings = {"timeout_s": args.timeout} if args.timeout else {}
+    settings |= {key: value for key in ("backend", "address") if (value := getattr(args, key)) is not None}
     exclude = tuple(args.exclude or DEFAULT_EXCLUDE)
     try:
         inputs = expand_paths(args.inputs, key="INPUT")

@@ -28,6 +28,7 @@ FIXED_KEYS = (
     "data.paths",
     "data.exclude",
     "data.vocab_size",
+    "data.tokenizer_sample_mb",
     "data.val_fraction",
     "data.seed",
     "data.align",

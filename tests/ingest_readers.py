@@ -34,3 +34,8 @@ def crash(path: Path, language: str | None, settings: Settings) -> Extraction:
     """Die the way a worker dies when the kernel's out-of-memory killer picks it."""
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+def pid(path: Path, language: str | None, settings: Settings) -> Extraction:
+    """The id of the worker process that read the file."""
+    return Extraction(str(os.getpid()), "pid")

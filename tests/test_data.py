@@ -12,6 +12,7 @@ from llm.data.tokens import (
     document_starts,
     split_documents,
     token_byte_lengths,
+    tokenizer_sample,
     write_tokens,
 )
 from llm.errors import ConfigError
@@ -49,6 +50,35 @@ def test_token_file_puts_eod_after_every_document(tmp_path):
     assert len(ends) == 3 and ends[-1] == n - 1
     first = tokens[: ends[0]].tolist()
     assert tok.decode(first) == ds[0].text
+
+
+def test_token_file_streamed_in_small_pieces_equals_the_whole(tmp_path):
+    """Long documents are encoded a piece at a time, from their files: the tokens are those of the whole text."""
+    rng = np.random.default_rng(0)
+    vocab = ["alpha", "beta", "  indented", "tab\tbed", "x", "", " ", "9 lives", "don't", "  ", "é-ü"]
+    texts = ["\n".join(rng.choice(vocab, size=400)) + tail for tail in ("", "\n", "\n\n  \n")]
+    ds = []
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text, encoding="utf-8", newline="")
+        ds.append(Document(f"r/{i}.txt", "text", None, f"{i:064x}", text_file=tmp_path / f"{i}.txt"))
+    tok = train_tokenizer(texts, vocab_size=300)
+    whole = write_tokens(ds, tok, tmp_path / "whole.bin")
+    small = write_tokens(ds, tok, tmp_path / "small.bin", chunk_bytes=200, piece_chars=50)  # ~60 pieces a document
+    assert whole == small
+    assert np.array_equal(
+        np.fromfile(tmp_path / "whole.bin", np.uint16), np.fromfile(tmp_path / "small.bin", np.uint16)
+    )
+
+
+def test_tokenizer_sample_keeps_a_small_corpus_whole_and_samples_a_large_one():
+    ds = docs(40)  # 20..800 bytes each
+    total = sum(len(d.text.encode()) for d in ds)
+    assert list(tokenizer_sample(ds, total, seed=0)) == [d.text for d in ds]
+    sample = list(tokenizer_sample(ds, total // 4, seed=0))
+    assert sum(len(t.encode()) for t in sample) == total // 4  # the budget, the last text cut to fit
+    assert sorted(sample) == sorted(tokenizer_sample(list(reversed(ds)), total // 4, seed=0))  # drawn by path
+    assert 1 < len(sample) < len(ds)
+    assert sample != list(tokenizer_sample(ds, total // 4, seed=1))
 
 
 def test_windows_are_shifted_by_one_and_reproducible(tmp_path):

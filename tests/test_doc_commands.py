@@ -70,6 +70,7 @@ NOT_IN_CI = {
     r"\bbench/gpu\.sh\b|--preset gpt2-124m": "needs a CUDA GPU",
     r"^python (?:-m )?bench[/.]": "a benchmark: minutes of timed runs on a CPU",
     r"\bWANDB_MODE=online\b": "uploads to wandb.ai",
+    r"backend[= ]ray\b": "needs a Ray cluster (tests/test_ingest_ray.py starts a local one)",
     r"^make test\b": "the whole test suite, this test included",
 }
 

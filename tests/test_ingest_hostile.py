@@ -191,3 +191,18 @@ def test_names_that_print_alike_and_files_named_like_folders_all_arrive(tmp_path
         ["first file\n", "second file\n", "all:\n\techo make\n", "inside a folder named Makefile.txt\n"]
     )
     assert len({r.text_path for r in result.records}) == 4
+
+
+def test_a_served_pool_keeps_its_worker_from_call_to_call(tmp_path):
+    """Pool.serve (a Ray actor's loop): one worker, started once, reads file after file until close()."""
+    from llm.data.worker import Pool
+
+    write(tmp_path / "a.txt", "a")
+    pool = Pool(1, Settings.from_mapping({}))
+    try:
+        first = [out["text"] for _, out in pool.serve([Task(0, str(tmp_path / "a.txt"), ingest_readers.pid)])]
+        again = [out["text"] for _, out in pool.serve([Task(1, str(tmp_path / "a.txt"), ingest_readers.pid)] * 2)]
+    finally:
+        pool.close()
+    assert first == again[:1] == again[1:] and int(first[0]) != os.getpid()
+    assert not pool.workers

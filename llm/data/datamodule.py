@@ -31,6 +31,7 @@ from llm.data.tokens import (
     split_documents,
     token_byte_lengths,
     token_dtype,
+    tokenizer_sample,
     write_tokens,
 )
 from llm.errors import ConfigError
@@ -48,6 +49,7 @@ class TextDataModule(L.LightningDataModule):
         out_dir: str,
         cache_dir: str,
         vocab_size: int,
+        tokenizer_sample_mb: float,  # the BPE learns from at most this much of the training text (a sample)
         block_size: int,
         batch_size: int,
         val_fraction: float,
@@ -83,6 +85,9 @@ class TextDataModule(L.LightningDataModule):
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir)
         self.vocab_size = vocab_size
+        if tokenizer_sample_mb <= 0:
+            raise ConfigError(f"data.tokenizer_sample_mb={tokenizer_sample_mb} must be more than 0")
+        self.tokenizer_sample_mb = tokenizer_sample_mb
         self.block_size = block_size
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -112,7 +117,7 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.paths: no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}"
             )
-        settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed]
+        settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed, self.tokenizer_sample_mb]
         if self.tokenizer_file is not None:  # a given tokenizer: its content, not a vocab size, fixes the ids
             settings.append(hashlib.sha256(self.tokenizer_file.read_bytes()).hexdigest())
         # text_key changes with the source, the ingester's version and its settings: new text, new tokens
@@ -143,7 +148,8 @@ class TextDataModule(L.LightningDataModule):
                     f"data.vocab_size={self.vocab_size} (model.config.vocab_size)"
                 )
         else:
-            tok = train_tokenizer((d.text for d in train_docs), self.vocab_size)
+            sample = tokenizer_sample(train_docs, int(self.tokenizer_sample_mb * 2**20), self.seed)
+            tok = train_tokenizer(sample, self.vocab_size)
         write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))
         meta = {
             "dtype": token_dtype(tok.get_vocab_size()).name,

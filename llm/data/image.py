@@ -1,6 +1,7 @@
 """Images (png, jpeg, tiff with every page, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
 
-Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them.
+Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them; a page that still
+reads badly is turned by tesseract's orientation detection (ocr.read_page).
 
 The size is read from the header before any pixel is decoded, so decompression bombs are refused cheaply.
 """
@@ -71,20 +72,13 @@ def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     image = _open(path, settings)
     ocr.require("tesseract")
     offline.patch_unstructured()
-    from unstructured.partition.image import partition_image
-
     strategy = settings.strategy.get("image") or "ocr_only"
-    langs = settings.languages
     try:
         pages = _pages(image)
     finally:
         image.close()
-    if pages is None:
-        texts = [ocr.elements_text(partition_image(filename=str(path), strategy=strategy, languages=langs))]
-    else:
-        texts = [
-            ocr.elements_text(partition_image(file=io.BytesIO(p), strategy=strategy, languages=langs)) for p in pages
-        ]
+    sources = [path] if pages is None else pages
+    texts = [ocr.read_page(source, strategy, settings.languages) for source in sources]
     text = "\n\n".join(t for t in texts if t.strip())
     if not text.strip():
         raise Refused("empty", f"OCR found no text ({strategy})")

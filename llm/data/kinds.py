@@ -183,7 +183,7 @@ REGISTRY = Registry(
         Format(
             "pdf",
             pdf.read,
-            version=1,
+            version=2,
             extensions=_none(".pdf"),
             magic=PDF_MAGIC,
             heavy=True,
@@ -192,7 +192,7 @@ REGISTRY = Registry(
         Format(
             "image",
             image.read,
-            version=3,
+            version=4,
             extensions=IMAGE,
             magic=IMAGE_MAGIC,
             heavy=True,

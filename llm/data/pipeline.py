@@ -18,13 +18,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm.atomic import atomic_open
-from llm.data import kinds, offline
+from llm.data import kinds, offline, pdf
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, Found, discover
 from llm.data.reader import Settings
 from llm.data.worker import Pool, Task, cpu_count
+
+if TYPE_CHECKING:
+    from llm.data.ray_pool import RayPool
 
 __all__ = ["Document", "IngestResult", "Record", "format_summary", "ingest", "write_manifest"]
 
@@ -119,10 +123,11 @@ def ingest(
     """Read every file under inputs (existing paths: discover.expand_paths makes them from what a user typed).
     With out_dir: write out_dir/text/… and out_dir/manifest.jsonl.
 
-    The cache lives in cache_dir (default out_dir/cache). workers overrides settings.workers.
+    The cache lives in cache_dir (default out_dir/cache). workers overrides settings.workers. settings.backend
+    picks where files are read: worker processes here (local) or Ray actors (ray, llm/data/ray_pool.py).
     """
     settings = settings if isinstance(settings, Settings) else Settings.from_mapping(settings)
-    n_workers = workers or settings.workers or cpu_count()
+    n_workers = workers or settings.workers
     offline.set_environment()
     out = Path(out_dir) if out_dir is not None else None
     if cache_dir:
@@ -137,11 +142,11 @@ def ingest(
     records, tasks, keys = _plan(found, settings, cache)
     result = IngestResult(records=records)
     tasks.sort(key=lambda t: (t.heavy, records[t.index].bytes), reverse=True)  # longest first: no long tail
-    heavy = any(t.heavy for t in tasks)
-    if heavy:
+    if any(t.heavy for t in tasks):
         offline.warn_if_no_spacy_model()
+    preload = _preload(tasks, settings)
     start = time.perf_counter()
-    for task, outcome in Pool(min(n_workers, len(tasks)), settings, warm=heavy).run(tasks) if tasks else ():
+    for task, outcome in _pool(n_workers, len(tasks), settings, preload).run(tasks) if tasks else ():
         rec = records[task.index]
         cache.put(keys[task.index], outcome, settings)
         _fill(rec, outcome)
@@ -169,6 +174,26 @@ def ingest(
             "%d of %d files not ingested (%s): reasons in %s", sum(problems.values()), len(records), summary, where
         )
     return result
+
+
+def _preload(tasks: Sequence[Task], settings: Settings) -> tuple[str, ...]:
+    """What the workers import once, before their first file: PDFs read by PDFium need PDFium and unstructured's
+    cleaners (a scanned page imports the OCR stack in its worker, once); anything else heavy needs unstructured's
+    partitioners, warmed up (warm.py); code and text need nothing."""
+    heavy = [t for t in tasks if t.heavy]
+    if not heavy:
+        return ()
+    if settings.strategy.get("pdf") == "pdfium" and all(t.read is pdf.read for t in heavy):
+        return ("pypdfium2", "unstructured.cleaners.core")
+    return ("llm.data.warm",)
+
+
+def _pool(workers: int | None, n_tasks: int, settings: Settings, preload: tuple[str, ...]) -> Pool | RayPool:
+    if settings.backend == "ray":
+        from llm.data.ray_pool import RayPool
+
+        return RayPool(workers and min(workers, n_tasks), settings, preload)
+    return Pool(min(workers or cpu_count(), n_tasks), settings, preload)
 
 
 def _discover_all(inputs: Sequence[str | Path], exclude: Sequence[str], own: Sequence[Path] = ()):

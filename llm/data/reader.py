@@ -15,7 +15,8 @@ from typing import Any
 
 from llm.errors import ConfigError
 
-STRATEGIES = {"fast", "ocr_only", "hi_res", "auto"}  # unstructured's; hi_res needs layout models
+BACKENDS = ("local", "ray")
+STRATEGIES = {"pdfium", "fast", "ocr_only", "hi_res", "auto"}  # pdfium: pdf.py's text layer; the rest unstructured's
 
 
 @dataclass
@@ -25,7 +26,9 @@ class Settings:
     The YAML holds the defaults, once: `from_mapping` lays the given values over them (the CLI and tests use it).
     """
 
-    workers: int | None  # worker processes; None: one per core
+    workers: int | None  # worker processes; None: one per core (Ray: one per CPU of the cluster)
+    backend: str  # local (a pool of processes on this machine) | ray (actors on a Ray cluster)
+    address: str | None  # backend=ray: the cluster (ray://host:10001, auto); None: a local Ray in this process
     timeout_s: float  # per file; the worker is killed past it
     max_memory_mb: int  # address-space limit of each worker (RLIMIT_AS, where the OS enforces it)
     max_file_mb: float  # larger files are skipped
@@ -46,6 +49,8 @@ class Settings:
         merged["strategy"] = {**yaml_defaults()["strategy"], **dict(values.get("strategy") or {})}
         merged["languages"] = list(merged["languages"])
         s = cls(**merged)
+        if s.backend not in BACKENDS:
+            raise ConfigError(f"data.ingest.backend={s.backend!r}: choose one of {list(BACKENDS)}")
         for kind, name in s.strategy.items():
             if name is not None and name not in STRATEGIES:
                 raise ConfigError(f"data.ingest.strategy.{kind}={name!r}: choose one of {sorted(STRATEGIES)} or null")

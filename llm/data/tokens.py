@@ -7,6 +7,8 @@ window that crosses a boundary still reads sensibly. The split is by document: n
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -42,17 +44,97 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_tokens(docs: Sequence[Document], tok: Tokenizer, path: Path, chunk: int = 512) -> int:
-    """Encode docs (EOD after each) into path as a flat array; returns the token count."""
+def _nbytes(doc: Document) -> int:
+    return doc.text_file.stat().st_size if doc._text is None else len(doc.text.encode("utf-8"))
+
+
+def tokenizer_sample(docs: Sequence[Document], max_bytes: int, seed: int) -> Iterator[str]:
+    """The texts the BPE learns its merges from, streamed: every document when together they hold at most max_bytes
+    of UTF-8, else a sample of about max_bytes.
+
+    Merges are word-pair statistics: a few hundred megabytes of a corpus give the merges of the whole, as
+    sentencepiece's input_sentence_size and GPT-2's tokenizer (trained on a slice of WebText) do. The sample is
+    the documents ranked by a hash of (seed, path), taken in that order until the budget is spent (the last one
+    cut), and given in corpus order: the same corpus and seed give the same tokenizer.
+    """
+    sizes = [_nbytes(d) for d in docs]
+    if sum(sizes) <= max_bytes:
+        yield from (d.text for d in docs)
+        return
+    budget, take = max_bytes, {}
+    for i in sorted(range(len(docs)), key=lambda i: _unit_hash(f"tokenizer:{seed}:{docs[i].path}")):
+        take[i] = min(sizes[i], budget)
+        budget -= take[i]
+        if budget <= 0:
+            break
+    for i in sorted(take):
+        text = docs[i].text
+        yield text if take[i] == sizes[i] else text.encode("utf-8")[: take[i]].decode("utf-8", "ignore")
+
+
+def _safe_cut(text: str) -> int:
+    """The last place a text can be cut without changing its tokens: after a newline between two characters that
+    are not whitespace (the byte-level pre-tokenizer ends a piece there either way); 0 when there is none."""
+    i = text.rfind("\n", 0, len(text) - 1)
+    while i > 0 and (text[i - 1].isspace() or text[i + 1].isspace()):
+        i = text.rfind("\n", 0, i)
+    return i + 1 if i > 0 else 0
+
+
+def _pieces(doc: Document, size: int) -> Iterator[str]:
+    """A document's text in pieces of about `size` characters, read from its file a piece at a time, cut where
+    the tokens stay those of the whole (_safe_cut); text with no such place in 4 x `size` is cut where it must be."""
+    with open(doc.text_file, encoding="utf-8", newline="") if doc._text is None else io.StringIO(doc._text) as f:
+        carry = ""
+        while block := f.read(size):
+            text = carry + block
+            cut = _safe_cut(text)
+            if not cut and len(text) < 4 * size:  # no safe place yet: read on
+                carry = text
+                continue
+            cut = cut or len(text)
+            yield text[:cut]
+            carry = text[cut:]
+        if carry:
+            yield carry
+
+
+def write_tokens(
+    docs: Sequence[Document], tok: Tokenizer, path: Path, chunk_bytes: int = 1 << 22, piece_chars: int = 1 << 16
+) -> int:
+    """Encode docs (EOD after each) into path as a flat array, streamed: about chunk_bytes of text are held and
+    encoded at a time, a long document in pieces of about piece_chars characters (the batch's unit of parallel
+    work), so memory stays flat whatever the corpus. Returns the token count."""
     eod = eod_id(tok)
     dtype = token_dtype(tok.get_vocab_size())
     n = 0
+    batch: list[str] = []
+    ends: list[bool] = []  # whether batch[k] ends its document
+    held = 0
+
+    def flush(f) -> int:
+        encodings = tok.encode_batch_fast(batch, add_special_tokens=False)  # no offsets: not needed
+        ids = [e.ids + [eod] if end else e.ids for e, end in zip(encodings, ends, strict=True)]
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)
+        f.write(flat.tobytes())
+        batch.clear()
+        ends.clear()
+        return len(flat)
+
     with atomic_open(path, "wb") as f:
-        for i in range(0, len(docs), chunk):
-            for enc in tok.encode_batch([d.text for d in docs[i : i + chunk]], add_special_tokens=False):
-                ids = np.asarray(enc.ids + [eod], dtype=dtype)
-                f.write(ids.tobytes())
-                n += len(ids)
+        for doc in docs:
+            pieces = _pieces(doc, piece_chars)
+            piece = next(pieces, "")
+            for following in itertools.chain(pieces, [None]):
+                batch.append(piece)
+                ends.append(following is None)
+                held += len(piece)
+                if held >= chunk_bytes:
+                    n += flush(f)
+                    held = 0
+                piece = following
+        if batch:
+            n += flush(f)
     return n
 
 

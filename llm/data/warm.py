@@ -1,4 +1,4 @@
-"""Imported once by the worker fork server when a run has PDFs, images or office files.
+"""Imported once by the worker fork server when a run has images, office files or PDFs read by unstructured.
 
 unstructured's partitioners take seconds to import and to run the first time (spaCy, pdfminer, torch
 through thinc); done here once, every worker forked from the server starts warm.
@@ -20,6 +20,8 @@ _TINY_PDF = (
 
 def _warm() -> None:
     offline.patch_unstructured()
+    import pypdfium2  # noqa: F401
+    from unstructured.cleaners.core import clean_ligatures  # noqa: F401
     from unstructured.nlp import tokenize
     from unstructured.partition.image import partition_image  # noqa: F401
     from unstructured.partition.pdf import partition_pdf

@@ -2,7 +2,8 @@
 
 A worker that runs past the time limit is killed with its process group (tesseract included); one
 that dies (out of memory, a crash in a C library) is replaced. Either way that file gets an `error`
-record and the run goes on.
+record and the run goes on. Workers die with the process that started them (`die_with_parent`), so a
+killed ingest leaves nothing running.
 
 Linux and macOS: workers fork from a fork server, each in its own process group, under RLIMIT_AS
 (enforced by Linux). Windows: workers are spawned, without a process group or a memory limit.
@@ -10,15 +11,17 @@ Linux and macOS: workers fork from a fork server, each in its own process group,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -96,12 +99,60 @@ def limit_memory(max_memory_mb: int) -> bool:
     return True
 
 
-def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_S = 0.2  # how often the watchdog asks who the parent is
+
+
+def _kill_group() -> None:
+    """SIGKILL this process's group: the worker and every program it started (tesseract)."""
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def watch_parent(then: Callable[[], None]) -> None:
+    """Call `then` from a daemon thread as soon as this process's parent is gone (os.getppid() changes)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        then()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def die_with_parent() -> None:
+    """Take this process's group (call it as a group leader) down when its parent dies, however it dies.
+
+    Linux: the kernel sends SIGTERM on the parent's death (prctl PR_SET_PDEATHSIG), and its handler kills the
+    group; SIGKILL itself would leave tesseract running, orphaned. Everywhere (macOS has no such prctl): a
+    thread polls os.getppid(), which changes when the parent is gone; it also covers a main thread that is
+    inside a long C call, where Python signal handlers wait. A worker's parent is the fork server, which
+    follows the main process the same way (llm/data/lifeline.py).
+    """
+    if not hasattr(os, "getppid") or not hasattr(os, "killpg"):  # Windows
+        return
+    signal.signal(signal.SIGTERM, lambda *_: _kill_group())
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    watch_parent(_kill_group)
+
+
+def _worker_main(conn: Connection, settings: Settings, preload: Sequence[str]) -> None:
     if hasattr(os, "setpgrp"):
-        os.setpgrp()  # so a time-out kills tesseract and pdftoppm with the worker
+        os.setpgrp()  # so a time-out kills tesseract with the worker
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    if warm:
-        import llm.data.warm  # noqa: F401  (already imported where the fork server preloaded it)
+    for module in preload:  # already imported where the fork server preloaded them
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the ingest extra is missing: the files that need it say so
+            pass
     limit_memory(settings.max_memory_mb)
     offline.set_environment()
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair notes on broken files: the record says it
@@ -119,14 +170,14 @@ def _worker_main(conn: Connection, settings: Settings, warm: bool) -> None:
         conn.send((task.index, run_task(task, settings)))
 
 
-def _context(warm: bool) -> mp.context.BaseContext:
-    """Workers fork from one server process per parent, started by the first pool: it imports unstructured
-    when that pool has heavy files (a later heavy pool on a cold server imports it in each worker instead).
-    Where there is no fork server (Windows) each worker is spawned."""
+def _context(preload: Sequence[str]) -> mp.context.BaseContext:
+    """Workers fork from one server process per parent, started by the first pool, which imports `preload`
+    there once (a later pool with more to preload imports it in each worker instead). Where there is no fork
+    server (Windows) each worker is spawned."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["llm.data.worker", *(["llm.data.warm"] if warm else [])])
+    ctx.set_forkserver_preload(["llm.data.lifeline", "llm.data.worker", *preload])
     return ctx
 
 
@@ -161,16 +212,17 @@ class Pool:
     A file's time limit (ingest.timeout_s) counts from the moment its worker takes it, so a worker that is
     still importing the PDF/OCR stack (seconds on a busy machine) never eats into it."""
 
-    def __init__(self, workers: int, settings: Settings, warm: bool = False) -> None:
+    def __init__(self, workers: int, settings: Settings, preload: Sequence[str] = ()) -> None:
+        """preload: modules every worker needs (readers' imports), imported once in the fork server."""
         self.n = max(1, workers)
         self.settings = settings
-        self.warm = warm
-        self.ctx = _context(warm)
+        self.preload = tuple(preload)
+        self.ctx = _context(self.preload)
         self.workers: list[_Worker] = []
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
-        args = (child, self.settings, self.warm)
+        args = (child, self.settings, self.preload)
         p = self.ctx.Process(target=_worker_main, args=args, daemon=True, name="ingest-worker")
         with _without_main():
             p.start()
@@ -201,8 +253,16 @@ class Pool:
         return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
+        """Each task with its outcome, as they finish; the workers are stopped at the end."""
+        try:
+            yield from self.serve(tasks)
+        finally:
+            self.close()
+
+    def serve(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
+        """As run(), but the workers stay up for the next call (a Ray actor serves file after file with them)."""
         pending = deque(tasks)
-        idle: list[_Worker] = []
+        idle: list[_Worker] = list(self.workers)  # between calls nothing is in flight
         busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
         timeout = self.settings.timeout_s
         try:
@@ -240,8 +300,9 @@ class Pool:
                         self._kill(w)
                         reason = f"timed out after {timeout:g} s (ingest.timeout_s)"
                         yield task, {"status": "error", "reason": reason, "seconds": now - started, "limit": True}
-        finally:
+        except BaseException:  # abandoned or interrupted: the files in flight would be lost with the workers
             self.close()
+            raise
 
     def close(self) -> None:
         for w in list(self.workers):
