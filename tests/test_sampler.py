@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 from tokenizers import Tokenizer
+from torch._dynamo.testing import CompileCounter
 
 from llm.config import model_preset
 from llm.errors import ConfigError
@@ -286,19 +287,23 @@ def test_decode_step_compiles_as_one_graph() -> None:
     model = make_model(n_kv_head=2)
     params = SamplingParams.defaults(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05)
     sampler = Sampler(params, model.config.vocab_size)
-    step = torch.compile(decode_one_token, backend="eager", fullgraph=True)
+    counter = CompileCounter()
+    step = torch.compile(decode_one_token, backend=counter, fullgraph=True, dynamic=False)
     idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
     pos = torch.tensor([[3], [3]])
     tokens = []
-    for decode in (step, decode_one_token):
-        with torch.no_grad():
-            model.setup_caches(2, 16)
-            model(idx, torch.arange(3), model.causal_mask[None, None, :3])
-            torch.manual_seed(0)
-            tokens.append(decode(model, idx[:, -1:], pos, None, sampler).tolist())
-            model.clear_caches()
-    compiled, eager = tokens
-    assert compiled == eager
+    for length in (4, 9, 16):  # the cache positions read grow with the tokens so far: one graph serves them all
+        for decode in (step, decode_one_token):
+            with torch.no_grad():
+                model.setup_caches(2, 16)
+                model(idx, torch.arange(3), model.causal_mask[None, None, :3])
+                mask = model.cache_mask(pos, length)
+                torch._dynamo.mark_dynamic(mask, 3)  # as CachedStep does
+                torch.manual_seed(0)
+                tokens.append(decode(model, idx[:, -1:], pos, mask, None, sampler).tolist())
+                model.clear_caches()
+    assert tokens[0::2] == tokens[1::2]  # compiled == eager at each length
+    assert counter.frame_count == 1
 
 
 def test_fixed_cache_length_gives_the_same_tokens() -> None:
