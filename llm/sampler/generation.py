@@ -139,7 +139,8 @@ def decode_one_token(
     """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,).
 
     mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions. Compiled, S' is the
-    one dynamic size (CachedStep marks it), so a growing S' reuses the same code."""
+    one dynamic size (CachedStep marks it), so a growing S' reuses the same code until it reaches the whole cache
+    S (the slice is then the cache itself: one more graph, specialised to S)."""
     logits = model(x, input_pos, mask, attn_impl)[:, -1]  # (B, V)
     return sampler(logits, counts)
 
@@ -171,8 +172,8 @@ class CachedStep:
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
         mask = self.model.cache_mask(pos, filled_length(self.longest + t, self.cache_len))  # (B, 1, 1, S')
-        if self.compile:  # S' grows with t: one compiled graph for every length rather than one per bucket
-            torch._dynamo.mark_dynamic(mask, 3)
+        if self.compile:  # S' grows with t: one graph for every S' < S, a second once S' is the whole cache
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
         try:
             out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         except self.recompile_limit:  # raised while compiling, before the step has run: nothing to undo
