@@ -138,9 +138,8 @@ def decode_one_token(
 ) -> torch.Tensor:
     """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,).
 
-    mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions. Compiled, S' is the
-    one dynamic size (CachedStep marks it), so a growing S' reuses the same code until it reaches the whole cache
-    S (the slice is then the cache itself: one more graph, specialised to S)."""
+    mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions (CachedStep: the
+    filled ones when eager, all S when compiled, so that every compiled step has the same shapes)."""
     logits = model(x, input_pos, mask, attn_impl)[:, -1]  # (B, V)
     return sampler(logits, counts)
 
@@ -171,9 +170,10 @@ class CachedStep:
         self.recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
-        mask = self.model.cache_mask(pos, filled_length(self.longest + t, self.cache_len))  # (B, 1, 1, S')
-        if self.compile:  # S' grows with t: one graph for every S' < S, a second once S' is the whole cache
-            torch._dynamo.maybe_mark_dynamic(mask, 3)
+        # Eager, attention reads the filled prefix only. Compiled, it reads the whole cache: fixed shapes, one graph
+        # (and one CUDA graph); a dynamic S' made the compiled CPU step slower at batch 1 (docs/benchmarks.md).
+        length = self.cache_len if self.compile else filled_length(self.longest + t, self.cache_len)
+        mask = self.model.cache_mask(pos, length)  # (B, 1, 1, S')
         try:
             out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         except self.recompile_limit:  # raised while compiling, before the step has run: nothing to undo

@@ -161,12 +161,14 @@ class Engine:
         busy = [slot for slot, job in enumerate(self.slots) if job is not None]
         if not busy:
             return
-        # a busy slot's newest token sits at prompt + tokens - 1: attention reads the positions up to the longest
-        # such row's (rounded up), not the whole context; a free slot's row is ignored whatever it reads
-        filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
-        mask = self.model.cache_mask(self.pos, filled_length(filled, self.block_size))  # (B, 1, 1, S')
-        if self.compile:
-            torch._dynamo.maybe_mark_dynamic(mask, 3)  # one graph for every S' < block_size, one for the whole
+        # Eager, attention reads the positions up to the longest busy row's newest token (prompt + tokens - 1,
+        # rounded up), not the whole context; a free slot's row is ignored whatever it reads. Compiled, the whole
+        # context: fixed shapes, one graph, as llm.sampler's compiled step.
+        length = self.block_size
+        if not self.compile:
+            filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
+            length = filled_length(filled, self.block_size)
+        mask = self.model.cache_mask(self.pos, length)  # (B, 1, 1, S')
         logits = self.decode(self.model, self.tokens, self.pos, mask)  # (B, V): free slots compute and are ignored
         new = self._sample(logits, busy)
         self.tokens[:, 0] = new
