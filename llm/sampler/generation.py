@@ -171,7 +171,7 @@ class CachedStep:
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
         # Eager, attention reads the filled prefix only. Compiled, it reads the whole cache: fixed shapes, one graph
-        # (and one CUDA graph); a dynamic S' made the compiled CPU step slower at batch 1 (docs/benchmarks.md).
+        # (and one CUDA graph); a dynamic S' measured no faster compiled on CPU (docs/benchmarks.md).
         length = self.cache_len if self.compile else filled_length(self.longest + t, self.cache_len)
         mask = self.model.cache_mask(pos, length)  # (B, 1, 1, S')
         try:
