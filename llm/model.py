@@ -201,6 +201,13 @@ class KVCache(nn.Module):
         return self.k_cache, self.v_cache
 
 
+def filled_length(n: int, cache_len: int, bucket: int = 64) -> int:
+    """How many cache positions a step reads when n are filled: n rounded up to a multiple of bucket, at most
+    cache_len. Rounding keeps the lengths few, so a compiled step replayed as a CUDA graph records one graph per
+    bucket, not one per token; the extra positions are masked."""
+    return min(cache_len, bucket * math.ceil(n / bucket))
+
+
 class Attention(nn.Module):
     """Multi-head causal self-attention, with grouped-query K/V heads when n_kv_head < n_head."""
 
@@ -245,6 +252,8 @@ class Attention(nn.Module):
         q, k, v = self.project(x, rope)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v, cache_rows)  # (B, n_kv, S, hs): every position so far
+            if mask is not None:  # only the first S' <= S positions the mask covers: those filled so far
+                k, v = k[:, :, : mask.size(-1)], v[:, :, : mask.size(-1)]  # (B, n_kv, S', hs), views
         rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)  # (B, nh, S, hs)
         dropout = self.dropout if self.training else 0.0
@@ -350,8 +359,10 @@ class GPT(nn.Module):
         """Token ids (B, T) -> logits (B, T, padded_vocab_size).
 
         input_pos: positions of idx, (T,) shared by the batch or (B, T) per row; default 0..T-1. Given while
-        caches are set up (setup_caches), K and V are written there and attention reads the whole cache.
-        mask: boolean (B or 1, 1, T, S), True where a query may attend; default causal.
+        caches are set up (setup_caches), K and V are written there and attention reads the cache.
+        mask: boolean (B or 1, 1, T, S'), True where a query may attend; default causal. With the caches, the
+        keys are the first S' cache positions (S' at most the cache's length S): a step passes a mask over the
+        positions filled so far (cache_mask), so attention reads none of the empty rest.
         attn_impl: "explicit" or "sdpa" for this call; default config.attn.
         cache_rows: (B,) the rows of the caches idx goes to, when it is not all of them: a server prefills a new
         request (input_pos (T,)) into a free row while the other rows keep theirs.
@@ -424,6 +435,14 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch, c.n_kv_head, length, c.head_size, dtype, weight.device)
         self.causal_mask = torch.ones(length, length, dtype=torch.bool, device=weight.device).tril()
+
+    def cache_mask(self, input_pos: torch.Tensor, length: int) -> torch.Tensor:
+        """The mask of a decode step: (B, 1, 1, length), row b True at the cache positions <= input_pos[b].
+
+        input_pos (B, 1); length: how many cache positions attention reads, at least max(input_pos) + 1. Reading
+        only the filled prefix rather than the whole cache (filled_length) makes attention's cost grow with the
+        tokens so far, not with the context: at 8 rows it was a sixth of an eager step over the whole cache."""
+        return self.causal_mask[input_pos, :length][:, None]
 
     def clear_caches(self) -> None:
         """Free the caches and the causal mask of setup_caches."""

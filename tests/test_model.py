@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from llm.config import model_preset
 from llm.errors import ConfigError
-from llm.model import GPT, MLP, GPTConfig, KVCache, repeat_kv
+from llm.model import GPT, MLP, GPTConfig, KVCache, filled_length, repeat_kv
 
 SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
 VARIANTS = {
@@ -344,3 +344,36 @@ def test_attention_implementation_per_call(impl):
     reference = GPT(tiny(attn=impl)).eval()
     reference.load_state_dict(model.state_dict())
     torch.testing.assert_close(model(x, attn_impl=impl), reference(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+@pytest.mark.parametrize(
+    "kw", [{}, VARIANTS["rope-rms-swiglu-gqa"], VARIANTS["gpt2-style"]], ids=["rope", "gqa", "gpt2"]
+)
+def test_a_step_over_the_filled_prefix_equals_one_over_the_whole_cache(attn, kw):
+    """cache_mask(pos, S'): attention reads only the first S' cache positions; rows at different positions (3 and
+    7: prompts of different lengths, as in a batch or a server's slots) get the logits of a step over all S."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attn=attn, **kw)).eval()
+    randomise_zero_weights(model)
+    idx = torch.randint(0, 100, (2, 7))
+    idx[0, 3:] = 0  # row 0's prompt is 3 tokens, right-padded
+    model.setup_caches(2, 16)
+    model(idx, torch.arange(7), model.causal_mask[None, None, :7, :7])
+    pos = torch.tensor([[3], [7]])
+    x = torch.randint(0, 100, (2, 1))
+    whole = model(x, pos, model.causal_mask[pos][:, None])  # (2, 1, 1, 16): every cache position
+    for length in (8, filled_length(8, 16, bucket=5), 16):  # the filled 8, rounded up to 10, the whole cache
+        mask = model.cache_mask(pos, length)
+        assert mask.shape == (2, 1, 1, length)
+        torch.testing.assert_close(model(x, pos, mask), whole)
+    alone = GPT(tiny(attn=attn, **kw)).eval()  # row 0 by itself, without a cache: its 3 tokens and the new one
+    alone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(
+        model(x, pos, model.cache_mask(pos, 8))[0, -1], alone(torch.cat([idx[:1, :3], x[:1]], 1))[0, -1]
+    )
+
+
+def test_filled_length_rounds_up_to_the_bucket_within_the_cache():
+    assert [filled_length(n, 272) for n in (2, 64, 65, 200, 257, 272)] == [64, 64, 128, 256, 272, 272]
+    assert filled_length(10, 16, bucket=4) == 12

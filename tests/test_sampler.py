@@ -281,8 +281,11 @@ def test_repetition_penalty_changes_greedy_output() -> None:
     assert cached.token_ids == recomputed.token_ids
 
 
-def test_decode_step_compiles_as_one_graph() -> None:
-    """fullgraph=True: the decode step has no graph break (what CUDA graphs need). The eager backend keeps it fast."""
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+def test_decode_step_compiles_as_one_graph(attn: str) -> None:
+    """fullgraph=True: the decode step has no graph break (what CUDA graphs need). The eager backend keeps it fast.
+
+    Compiled it reads the whole cache; eager, the filled prefix (4 of 16 positions): the same tokens."""
     model = make_model(n_kv_head=2)
     params = SamplingParams.defaults(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05)
     sampler = Sampler(params, model.config.vocab_size)
@@ -290,12 +293,12 @@ def test_decode_step_compiles_as_one_graph() -> None:
     idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
     pos = torch.tensor([[3], [3]])
     tokens = []
-    for decode in (step, decode_one_token):
+    for decode, length in ((step, 16), (decode_one_token, 4)):
         with torch.no_grad():
             model.setup_caches(2, 16)
-            model(idx, torch.arange(3), model.causal_mask[None, None, :3])
+            model(idx, torch.arange(3), model.causal_mask[None, None, :3, :3])
             torch.manual_seed(0)
-            tokens.append(decode(model, idx[:, -1:], pos, None, sampler).tolist())
+            tokens.append(decode(model, idx[:, -1:], pos, model.cache_mask(pos, length), None, sampler, attn).tolist())
             model.clear_caches()
     compiled, eager = tokens
     assert compiled == eager

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from llm.model import GPT
+from llm.model import GPT, filled_length
 from llm.sampler.params import SamplingParams, check_max_new_tokens, check_prompts, generation_defaults
 from llm.sampler.processors import Sampler
 from llm.sampler.streaming import TextStream
@@ -123,7 +123,7 @@ def prefill(model: GPT, batch: Batch, sampler: Sampler, attn_impl: str | None = 
     """Run the prompts through the model at positions 0..T0-1, filling its caches; each row's first new token (B,)."""
     T0 = batch.idx.size(1)
     positions = torch.arange(T0, device=batch.idx.device)
-    logits = model(batch.idx, positions, model.causal_mask[None, None, :T0], attn_impl)
+    logits = model(batch.idx, positions, model.causal_mask[None, None, :T0, :T0], attn_impl)  # over T0 keys, not S
     return sampler(last_logits(logits, batch.lengths), batch.counts)
 
 
@@ -131,12 +131,15 @@ def decode_one_token(
     model: GPT,
     x: torch.Tensor,
     input_pos: torch.Tensor,
+    mask: torch.Tensor,
     counts: torch.Tensor | None,
     sampler: Sampler,
     attn_impl: str | None = None,
 ) -> torch.Tensor:
-    """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,). Static shapes: compiled on CUDA."""
-    mask = model.causal_mask[input_pos][:, None]  # (B, 1, 1, S): row b sees cache positions <= its own
+    """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,).
+
+    mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions (CachedStep: the
+    filled ones when eager, all S when compiled, so that every compiled step has the same shapes)."""
     logits = model(x, input_pos, mask, attn_impl)[:, -1]  # (B, V)
     return sampler(logits, counts)
 
@@ -154,25 +157,32 @@ def compiled_decode() -> Callable:
 class CachedStep:
     """decode_one_token as a Step, compiled or not; past torch's recompile limit it runs eagerly."""
 
-    def __init__(self, model: GPT, sampler: Sampler, counts: torch.Tensor | None, compile: bool, attn_impl: str | None):
+    def __init__(self, model: GPT, sampler: Sampler, batch: Batch, compile: bool, attn_impl: str | None):
         self.model = model
         self.sampler = sampler
-        self.counts = counts
+        self.counts = batch.counts
+        self.longest = max(batch.prompt_lengths)  # step t writes the longest row's position longest + t - 1
+        self.cache_len = batch.cache_len
         self.attn_impl = attn_impl
+        self.compile = compile
         self.step = compiled_decode() if compile else decode_one_token
         # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
         self.recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
+        # Eager, attention reads the filled prefix only. Compiled, it reads the whole cache: fixed shapes, one graph
+        # (and one CUDA graph); a dynamic S' measured no faster compiled on CPU (docs/benchmarks.md).
+        length = self.cache_len if self.compile else filled_length(self.longest + t, self.cache_len)
+        mask = self.model.cache_mask(pos, length)  # (B, 1, 1, S')
         try:
-            out = self.step(self.model, token[:, None], pos, self.counts, self.sampler, self.attn_impl)
+            out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         except self.recompile_limit:  # raised while compiling, before the step has run: nothing to undo
             log.warning(
-                "the compiled decode step met torch's recompile limit (one compile per batch size, cache "
-                "length and sampling settings): this call runs eagerly. A fixed cache_len helps."
+                "the compiled decode step met torch's recompile limit (one compile per batch size, dtype "
+                "and sampling settings): this call runs eagerly."
             )
             self.step = decode_one_token
-            out = self.step(self.model, token[:, None], pos, self.counts, self.sampler, self.attn_impl)
+            out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         return out.clone()  # a CUDA graph's output is overwritten by its next replay
 
 
@@ -212,7 +222,7 @@ def run_with_cache(model: GPT, batch: Batch, sampler: Sampler, rows: Rows, sync_
     model.setup_caches(len(batch.budgets), batch.cache_len)
     try:
         first = prefill(model, batch, sampler, attn_impl)
-        decode(batch, first, CachedStep(model, sampler, batch.counts, compile, attn_impl), rows, sync_every)
+        decode(batch, first, CachedStep(model, sampler, batch, compile, attn_impl), rows, sync_every)
     finally:
         if not compile:
             model.clear_caches()

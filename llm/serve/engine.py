@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from llm.model import GPT
+from llm.model import GPT, filled_length
 from llm.sampler.processors import Temperature, TopP
 from llm.sampler.streaming import TextStream
 from llm.tokenizer import eod_id
@@ -62,9 +62,10 @@ class Job:
         self.cancelled = True
 
 
-def decode_logits(model: GPT, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Every slot's next logits (B, V): tokens (B, 1) at positions pos (B, 1), each row over its own cache."""
-    mask = model.causal_mask[pos][:, None]  # (B, 1, 1, S): row b sees its positions <= pos[b]
+def decode_logits(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Every slot's next logits (B, V): tokens (B, 1) at positions pos (B, 1), each row over its own cache.
+
+    mask (B, 1, 1, S') from model.cache_mask: row b sees its positions <= pos[b] among the first S'."""
     return model(tokens, pos, mask)[:, -1]
 
 
@@ -86,6 +87,7 @@ class Engine:
         self.pos = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) where it goes
         self.temperature = torch.ones(max_batch, 1, device=self.device)  # (B, 1) per-slot sampling settings
         self.top_p = torch.ones(max_batch, 1, device=self.device)
+        self.compile = compile
         self.decode = torch.compile(decode_logits, fullgraph=True, dynamic=False) if compile else decode_logits
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()
@@ -159,7 +161,15 @@ class Engine:
         busy = [slot for slot, job in enumerate(self.slots) if job is not None]
         if not busy:
             return
-        logits = self.decode(self.model, self.tokens, self.pos)  # (B, V): free slots compute and are ignored
+        # Eager, attention reads the positions up to the longest busy row's newest token (prompt + tokens - 1,
+        # rounded up), not the whole context; a free slot's row is ignored whatever it reads. Compiled, the whole
+        # context: fixed shapes, one graph, as llm.sampler's compiled step.
+        length = self.block_size
+        if not self.compile:
+            filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
+            length = filled_length(filled, self.block_size)
+        mask = self.model.cache_mask(self.pos, length)  # (B, 1, 1, S')
+        logits = self.decode(self.model, self.tokens, self.pos, mask)  # (B, V): free slots compute and are ignored
         new = self._sample(logits, busy)
         self.tokens[:, 0] = new
         self.pos.add_(1).clamp_(max=self.block_size - 1)  # a job ends before its row passes the context; free rows
@@ -205,7 +215,7 @@ class Engine:
             idx[row, : len(job.prompt_ids)] = torch.tensor(job.prompt_ids)
         T = idx.size(1)
         rows = torch.tensor(slots, device=self.device)
-        mask = self.model.causal_mask[None, None, :T]  # (1, 1, T, S): padding after a prompt is never attended
+        mask = self.model.causal_mask[None, None, :T, :T]  # (1, 1, T, T): padding after a prompt is never attended
         logits = self.model(idx.to(self.device), torch.arange(T, device=self.device), mask, cache_rows=rows)
         last = logits[torch.arange(len(joining)), torch.tensor(lengths) - 1]  # (b, V) at each prompt's end
         scattered = torch.zeros(self.max_batch, last.size(-1), dtype=last.dtype, device=self.device)
