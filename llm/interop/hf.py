@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("gpt2", "llama")  # model_type in config.json
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # tanh-approximated GELU, as our MLP computes it
+# A GPT-2 block's weights: (our name, GPT-2's name, transposed). GPT-2's Conv1D stores (in, out), our Linear (out, in)
+GPT2_BLOCK = (
+    ("norm1", "ln_1", False),
+    ("norm2", "ln_2", False),
+    ("attn.qkv", "attn.c_attn", True),
+    ("attn.proj", "attn.c_proj", True),
+    ("mlp.fc", "mlp.c_fc", True),
+    ("mlp.proj", "mlp.c_proj", True),
+)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -222,15 +231,7 @@ def state_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, layout: str) -
         out["norm.weight"], out["norm.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
         for i in range(config.n_layer):
             h, b = f"h.{i}.", f"blocks.{i}."
-            # Conv1D stores (in, out): ours are Linear (out, in)
-            for ours, theirs, transpose in (
-                ("norm1", "ln_1", False),
-                ("norm2", "ln_2", False),
-                ("attn.qkv", "attn.c_attn", True),
-                ("attn.proj", "attn.c_proj", True),
-                ("mlp.fc", "mlp.c_fc", True),
-                ("mlp.proj", "mlp.c_proj", True),
-            ):
+            for ours, theirs, transpose in GPT2_BLOCK:
                 w = hf[f"{h}{theirs}.weight"]
                 out[f"{b}{ours}.weight"] = w.t().contiguous() if transpose else w
                 out[f"{b}{ours}.bias"] = hf[f"{h}{theirs}.bias"]
@@ -268,14 +269,7 @@ def state_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, 
         out["transformer.ln_f.bias"] = s.get("norm.bias", torch.zeros(C))
         for i in range(config.n_layer):
             h, b = f"transformer.h.{i}.", f"blocks.{i}."
-            for ours, theirs, transpose in (
-                ("norm1", "ln_1", False),
-                ("norm2", "ln_2", False),
-                ("attn.qkv", "attn.c_attn", True),
-                ("attn.proj", "attn.c_proj", True),
-                ("mlp.fc", "mlp.c_fc", True),
-                ("mlp.proj", "mlp.c_proj", True),
-            ):
+            for ours, theirs, transpose in GPT2_BLOCK:
                 w = s[f"{b}{ours}.weight"]
                 if ours == "attn.qkv" and config.n_kv_head != config.n_head:  # GPT-2 has one K/V head per query head
                     w = _expand_kv(w, config)
