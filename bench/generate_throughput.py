@@ -8,7 +8,8 @@ Same shapes, random weights, greedy, no early stop, one run:
 
 Tokens/s counts new tokens of all rows (aggregate), prefill included. With several dtypes and modes the last
 lines compare each side's fastest setting at each batch size (ours: dtype and eager or compiled; Hugging Face:
-dtype), all measured in this one run. Needs `pip install transformers` (the `bench` extra) for the Hugging
+dtype, and with compiling, its eager dynamic cache or its static cache with the forward compiled), all measured
+in this one run. Needs `pip install transformers` (the `bench` extra) for the Hugging
 Face rows; they are skipped without it.
 """
 
@@ -130,10 +131,19 @@ def main() -> None:
             kwargs = dict(kv_cache=bool(kv_cache), compile=kv_cache == "compiled", sync_every=64)
             return lambda: generate_ids(model, ids, tokens, greedy, **kwargs)
 
-        def theirs(batch: int, use_cache: bool, tokens: int, hf=hf) -> Callable[[], object]:
+        hf_compiled = None
+        if hf is not None and "compiled" in variants:
+            # Hugging Face's documented fast path: a static cache and the model's forward compiled
+            hf_compiled = hf_gpt2(config, device, dtype)
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            hf_compiled.forward = torch.compile(hf_compiled.forward, mode=mode, fullgraph=True)
+
+        def theirs(batch: int, cache: bool | str, tokens: int, hf=hf, hf_compiled=hf_compiled) -> Callable[[], object]:
             ids = prompts(batch).to(device)
             mask = torch.ones_like(ids)
-            kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=use_cache)
+            kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=bool(cache))
+            if cache == "compiled":
+                hf, kwargs = hf_compiled, {**kwargs, "cache_implementation": "static"}
             return lambda: hf.generate(ids, attention_mask=mask, pad_token_id=0, eos_token_id=None, **kwargs)
 
         with torch.inference_mode():
@@ -145,6 +155,8 @@ def main() -> None:
                     runs.append(("ours, no cache", ours, False, args.no_cache_tokens or n_new))
                 if hf is not None:
                     runs.append(("HF generate(), cache", theirs, True, n_new))
+                if hf_compiled is not None:
+                    runs.append(("HF generate(), static cache, compiled", theirs, "compiled", n_new))
                 for _, make, cached, tokens in runs:
                     warm = tokens if cached == "compiled" else min(tokens, 32)  # compiled: the same shapes as timed
                     make(batch, cached, warm)()  # warm up (and compile)
@@ -160,7 +172,7 @@ def main() -> None:
                     rows.append((name, dname, batch, tokens, best[name]))
                     log.info("%-24s %-8s batch %3d: %9.1f tokens/s", name, dname, batch, batch * tokens / best[name])
         model.clear_caches()
-        del model, hf
+        del model, hf, hf_compiled
 
     speed = {(name, d, batch): batch * tokens / s for name, d, batch, tokens, s in rows}
     length = {(name, d, batch): tokens for name, d, batch, tokens, _ in rows}
@@ -171,7 +183,7 @@ def main() -> None:
     for d in dict.fromkeys(d for _, d, *_ in rows):
         for batch in args.batch:
             for ours_name in ("ours, KV cache", "ours, KV cache, compiled"):
-                for other in ("ours, no cache", "HF generate(), cache"):
+                for other in ("ours, no cache", "HF generate(), cache", "HF generate(), static cache, compiled"):
                     if (ours_name, d, batch) in speed and (other, d, batch) in speed:
                         ratio = speed[(ours_name, d, batch)] / speed[(other, d, batch)]
                         a, b = length[(ours_name, d, batch)], length[(other, d, batch)]
@@ -184,9 +196,9 @@ def main() -> None:
             mine = [(v, n, d) for (n, d, b), v in speed.items() if b == batch and n.startswith("ours, KV")]
             hf_rows = [(v, n, d) for (n, d, b), v in speed.items() if b == batch and n.startswith("HF")]
             if mine and hf_rows:
-                (v1, n1, d1), (v2, _, d2) = max(mine), max(hf_rows)
+                (v1, n1, d1), (v2, n2, d2) = max(mine), max(hf_rows)
                 out.append(
-                    f"best vs best, batch {batch}: {n1} {d1} {v1:,.1f} / HF generate() {d2} {v2:,.1f} "
+                    f"best vs best, batch {batch}: {n1} {d1} {v1:,.1f} / {n2} {d2} {v2:,.1f} "
                     f"(transformers {hf_version}) = {v1 / v2:.2f}x"
                 )
     sys.stdout.write("\n".join(out) + "\n")

@@ -187,18 +187,19 @@ class KVCache(nn.Module):
 
         rows: which cache rows (B,) the batch is, when it is not all of them (a server prefilling new
         requests into free rows while the others wait); the cache of those rows alone is returned."""
-        if rows is not None:  # write each given row at the same positions (T,): a prefill into a slot
-            self.k_cache[rows[:, None], :, input_pos] = k.transpose(1, 2)  # (B, T, n_kv, hs) by advanced indexing
-            self.v_cache[rows[:, None], :, input_pos] = v.transpose(1, 2)
-            return self.k_cache[rows], self.v_cache[rows]  # (B, n_kv, S, hs)
-        if input_pos.dim() == 1:  # every row at the same positions (prefill)
+        if rows is None and input_pos.dim() == 1:  # every row at the same positions (prefill)
             self.k_cache.index_copy_(2, input_pos, k)
             self.v_cache.index_copy_(2, input_pos, v)
-        else:  # each row at its own positions (decode of prompts of different lengths)
-            index = input_pos[:, None, :, None].expand_as(k)  # (B, n_kv, T, hs): row b's slots
-            self.k_cache.scatter_(2, index, k)
-            self.v_cache.scatter_(2, index, v)
-        return self.k_cache, self.v_cache
+            return self.k_cache, self.v_cache
+        # Each row at its own positions (a decode step), or given rows at the same positions (a prefill into
+        # free slots): one indexed write, which the compiler does in place. A scatter_ here made the compiled
+        # step copy both whole caches of every layer on every step (docs/benchmarks.md).
+        index = torch.arange(k.size(0), device=k.device) if rows is None else rows
+        self.k_cache[index[:, None], :, input_pos] = k.transpose(1, 2)  # (B, T, n_kv, hs) by advanced indexing
+        self.v_cache[index[:, None], :, input_pos] = v.transpose(1, 2)
+        if rows is None:
+            return self.k_cache, self.v_cache
+        return self.k_cache[rows], self.v_cache[rows]  # (B, n_kv, S, hs)
 
 
 def filled_length(n: int, cache_len: int, bucket: int = 64) -> int:
@@ -411,14 +412,15 @@ class GPT(nn.Module):
             x = block(x, rope)
         return maps
 
-    def setup_caches(self, batch: int, length: int, dtype: torch.dtype | None = None) -> None:
+    def setup_caches(self, batch: int, length: int, dtype: torch.dtype | None = None) -> bool:
         """Give every attention layer a KVCache of `length` positions for `batch` rows, and the model the causal
         mask `causal_mask` (length, length), True where a query may attend, on the weights' device.
 
         dtype: the caches' (default the weights'). A no-op when the caches already have this shape, dtype and
-        device, so a compiled decode step replayed as a CUDA graph finds its buffers at the same addresses.
-        Entries left by an earlier call are harmless: a position is written before any query may attend to it.
-        Only calls given input_pos use the caches; clear_caches() frees them.
+        device (and returns True), so a compiled decode step finds its buffers where it was compiled for them (torch
+        guards their identity; a CUDA graph, their addresses). Entries left by an earlier call are harmless: a
+        position is written before any query may attend to it. Only calls given input_pos use the caches;
+        clear_caches() frees them.
         """
         if length > self.config.block_size:
             raise ValueError(f"cache of {length} positions is longer than block_size={self.config.block_size}")
@@ -430,11 +432,12 @@ class GPT(nn.Module):
         if cache is not None:
             k = cache.k_cache
             if k.shape == shape and k.dtype == dtype and k.device == weight.device:
-                return
+                return True
         self.clear_caches()  # the old buffers go before the new ones are allocated
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch, c.n_kv_head, length, c.head_size, dtype, weight.device)
         self.causal_mask = torch.ones(length, length, dtype=torch.bool, device=weight.device).tril()
+        return False
 
     def cache_mask(self, input_pos: torch.Tensor, length: int) -> torch.Tensor:
         """The mask of a decode step: (B, 1, 1, length), row b True at the cache positions <= input_pos[b].

@@ -305,7 +305,7 @@ def test_attention_weights_are_the_ones_attention_uses(attn, kw):
 def test_setup_caches_and_clear_caches():
     model = GPT(tiny(n_kv_head=2))
     assert model.causal_mask is None and all(b.attn.kv_cache is None for b in model.blocks)  # training has none
-    model.setup_caches(3, 12)
+    assert model.setup_caches(3, 12) is False  # made, not kept
     caches = [b.attn.kv_cache for b in model.blocks]
     assert all(isinstance(c, KVCache) for c in caches)
     assert caches[0].k_cache.shape == caches[1].v_cache.shape == (3, 2, 12, 8)  # (B, n_kv, S, hs)
@@ -313,9 +313,9 @@ def test_setup_caches_and_clear_caches():
     assert torch.equal(model.causal_mask, torch.ones(12, 12, dtype=torch.bool).tril())
     assert "blocks.0.attn.kv_cache" in dict(model.named_modules())  # a child module: moves with model.to()
     assert not any("cache" in k or "causal" in k for k in model.state_dict())  # never saved in a checkpoint
-    model.setup_caches(3, 12)
+    assert model.setup_caches(3, 12) is True
     assert [b.attn.kv_cache for b in model.blocks] == caches  # the same shape: the same buffers
-    model.setup_caches(3, 12, dtype=torch.bfloat16)
+    assert model.setup_caches(3, 12, dtype=torch.bfloat16) is False
     assert model.blocks[0].attn.kv_cache is not caches[0]
     assert model.blocks[0].attn.kv_cache.k_cache.dtype == torch.bfloat16
     model.setup_caches(1, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -312,7 +313,7 @@ def test_fixed_cache_length_gives_the_same_tokens() -> None:
 
 def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """compile=True keeps the caches on the model between calls (for CUDA graphs); stale entries never leak."""
-    monkeypatch.setattr(generation, "compiled_decode", lambda: decode_one_token)  # the reuse path, no compiling
+    monkeypatch.setattr(generation, "compiled_decode", lambda device: decode_one_token)  # the reuse path, no compiling
     model = make_model(n_kv_head=2)
     first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
     kept = model.blocks[0].attn.kv_cache
@@ -321,6 +322,8 @@ def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.Mon
     second = ids_of(generate_ids(model, other, 30, GREEDY, compile=True, cache_len=80))
     assert model.blocks[0].attn.kv_cache is kept  # same buffers, already holding the first call's entries
     assert kept.k_cache.data_ptr() == buffer
+    generate_ids(model, other, 30, GREEDY, cache_len=80)  # eager, the kept shape: uses them and leaves them
+    assert model.blocks[0].attn.kv_cache is kept
     assert first == ids_of(generate_ids(model, PROMPTS, 30, GREEDY))
     assert second == ids_of(generate_ids(model, other, 30, GREEDY))  # compiled on CPU: explicit attention, same ids
     assert all(block.attn.kv_cache is None for block in model.blocks)  # another shape, then freed
@@ -360,7 +363,7 @@ def test_compiled_step_past_the_recompile_limit_runs_eagerly(monkeypatch, caplog
 
     model = make_model()
     eager = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
-    monkeypatch.setattr(generation, "compiled_decode", lambda: limit_hit)
+    monkeypatch.setattr(generation, "compiled_decode", lambda device: limit_hit)
     with caplog.at_level(logging.WARNING):
         assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, compile=True)) == eager
     assert "recompile limit" in caplog.text
@@ -413,3 +416,22 @@ def test_generate_takes_conf_infer_yaml_defaults(tokenizer: Tokenizer) -> None:
     assert greedy.token_ids == generate_ids(model, [tokenizer.encode("def add").ids], 10, GREEDY)[0].token_ids
     hot = generate(model, tokenizer, "def add", 10, params=GREEDY, temperature=1.0, seed=5, stop_tokens=[])[0]
     assert hot.token_ids != greedy.token_ids
+
+
+@pytest.mark.slow
+def test_compiled_step_on_cpu_matches_eager_and_follows_changed_weights() -> None:
+    """The real CPU compile (frozen weights, inductor's GEMM kernels, a dynamic cache length) gives the eager step's
+    tokens across the cache lengths it reads; and again once the weights change in place between two compiled calls
+    on the same kept caches, where a step compiled for the old weights would still pass torch's own guards."""
+    model = make_model(n_kv_head=2, block_size=192)
+    twin = copy.deepcopy(model)
+    prompts = [[1, 2, 3, 4, 5], [7, 8]]
+    eager = ids_of(generate_ids(twin, prompts, 70, GREEDY))  # reads 64 then 75 positions: two lengths
+    assert ids_of(generate_ids(model, prompts, 70, GREEDY, compile=True)) == eager
+    with torch.no_grad():
+        for m in (model, twin):
+            m.lm_head.weight.mul_(-1.0)  # tied with the embedding: every logit changes
+    changed = ids_of(generate_ids(twin, prompts, 70, GREEDY))
+    assert changed != eager
+    assert ids_of(generate_ids(model, prompts, 70, GREEDY, compile=True)) == changed
+    model.clear_caches()

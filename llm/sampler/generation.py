@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from llm.model import GPT, filled_length
+from llm.model import GPT
+from llm.sampler.compiled import CompiledStep, step_length
 from llm.sampler.params import SamplingParams, check_max_new_tokens, check_prompts, generation_defaults
 from llm.sampler.processors import Sampler
 from llm.sampler.streaming import TextStream
@@ -138,20 +139,20 @@ def decode_one_token(
 ) -> torch.Tensor:
     """One token per row, x (B, 1) at input_pos (B, 1) -> next ids (B,).
 
-    mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions (CachedStep: the
-    filled ones when eager, all S when compiled, so that every compiled step has the same shapes)."""
+    mask (B, 1, 1, S') from model.cache_mask: attention reads the first S' cache positions (step_length: the
+    filled ones, or all S for a step replayed as a CUDA graph, whose shapes must not change)."""
     logits = model(x, input_pos, mask, attn_impl)[:, -1]  # (B, V)
     return sampler(logits, counts)
 
 
-def compiled_decode() -> Callable:
-    """decode_one_token compiled: CUDA graphs on GPU (reduce-overhead), one whole graph.
+def compiled_decode(device: torch.device) -> Callable:
+    """decode_one_token compiled for device as one whole graph (llm.sampler.compiled: CUDA graphs on a GPU; frozen
+    weights, inductor's matrix kernels and a dynamic cache length on a CPU).
 
-    A new wrapper per call costs nothing after the first compile: torch.compile keeps its code with
-    decode_one_token's, and wrappers of the same settings share it.
+    A new wrapper per call costs nothing after the first compile: torch.compile keeps its code, and wrappers of
+    the same settings share it.
     """
-    mode = "reduce-overhead" if torch.cuda.is_available() else "default"
-    return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
+    return CompiledStep(decode_one_token, device)
 
 
 class CachedStep:
@@ -164,24 +165,22 @@ class CachedStep:
         self.longest = max(batch.prompt_lengths)  # step t writes the longest row's position longest + t - 1
         self.cache_len = batch.cache_len
         self.attn_impl = attn_impl
-        self.compile = compile
-        self.step = compiled_decode() if compile else decode_one_token
+        self.step = compiled_decode(batch.idx.device) if compile else decode_one_token
         # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
         self.recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
-        # Eager, attention reads the filled prefix only. Compiled, it reads the whole cache: fixed shapes, one graph
-        # (and one CUDA graph); a dynamic S' measured no faster compiled on CPU (docs/benchmarks.md).
-        length = self.cache_len if self.compile else filled_length(self.longest + t, self.cache_len)
-        mask = self.model.cache_mask(pos, length)  # (B, 1, 1, S')
+        # Attention reads the filled prefix of the cache; a step replayed as a CUDA graph, the whole cache.
+        mask = self.model.cache_mask(pos, step_length(self.longest + t, self.cache_len, self.step))  # (B, 1, 1, S')
         try:
             out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         except self.recompile_limit:  # raised while compiling, before the step has run: nothing to undo
             log.warning(
-                "the compiled decode step met torch's recompile limit (one compile per batch size, dtype "
-                "and sampling settings): this call runs eagerly."
+                "the compiled decode step met torch's recompile limit (one compile per batch size, dtype, "
+                "sampling settings and weights): this call runs eagerly."
             )
             self.step = decode_one_token
+            mask = self.model.cache_mask(pos, step_length(self.longest + t, self.cache_len, self.step))
             out = self.step(self.model, token[:, None], pos, mask, self.counts, self.sampler, self.attn_impl)
         return out.clone()  # a CUDA graph's output is overwritten by its next replay
 
@@ -213,18 +212,19 @@ def decode(batch: Batch, first: torch.Tensor, step: Step, rows: Rows, sync_every
 def run_with_cache(model: GPT, batch: Batch, sampler: Sampler, rows: Rows, sync_every: int, compile: bool) -> None:
     """Prefill the model's caches with the prompts, then decode each token from them.
 
-    The caches are freed afterwards; a compiled step keeps them on the model for the next call (same
-    buffers, so a CUDA graph replays without re-recording) until model.clear_caches().
+    A compiled step keeps the caches on the model for the next call (same buffers: no recompile, and a CUDA graph
+    replays without re-recording) until model.clear_caches(); an eager call frees the caches it made, and leaves
+    kept ones of its shape as they are, so that eager and compiled calls may alternate.
     """
     # Compiled on CPU, attention written out lets the compiler fuse it with its neighbours: 1.4x the speed of
     # SDPA's CPU kernel for one query in bfloat16 (docs/benchmarks.md). Elsewhere the model's own choice.
     attn_impl = "explicit" if compile and batch.idx.device.type == "cpu" else None
-    model.setup_caches(len(batch.budgets), batch.cache_len)
+    kept = model.setup_caches(len(batch.budgets), batch.cache_len)
     try:
         first = prefill(model, batch, sampler, attn_impl)
         decode(batch, first, CachedStep(model, sampler, batch, compile, attn_impl), rows, sync_every)
     finally:
-        if not compile:
+        if not compile and not kept:
             model.clear_caches()
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
-from llm.model import GPT, filled_length
+from llm.model import GPT
+from llm.sampler.compiled import CompiledStep, step_length
 from llm.sampler.processors import Temperature, TopP
 from llm.sampler.streaming import TextStream
 from llm.tokenizer import eod_id
@@ -81,14 +82,13 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.eod = eod_id(tokenizer)
         self.device = model.lm_head.weight.device
-        model.setup_caches(max_batch, self.block_size)  # one shape for every step: a compiled step never recompiles
+        model.setup_caches(max_batch, self.block_size)  # one cache for every step, whoever joins
         self.slots: list[Job | None] = [None] * max_batch
         self.tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) the token to feed
         self.pos = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) where it goes
         self.temperature = torch.ones(max_batch, 1, device=self.device)  # (B, 1) per-slot sampling settings
         self.top_p = torch.ones(max_batch, 1, device=self.device)
-        self.compile = compile
-        self.decode = torch.compile(decode_logits, fullgraph=True, dynamic=False) if compile else decode_logits
+        self.decode = CompiledStep(decode_logits, self.device) if compile else decode_logits
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -161,13 +161,11 @@ class Engine:
         busy = [slot for slot, job in enumerate(self.slots) if job is not None]
         if not busy:
             return
-        # Eager, attention reads the positions up to the longest busy row's newest token (prompt + tokens - 1,
-        # rounded up), not the whole context; a free slot's row is ignored whatever it reads. Compiled, the whole
-        # context: fixed shapes, one graph, as llm.sampler's compiled step.
-        length = self.block_size
-        if not self.compile:
-            filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
-            length = filled_length(filled, self.block_size)
+        # Attention reads the positions up to the longest busy row's newest token (prompt + tokens - 1, rounded up),
+        # not the whole context; a free slot's row is ignored whatever it reads. Replayed as a CUDA graph, the
+        # whole context (step_length).
+        filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
+        length = step_length(filled, self.block_size, self.decode)
         mask = self.model.cache_mask(self.pos, length)  # (B, 1, 1, S')
         logits = self.decode(self.model, self.tokens, self.pos, mask)  # (B, V): free slots compute and are ignored
         new = self._sample(logits, busy)
