@@ -138,3 +138,19 @@ def test_prefill_into_one_cache_row_leaves_the_others_and_equals_a_cache_of_its_
         assert torch.equal(slotted, alone) and torch.equal(k[1, :, :T], alone_k)
         assert (k[0] == 7).all() and (k[2] == 7).all() and (k[1, :, T:] == 7).all()
     model.clear_caches()
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_eager_engines_tokens(tokenizer: Tokenizer) -> None:
+    """compile=True on CPU (llm.sampler.compiled: frozen weights, a dynamic cache length), warmed up as serve.py
+    does: jobs joining mid-decode get the eager engine's tokens, over more than one length of the cache read."""
+    model = make_model(block_size=160)
+    eager = Engine(model, tokenizer, max_batch=3, queue_size=8, compile=False)
+    expected = [job(p, max_tokens=90) for p in PROMPTS[:3]]
+    run_to_end(eager, expected[:1], joins={5: expected[1:]})
+    assert max(len(j.prompt_ids) + len(j.token_ids) for j in expected) > 64  # reads 64 positions, then 128
+    compiled = Engine(model, tokenizer, max_batch=3, queue_size=8, compile=True)
+    compiled.warm_up()  # else the first steps compile, past the jobs' 60 s timeout on a cold compile cache
+    jobs = [job(p, max_tokens=90) for p in PROMPTS[:3]]
+    run_to_end(compiled, jobs[:1], joins={5: jobs[1:]})
+    assert [j.token_ids for j in jobs] == [j.token_ids for j in expected]

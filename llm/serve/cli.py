@@ -67,6 +67,9 @@ def serve(cfg: DictConfig) -> None:
     model, tokenizer, device = load(cfg)
     compile = resolve_compile(cfg.compile, device, kv_cache=True)
     engine = Engine(model, tokenizer, cfg.max_batch, cfg.queue_size, compile)
+    if compile:
+        log.info("compiling the decode step before serving (a minute or two on a CPU)")
+        engine.warm_up()
     app = create_app(engine, cfg.model_name, cfg.request_timeout, cfg.default_max_tokens, int(cfg.retry_after))
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host

@@ -117,6 +117,15 @@ class Engine:
     def queued(self) -> int:
         return len(self.waiting)
 
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compile the decode step before any request waits for it (a minute or two on a CPU): a step over the
+        free slots at the shortest length attention reads and at the whole context, the two graphs it needs
+        (llm.sampler.compiled). What the free rows write at position 0 is overwritten before anyone reads it."""
+        for filled in (1, self.block_size):
+            mask = self.model.cache_mask(self.pos, step_length(filled, self.block_size, self.decode))
+            self.decode(self.model, self.tokens, self.pos, mask)
+
     def start(self) -> None:
         self.running = True
         self.thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
