@@ -313,7 +313,7 @@ def test_fixed_cache_length_gives_the_same_tokens() -> None:
 
 def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """compile=True keeps the caches on the model between calls (for CUDA graphs); stale entries never leak."""
-    monkeypatch.setattr(generation, "compiled_decode", lambda device: decode_one_token)  # the reuse path, no compiling
+    monkeypatch.setattr(generation, "compiled_decode", lambda model: decode_one_token)  # the reuse path, no compiling
     model = make_model(n_kv_head=2)
     first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
     kept = model.blocks[0].attn.kv_cache
@@ -363,7 +363,7 @@ def test_compiled_step_past_the_recompile_limit_runs_eagerly(monkeypatch, caplog
 
     model = make_model()
     eager = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
-    monkeypatch.setattr(generation, "compiled_decode", lambda device: limit_hit)
+    monkeypatch.setattr(generation, "compiled_decode", lambda model: limit_hit)
     with caplog.at_level(logging.WARNING):
         assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, compile=True)) == eager
     assert "recompile limit" in caplog.text

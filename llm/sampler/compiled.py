@@ -8,11 +8,12 @@ the whole cache. On a CPU it is compiled by inductor with:
   shape when the step compiles (`max_autotune`, `max_autotune_gemm_backends="CPP,ATEN"`); at eight rows they
   ran the step's products about twice as fast as ATen's, which repacks each weight on every call;
 - attention reading only the filled prefix of the cache, its length left dynamic, so that one graph serves
-  every length (and a second the full cache).
+  every length below the whole cache (and a second the whole).
 
-Frozen weights are copies: a step compiled for some weights must not run with others. Each call passes
-weights_key(model), which the graph is guarded on: another model, or the same one after its parameters have
-changed (an optimizer step, load_state_dict), compiles afresh rather than using the old weights.
+Frozen weights are copies: a step compiled for some weights must not run with others. A CompiledStep takes
+weights_key(model) when it is made and passes it on every call, and the graph is guarded on it: another model,
+or the same one after its parameters have changed (an optimizer step, load_state_dict), compiles afresh rather
+than using the old weights. The sampler makes one per generate() call; the server's engine one for its life.
 docs/benchmarks.md has the measurements.
 """
 
@@ -55,13 +56,21 @@ def _keyed(key: int, fn: Callable, *args):
 
 
 class CompiledStep:
-    """fn(model, tokens, pos, mask, *rest) compiled as one graph: mask (B, 1, 1, S') says how many cache positions
-    attention reads (step_length)."""
+    """fn(model, tokens, pos, mask, *rest) compiled as one graph for model's weights as they are when it is made
+    (make another after changing them: a new key, a new graph): mask (B, 1, 1, S') says how many cache positions
+    attention reads (step_length). The key and the compiler's settings are fixed here, not per step: a key takes
+    longer to compute than a tenth of a batch-1 step."""
 
-    def __init__(self, fn: Callable, device: torch.device) -> None:
+    def __init__(self, fn: Callable, model: nn.Module) -> None:
+        import torch._inductor.config as inductor_config
+
+        device = next(model.parameters()).device
         self.fn = fn
         self.fixed_shapes = device.type == "cuda"  # CUDA graphs: the whole cache, one graph
-        self.cpu = device.type == "cpu"
+        self.key = weights_key(model) if device.type == "cpu" else 0  # weights are frozen on CPU only
+        # read when the step compiles (its first call, any recompile); through torch.compile(options=...)
+        # freezing is ignored
+        self.settings = inductor_config.patch(CPU_INDUCTOR if device.type == "cpu" else {})
         mode = "reduce-overhead" if self.fixed_shapes else "default"
         self.compiled = torch.compile(_keyed, mode=mode, fullgraph=True, dynamic=False)
 
@@ -69,12 +78,8 @@ class CompiledStep:
         if not self.fixed_shapes:
             # S' dynamic: one graph for every filled length (torch ignores a negative dim here)
             torch._dynamo.maybe_mark_dynamic(mask, mask.dim() - 1)
-        if not self.cpu:  # weights are not frozen there
-            return self.compiled(0, self.fn, model, tokens, pos, mask, *rest)
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(CPU_INDUCTOR):  # read when the step compiles: on its first call, and any recompile
-            return self.compiled(weights_key(model), self.fn, model, tokens, pos, mask, *rest)
+        with self.settings:
+            return self.compiled(self.key, self.fn, model, tokens, pos, mask, *rest)
 
 
 def step_length(filled: int, cache_len: int, step: Callable) -> int:

@@ -145,14 +145,15 @@ def decode_one_token(
     return sampler(logits, counts)
 
 
-def compiled_decode(device: torch.device) -> Callable:
-    """decode_one_token compiled for device as one whole graph (llm.sampler.compiled: CUDA graphs on a GPU; frozen
-    weights, inductor's matrix kernels and a dynamic cache length on a CPU).
+def compiled_decode(model: GPT) -> Callable:
+    """decode_one_token compiled as one whole graph for model's device and its weights as they are now
+    (llm.sampler.compiled: CUDA graphs on a GPU; frozen weights, inductor's matrix kernels and a dynamic cache
+    length on a CPU).
 
     A new wrapper per call costs nothing after the first compile: torch.compile keeps its code, and wrappers of
-    the same settings share it.
+    the same settings and weights share it.
     """
-    return CompiledStep(decode_one_token, device)
+    return CompiledStep(decode_one_token, model)
 
 
 class CachedStep:
@@ -165,7 +166,7 @@ class CachedStep:
         self.longest = max(batch.prompt_lengths)  # step t writes the longest row's position longest + t - 1
         self.cache_len = batch.cache_len
         self.attn_impl = attn_impl
-        self.step = compiled_decode(batch.idx.device) if compile else decode_one_token
+        self.step = compiled_decode(model) if compile else decode_one_token  # one per call: weights as they are now
         # with fullgraph=True, torch's recompile limit raises instead of falling back to eager
         self.recompile_limit = (torch._dynamo.exc.FailOnRecompileLimitHit,) if compile else ()
 

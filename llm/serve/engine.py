@@ -88,7 +88,8 @@ class Engine:
         self.pos = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) where it goes
         self.temperature = torch.ones(max_batch, 1, device=self.device)  # (B, 1) per-slot sampling settings
         self.top_p = torch.ones(max_batch, 1, device=self.device)
-        self.decode = CompiledStep(decode_logits, self.device) if compile else decode_logits
+        # compiled for the weights as they are now: the engine serves them unchanged
+        self.decode = CompiledStep(decode_logits, model) if compile else decode_logits
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
