@@ -356,8 +356,9 @@ class GPT(nn.Module):
         mask: torch.Tensor | None = None,
         attn_impl: str | None = None,
         cache_rows: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, padded_vocab_size).
+        """Token ids (B, T) -> logits (B, T, padded_vocab_size), or (B, 1, padded_vocab_size) with logits_at.
 
         input_pos: positions of idx, (T,) shared by the batch or (B, T) per row; default 0..T-1. Given while
         caches are set up (setup_caches), K and V are written there and attention reads the cache.
@@ -367,10 +368,14 @@ class GPT(nn.Module):
         attn_impl: "explicit" or "sdpa" for this call; default config.attn.
         cache_rows: (B,) the rows of the caches idx goes to, when it is not all of them: a server prefills a new
         request (input_pos (T,)) into a free row while the other rows keep theirs.
+        logits_at: (B,) one position per row whose logits are wanted (a prefill needs each prompt's last only):
+        the output layer, the largest product of a small model, runs on B vectors instead of B * T.
         """
         x, rope = self._embed(idx, input_pos)
         for block in self.blocks:
             x = block(x, rope, input_pos, mask, attn_impl, cache_rows)
+        if logits_at is not None:
+            x = x[torch.arange(x.size(0), device=x.device), logits_at][:, None]  # (B, 1, C)
         logits = self.lm_head(self.norm(x))
         cap = self.config.logit_softcap
         if cap is not None:  # smoothly into (-cap, cap), in float32: tanh saturates coarsely in bfloat16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,10 +13,10 @@ from tokenizers import Tokenizer
 from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.model import GPT
-from llm.sampler import SamplingParams, TextStream, generate, generate_ids, generation
-from llm.sampler.generation import decode_one_token
+from llm.sampler import SamplingParams, TextStream, core, generate, generate_ids
+from llm.sampler.core import decode_logits
 from llm.sampler.params import SHARED_KEYS, generation_defaults
-from llm.sampler.processors import MinP, RepetitionPenalty, Sampler, Temperature, TopK, TopP
+from llm.sampler.processors import min_p, repetition_penalty, temperature, top_k, top_p
 from llm.tokenizer import EOD, train_tokenizer
 
 GREEDY = SamplingParams.defaults(temperature=0)
@@ -71,6 +72,15 @@ def test_batch_equals_one_by_one(variant: str) -> None:
     batch = ids_of(generate_ids(model, PROMPTS, 60, GREEDY))
     alone = [generate_ids(model, [p], 60, GREEDY)[0].token_ids for p in PROMPTS]
     assert batch == alone
+
+
+def test_a_sampled_row_of_a_batch_equals_its_prompt_alone_with_seed_plus_row() -> None:
+    model = make_model(seed=1)
+    params = SamplingParams.defaults(temperature=1.0, top_k=30, top_p=0.9, repetition_penalty=1.2, seed=40)
+    batch = ids_of(generate_ids(model, PROMPTS, 40, params))
+    alone = [generate_ids(model, [p], 40, replace(params, seed=40 + r))[0].token_ids for r, p in enumerate(PROMPTS)]
+    assert batch == alone
+    assert ids_of(generate_ids(model, PROMPTS, 40, params, kv_cache=False)) == batch
 
 
 def test_cache_is_removed_after_generation(tokenizer: Tokenizer) -> None:
@@ -147,7 +157,7 @@ def test_stop_tokens_end_each_row_on_its_own() -> None:
     first = full[0].index(stop)
     results = generate_ids(model, PROMPTS, 50, GREEDY, stop_tokens=[stop])
     assert results[0].token_ids == full[0][:first]
-    assert results[0].finish_reason == "stop_token"
+    assert results[0].finish_reason == "stop"
     for result, ids in zip(results[1:], full[1:], strict=True):  # other rows end at their own first stop, if any
         expected = ids[: ids.index(stop)] if stop in ids else ids
         assert result.token_ids == expected
@@ -161,7 +171,7 @@ def test_stop_strings(tokenizer: Tokenizer) -> None:
     streamed: list[str] = []
     on_text = lambda _row, text: streamed.append(text)  # noqa: E731
     result = generate(model, tokenizer, "def add", 60, temperature=0, stop=[stop], stop_tokens=[], on_text=on_text)[0]
-    assert result.finish_reason == "stop_string"
+    assert result.finish_reason == "stop"
     assert result.text == full.text[:cut]
     assert "".join(streamed) == result.text  # the stop string is never printed, not even half of it
     # one stop string may be given as a plain string: it is not split into characters
@@ -174,17 +184,17 @@ def test_context_overflow_rule(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         short = generate_ids(model, [[1, 2, 3] * 6], 50, GREEDY)[0]  # 18 tokens: 14 fit
     assert short.prompt_tokens == 18 and len(short.token_ids) == 14
-    assert short.finish_reason == "context"
+    assert short.finish_reason == "length"
     assert "context of 32 tokens is full" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         long = generate_ids(model, [list(range(1, 41))], 10, GREEDY)[0]  # 40 tokens: keeps its last 32 - 10
     assert "keeping its last 22 tokens" in caplog.text
-    assert long.prompt_tokens == 22 and len(long.token_ids) == 10 and long.finish_reason == "max_new_tokens"
+    assert long.prompt_tokens == 22 and len(long.token_ids) == 10 and long.finish_reason == "length"
     assert long.token_ids == generate_ids(model, [list(range(19, 41))], 10, GREEDY)[0].token_ids
     # a long prompt with a large budget keeps at least half the context
     half = generate_ids(model, [list(range(1, 41))], 100, GREEDY)[0]
-    assert half.prompt_tokens == 16 and len(half.token_ids) == 16 and half.finish_reason == "context"
+    assert half.prompt_tokens == 16 and len(half.token_ids) == 16 and half.finish_reason == "length"
 
 
 def test_streaming_never_splits_a_character(tokenizer: Tokenizer) -> None:
@@ -215,7 +225,7 @@ def test_eod_stops_by_default(tokenizer: Tokenizer) -> None:
     assert tokenizer.token_to_id(EOD) == 0
     assert generate(model, tokenizer, "def", 5, temperature=0, stop_tokens=[])[0].token_ids == [0] * 5
     stopped = generate(model, tokenizer, "def", 5, temperature=0)[0]
-    assert stopped.token_ids == [] and stopped.finish_reason == "stop_token"
+    assert stopped.token_ids == [] and stopped.finish_reason == "stop"
 
 
 @pytest.mark.parametrize(
@@ -252,22 +262,36 @@ def test_processors_worked_example() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     probs = torch.softmax(logits, -1)
     assert probs[0].tolist() == pytest.approx([0.644, 0.237, 0.087, 0.032], abs=5e-4)
-    cool = torch.softmax(Temperature(0.5)(logits, None), -1)
+    cool = torch.softmax(temperature(logits, torch.tensor([[0.5]])), -1)
     assert cool[0].tolist() == pytest.approx([0.865, 0.117, 0.016, 0.002], abs=5e-4)
-    assert torch.isinf(TopK(2)(logits, None)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(top_k(logits, torch.tensor([[2]]), 2)).tolist() == [[False, False, True, True]]
     # top_p 0.8: 0.644 < 0.8 so the second token joins; 0.644 + 0.237 >= 0.8 so the rest go
-    assert torch.isinf(TopP(0.8)(logits, None)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(TopP(0.5)(logits, None)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(top_p(logits, torch.tensor([[0.8]]))).tolist() == [[False, False, True, True]]
+    assert torch.isinf(top_p(logits, torch.tensor([[0.5]]))).tolist() == [[False, True, True, True]]
     # min_p 0.1: the threshold is 0.1 * 0.644 = 0.0644, so 0.087 stays and 0.032 goes
-    assert torch.isinf(MinP(0.1)(logits, None)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(min_p(logits, torch.tensor([[0.1]]))).tolist() == [[False, False, False, True]]
     counts = torch.tensor([[1, 0, 0, 1]])
-    assert RepetitionPenalty(2.0)(logits, counts).tolist() == [[1.0, 1.0, 0.0, -2.0]]
+    assert repetition_penalty(logits, counts, torch.tensor([[2.0]])).tolist() == [[1.0, 1.0, 0.0, -2.0]]
+
+
+def test_each_row_has_its_own_settings_and_off_means_unchanged() -> None:
+    """One batch, four rows, four settings: each row is what that control alone makes of it."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4, 1)
+    kept = ~torch.isinf(top_k(logits, torch.tensor([[0], [1], [2], [4]]), 4))
+    assert kept.sum(-1).tolist() == [4, 1, 2, 4]  # top_k 0 keeps everything
+    kept = ~torch.isinf(top_p(logits, torch.tensor([[1.0], [0.5], [0.8], [0.95]])))
+    assert kept.sum(-1).tolist() == [4, 1, 2, 3]  # top_p 1 keeps everything, even what rounding would cut
+    kept = ~torch.isinf(min_p(logits, torch.tensor([[0.0], [0.1], [0.2], [0.5]])))
+    assert kept.sum(-1).tolist() == [4, 3, 2, 1]
 
 
 def test_greedy_ignores_padding_rows_of_the_embedding() -> None:
-    sampler = Sampler(GREEDY, vocab_size=3)
-    logits = torch.tensor([[0.0, 1.0, 0.5, 9.0]])  # the last column is embedding padding
-    assert sampler(logits).tolist() == [1]
+    model = make_model(vocab_size=3)  # the embedding has 64 rows: 61 of them padding
+    with torch.no_grad():
+        model.lm_head.weight[3:] = 5.0  # padding rows would win every argmax and every draw
+    assert model.config.padded_vocab_size == 64
+    for params in (GREEDY, SamplingParams.defaults(temperature=1.0, seed=0)):
+        assert all(t < 3 for t in generate_ids(model, [[1, 2]], 20, params)[0].token_ids)
 
 
 def test_repetition_penalty_changes_greedy_output() -> None:
@@ -286,23 +310,21 @@ def test_repetition_penalty_changes_greedy_output() -> None:
 def test_decode_step_compiles_as_one_graph(attn: str) -> None:
     """fullgraph=True: the decode step has no graph break (what CUDA graphs need). The eager backend keeps it fast.
 
-    Compiled it reads the whole cache; eager, the filled prefix (4 of 16 positions): the same tokens."""
+    Compiled it reads the whole cache; eager, the filled prefix (4 of 16 positions): the same logits."""
     model = make_model(n_kv_head=2)
-    params = SamplingParams.defaults(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05)
-    sampler = Sampler(params, model.config.vocab_size)
-    step = torch.compile(decode_one_token, backend="eager", fullgraph=True)
+    step = torch.compile(decode_logits, backend="eager", fullgraph=True)
     idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
     pos = torch.tensor([[3], [3]])
-    tokens = []
-    for decode, length in ((step, 16), (decode_one_token, 4)):
+    logits = []
+    for decode, length in ((step, 16), (decode_logits, 4)):
         with torch.no_grad():
             model.setup_caches(2, 16)
             model(idx, torch.arange(3), model.causal_mask[None, None, :3, :3])
-            torch.manual_seed(0)
-            tokens.append(decode(model, idx[:, -1:], pos, model.cache_mask(pos, length), None, sampler, attn).tolist())
+            logits.append(decode(model, idx[:, -1:], pos, model.cache_mask(pos, length), attn))
             model.clear_caches()
-    compiled, eager = tokens
-    assert compiled == eager
+    compiled, eager = logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
 
 
 def test_fixed_cache_length_gives_the_same_tokens() -> None:
@@ -313,7 +335,7 @@ def test_fixed_cache_length_gives_the_same_tokens() -> None:
 
 def test_kept_caches_are_reused_and_give_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """compile=True keeps the caches on the model between calls (for CUDA graphs); stale entries never leak."""
-    monkeypatch.setattr(generation, "compiled_decode", lambda model: decode_one_token)  # the reuse path, no compiling
+    monkeypatch.setattr(core, "CompiledStep", lambda fn, model: fn)  # the reuse path, no compiling
     model = make_model(n_kv_head=2)
     first = ids_of(generate_ids(model, PROMPTS, 30, GREEDY, compile=True, cache_len=80))
     kept = model.blocks[0].attn.kv_cache
@@ -363,7 +385,7 @@ def test_compiled_step_past_the_recompile_limit_runs_eagerly(monkeypatch, caplog
 
     model = make_model()
     eager = ids_of(generate_ids(model, PROMPTS, 20, GREEDY))
-    monkeypatch.setattr(generation, "compiled_decode", lambda model: limit_hit)
+    monkeypatch.setattr(core, "CompiledStep", lambda fn, model: limit_hit)
     with caplog.at_level(logging.WARNING):
         assert ids_of(generate_ids(model, PROMPTS, 20, GREEDY, compile=True)) == eager
     assert "recompile limit" in caplog.text

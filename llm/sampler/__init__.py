@@ -1,5 +1,9 @@
-"""Inference: turn a trained checkpoint into text, with the model's KV caches, sampling controls and streaming."""
+"""Inference: turn a trained checkpoint into text, with the model's KV caches, sampling controls and streaming.
 
+core.py is the one decode core (prefill, decode step, per-row sampling); generation.py runs it for a fixed batch,
+and the server's engine (llm.serve.engine) schedules requests over it."""
+
+from llm.sampler.core import FINISH_REASONS, DecodeCore, RowOutput, TokenLogprob
 from llm.sampler.device import DTYPES, resolve_compile, resolve_device, resolve_dtype
 from llm.sampler.generation import Generation, generate, generate_ids
 from llm.sampler.params import (
@@ -10,18 +14,23 @@ from llm.sampler.params import (
     read_prompts,
     read_stop,
 )
-from llm.sampler.processors import Sampler, build_processors
+from llm.sampler.processors import Controls, RowSettings, choose
 from llm.sampler.streaming import TextStream
 
 __all__ = [
     "DTYPES",
+    "FINISH_REASONS",
+    "Controls",
+    "DecodeCore",
     "Generation",
-    "Sampler",
+    "RowOutput",
+    "RowSettings",
     "SamplingParams",
     "TextStream",
-    "build_processors",
+    "TokenLogprob",
     "check_max_new_tokens",
     "check_prompts",
+    "choose",
     "generate",
     "generate_ids",
     "generation_defaults",

@@ -1,4 +1,4 @@
-"""The decode step compiled for the device it runs on; the sampler (CachedStep) and the server's engine share it.
+"""The decode step compiled for the device it runs on: llm.sampler.core compiles its model forward with it.
 
 On CUDA the step is replayed as a CUDA graph (mode="reduce-overhead"), which wants fixed shapes: attention reads
 the whole cache. On a CPU it is compiled by inductor with:
@@ -13,13 +13,14 @@ the whole cache. On a CPU it is compiled by inductor with:
 Frozen weights are copies: a step compiled for some weights must not run with others. A CompiledStep takes
 weights_key(model) when it is made and passes it on every call, and the graph is guarded on it: another model,
 or the same one after its parameters have changed (an optimizer step, load_state_dict), compiles afresh rather
-than using the old weights. The sampler makes one per generate() call; the server's engine one for its life.
+than using the old weights. A DecodeCore makes one: generate() one per call, the server's engine one for its life.
 docs/benchmarks.md has the measurements.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ from torch import nn
 from llm.model import filled_length
 
 CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# Autotuning writes its timing tables to stderr; the core logs one line of its own instead (llm.sampler.core)
+QUIET = {"autotune_num_choices_displayed": 0}
 
 _keys: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int]] = weakref.WeakKeyDictionary()
 _next_key = itertools.count()
@@ -70,7 +73,8 @@ class CompiledStep:
         self.key = weights_key(model) if device.type == "cpu" else 0  # weights are frozen on CPU only
         # read when the step compiles (its first call, any recompile); through torch.compile(options=...)
         # freezing is ignored
-        self.settings = inductor_config.patch(CPU_INDUCTOR if device.type == "cpu" else {})
+        settings = {**(CPU_INDUCTOR if device.type == "cpu" else {}), **QUIET}
+        self.settings = inductor_config.patch({k: v for k, v in settings.items() if hasattr(inductor_config, k)})
         mode = "reduce-overhead" if self.fixed_shapes else "default"
         self.compiled = torch.compile(_keyed, mode=mode, fullgraph=True, dynamic=False)
 
@@ -78,7 +82,8 @@ class CompiledStep:
         if not self.fixed_shapes:
             # S' dynamic: one graph for every filled length (torch ignores a negative dim here)
             torch._dynamo.maybe_mark_dynamic(mask, mask.dim() - 1)
-        with self.settings:
+        with self.settings, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inductor's, while compiling
             return self.compiled(self.key, self.fn, model, tokens, pos, mask, *rest)
 
 

@@ -1,118 +1,147 @@
-"""Sampling controls as composable logits processors, and the draw itself.
+"""Sampling controls, each a function of the logits and one value per row, and the draw itself.
 
-Each processor maps float32 logits (B, V) to new logits; `counts` (B, V) holds how often each token
-already appears in a row (prompt and output), for the repetition penalty. Everything stays on the
-device with static shapes, so a compiled decode step can include it.
+Every row of a batch has its own settings (a server's requests each bring theirs), held as columns (B, 1) on the
+device. Each control maps float32 logits (B, V) to new logits and leaves a row whose value switches it off (top_k 0,
+top_p 1, min_p 0, repetition_penalty 1) as it was. `counts` (B, V) holds how often each token already appears in a
+row (prompt and output), for the repetition penalty. Everything stays on the device, and no control reads a value
+back to the host.
+
+The draw is the exponential race: argmax(p / E) with E ~ Exp(1) drawn per row from the row's own generator is a
+draw from p. So a seeded row gives the same tokens whichever rows share its batch, and the draw needs no host sync.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from llm.sampler.params import SamplingParams
 
 
-class RepetitionPenalty:
-    """Make tokens already seen less likely: positive logits divided by penalty, negative ones multiplied."""
-
-    def __init__(self, penalty: float) -> None:
-        self.penalty = penalty
-
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return torch.where(counts > 0, penalised, logits)
+def repetition_penalty(logits: torch.Tensor, counts: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """Make tokens already seen less likely: positive logits divided by penalty (B, 1), negative ones multiplied."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(counts > 0, penalised, logits)
 
 
-class Temperature:
-    """Divide logits by t: t < 1 sharpens the distribution, t > 1 flattens it."""
-
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
-
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        return logits / self.temperature
+def temperature(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Divide logits by t (B, 1): t < 1 sharpens the distribution, t > 1 flattens it."""
+    return logits / t
 
 
-class TopK:
-    """Keep the k most likely tokens."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        kth = torch.topk(logits, min(self.k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
-        return logits.masked_fill(logits < kth, float("-inf"))
+def top_k(logits: torch.Tensor, k: torch.Tensor, k_max: int) -> torch.Tensor:
+    """Keep each row's k (B, 1) most likely tokens (k 0: all). k_max: the largest k of the batch, at most V."""
+    values = torch.topk(logits, k_max, dim=-1).values  # (B, k_max) in descending order
+    kth = values.gather(-1, (k.clamp(1, k_max) - 1))  # (B, 1) each row's k-th largest logit
+    kth = torch.where(k > 0, kth, torch.full_like(kth, float("-inf")))
+    return logits.masked_fill(logits < kth, float("-inf"))
 
 
-class TopP:
-    """Nucleus: keep the smallest set of most likely tokens whose probabilities sum to at least p."""
-
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
-        drop_sorted = mass_before >= self.p  # the most likely token always stays (mass_before = 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        return logits.masked_fill(drop, float("-inf"))
+def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probabilities sum to at least p (B, 1)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = (mass_before >= p) & (p < 1)  # the most likely token always stays (mass_before = 0)
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
 
 
-class MinP:
-    """Drop tokens less likely than min_p times the most likely one."""
-
-    def __init__(self, min_p: float) -> None:
-        self.min_p = min_p
-
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits, dim=-1)
-        threshold = self.min_p * probs.max(dim=-1, keepdim=True).values
-        return logits.masked_fill(probs < threshold, float("-inf"))
+def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Drop tokens less likely than m (B, 1) times the most likely one."""
+    probs = torch.softmax(logits, dim=-1)
+    threshold = m * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-Processor = RepetitionPenalty | Temperature | TopK | TopP | MinP
+@dataclass(frozen=True)
+class Controls:
+    """Which controls a step runs: those some row of it uses (decided on the host, so no step pays for the rest)."""
+
+    penalty: bool = False
+    sample: bool = False  # some row is not greedy
+    top_k: int = 0  # the largest top_k of the sampled rows; 0: none uses top_k
+    top_p: bool = False
+    min_p: bool = False
 
 
-def build_processors(params: SamplingParams) -> tuple[Processor, ...]:
-    """The processors params switch on, in the order they apply."""
-    chain: list[Processor] = []
-    if params.repetition_penalty != 1.0:
-        chain.append(RepetitionPenalty(params.repetition_penalty))
-    if params.greedy:
-        return tuple(chain)  # the argmax ignores temperature and truncation
-    if params.temperature != 1.0:
-        chain.append(Temperature(params.temperature))
-    if params.top_k > 0:
-        chain.append(TopK(params.top_k))
-    if params.top_p < 1.0:
-        chain.append(TopP(params.top_p))
-    if params.min_p > 0.0:
-        chain.append(MinP(params.min_p))
-    return tuple(chain)
+def choose(
+    logits: torch.Tensor,
+    knobs: dict[str, torch.Tensor],
+    counts: torch.Tensor | None,
+    race: torch.Tensor | None,
+    controls: Controls,
+) -> torch.Tensor:
+    """logits (B, V) of the real vocabulary -> next token ids (B,).
+
+    knobs: the rows' settings, each (B, 1) (RowSettings.knobs); race (B, V): each row's Exp(1) draws. The
+    repetition penalty applies before the argmax of a greedy row too; temperature and truncation only to sampled
+    rows (a greedy row's argmax ignores them)."""
+    logits = logits.float()
+    if controls.penalty and counts is not None:
+        logits = repetition_penalty(logits, counts, knobs["repetition_penalty"])
+    greedy = logits.argmax(dim=-1)
+    if not controls.sample or race is None:
+        return greedy
+    logits = temperature(logits, knobs["temperature"])
+    if controls.top_k:
+        logits = top_k(logits, knobs["top_k"], controls.top_k)
+    if controls.top_p:
+        logits = top_p(logits, knobs["top_p"])
+    if controls.min_p:
+        logits = min_p(logits, knobs["min_p"])
+    drawn = torch.argmax(torch.softmax(logits, dim=-1) / race, dim=-1)
+    return torch.where(knobs["greedy"][:, 0], greedy, drawn)
 
 
-class Sampler:
-    """logits (B, V_padded) -> next token ids (B,): processors, then argmax or a random draw."""
+class RowSettings:
+    """The sampling settings of `rows` rows: columns (B, 1) on the device, the SamplingParams on the host."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int) -> None:
-        self.params = params
-        self.vocab_size = vocab_size
-        self.processors = build_processors(params)
-        self.needs_counts = params.repetition_penalty != 1.0
+    NEUTRAL = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 
-    def process(self, logits: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Processed float32 logits (B, V) of the real vocabulary (embedding padding is never a choice)."""
-        logits = logits[..., : self.vocab_size].float()
-        for process in self.processors:
-            logits = process(logits, counts)
-        return logits
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.params: list[SamplingParams | None] = [None] * rows
+        self.knobs = {
+            "temperature": torch.ones(rows, 1, device=device),
+            "top_k": torch.zeros(rows, 1, dtype=torch.long, device=device),
+            "top_p": torch.ones(rows, 1, device=device),
+            "min_p": torch.zeros(rows, 1, device=device),
+            "repetition_penalty": torch.ones(rows, 1, device=device),
+            "greedy": torch.ones(rows, 1, dtype=torch.bool, device=device),
+        }
 
-    def __call__(self, logits: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.process(logits, counts)
-        if self.params.greedy:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits, dim=-1)
-        # argmax(p / E) with E ~ Exp(1) is a draw from p (the exponential race), with no host sync
-        race = torch.empty_like(probs).exponential_(1)
-        return torch.argmax(probs / race, dim=-1)
+    def set(self, rows: Sequence[int], params: Sequence[SamplingParams]) -> None:
+        """Give rows their settings (one host-to-device copy per setting)."""
+        for row, p in zip(rows, params, strict=True):
+            self.params[row] = p
+        index = torch.tensor(list(rows), device=self.knobs["greedy"].device)
+        values = {
+            # a greedy row keeps temperature 1: its draw is computed and thrown away, and must not divide by 0
+            "temperature": [p.temperature if not p.greedy else 1.0 for p in params],
+            "top_k": [p.top_k for p in params],
+            "top_p": [p.top_p for p in params],
+            "min_p": [p.min_p for p in params],
+            "repetition_penalty": [p.repetition_penalty for p in params],
+            "greedy": [p.greedy for p in params],
+        }
+        for name, column in values.items():
+            knob = self.knobs[name]
+            knob[index] = torch.tensor(column, dtype=knob.dtype).to(knob.device)[:, None]
+
+    def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The knobs of some rows (b, 1) each, in index's order."""
+        return {name: knob[index] for name, knob in self.knobs.items()}
+
+    def controls(self, rows: Sequence[int], vocab_size: int) -> Controls:
+        """The controls rows use: the others cost nothing."""
+        params = [self.params[r] for r in rows if self.params[r] is not None]
+        sampled = [p for p in params if not p.greedy]
+        return Controls(
+            penalty=any(p.repetition_penalty != 1.0 for p in params),
+            sample=bool(sampled),
+            top_k=min(max((p.top_k for p in sampled), default=0), vocab_size),
+            top_p=any(p.top_p < 1.0 for p in sampled),
+            min_p=any(p.min_p > 0.0 for p in sampled),
+        )

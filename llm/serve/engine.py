@@ -1,14 +1,19 @@
-"""Continuous batching: one thread owns the model and decodes every running request together, one token a step.
+"""Continuous batching: one thread schedules every running request over the decode core, one token a step.
 
-The model's KV caches have max_batch rows ("slots") of block_size positions. A request (a Job) waits in a bounded
-queue; at the start of each step the free slots take the oldest waiting jobs, whose prompts are prefilled into
-those rows alone (GPT.forward's cache_rows), and then one decode step runs for every slot, each row at its own
-position. A job leaves its slot when it ends (end-of-document token, stop string, max_tokens, timeout,
-cancellation), and the next step can give the slot to a waiting job. Rows never see each other: each has its own
-positions in the causal mask, so a greedy job gives the same tokens whoever shares the batch with it.
+The engine runs no model and samples nothing itself: llm.sampler.core.DecodeCore does both, with the same code
+`generate()` uses. The core's caches have max_batch rows ("slots") of block_size positions. A request (a Job)
+waits in a bounded queue; at the start of each step the free slots take the oldest waiting jobs, which the core
+prefills into those rows alone, and then one core step decodes a token for every slot, each row at its own
+position with its own settings and random generator. A job leaves its slot when it ends (a stop token or string,
+max_tokens, timeout, cancellation, an error), and the next step can give the slot to a waiting job. So a job
+gives the same tokens whoever shares the batch with it, and the same as `generate()` with its settings and seed.
 
-The engine knows nothing of HTTP: a job reports its text through on_event(kind, value), called on the engine
-thread: ("text", chunk) as text becomes safe to show (TextStream), then ("done", finish_reason) once.
+Failures end the jobs they touch and nothing else: a job that cannot start ends with "error" alone; a failed step
+ends the jobs in it and the engine serves on; if the engine thread itself dies, every job in it or waiting ends
+with "error", submit() refuses new ones (EngineStopped) and on_death is called (the server exits: docs/serving.md).
+
+The engine knows nothing of HTTP: a job reports through on_event(kind, value), called on the engine thread:
+("text", chunk) as text becomes safe to show, then ("done", finish_reason) once.
 """
 
 from __future__ import annotations
@@ -24,54 +29,61 @@ import torch
 from tokenizers import Tokenizer
 
 from llm.model import GPT
-from llm.sampler.compiled import CompiledStep, step_length
-from llm.sampler.processors import Temperature, TopP
-from llm.sampler.streaming import TextStream
+from llm.sampler.core import FINISH_REASONS, DecodeCore, RowOutput, TokenLogprob
+from llm.sampler.params import SamplingParams
 from llm.tokenizer import eod_id
 
 log = logging.getLogger(__name__)
 
 OnEvent = Callable[[str, object], None]  # ("text", chunk) then ("done", finish_reason), on the engine thread
-FINISH_REASONS = ("stop", "length", "timeout", "cancelled", "error")
 
 
 class QueueFull(Exception):
     """The queue holds queue_size jobs already: the caller should retry later."""
 
 
+class EngineStopped(Exception):
+    """The engine thread has stopped or died: no job will run."""
+
+
 @dataclass(eq=False)
 class Job:
-    """One sequence to generate. temperature 0 is greedy; seed None draws a fresh seed."""
+    """One sequence to generate: prompt token ids, at most max_tokens new ones, sampled with params (seed None: a
+    fresh seed). The end-of-document token always stops it; stop strings and stop_token_ids too. logprobs k: each
+    token's log-probability and the k most likely (TokenLogprob) in token_logprobs."""
 
     prompt_ids: list[int]
-    max_tokens: int  # prompt + max_tokens <= block_size: the caller checks it
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: list[str]
-    timeout: float  # seconds from submission, queue wait included
+    max_tokens: int  # prompt + max_tokens <= block_size
+    params: SamplingParams
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    logprobs: int | None = None
+    timeout: float = 60.0  # seconds from submission, queue wait included
     on_event: OnEvent = lambda kind, value: None
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
+    output: RowOutput | None = None  # made when the job starts
+    finish_reason: str | None = None  # one of FINISH_REASONS
+    error: str | None = None  # why, when finish_reason is "error"
     cancelled: bool = False  # set from any thread: the engine ends the job at its next step
     deadline: float = 0.0
-    generator: torch.Generator | None = None
-    stream: TextStream | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
 
+    @property
+    def token_ids(self) -> list[int]:
+        return self.output.ids if self.output is not None else []
 
-def decode_logits(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Every slot's next logits (B, V): tokens (B, 1) at positions pos (B, 1), each row over its own cache.
+    @property
+    def text(self) -> str:
+        return self.output.text if self.output is not None else ""
 
-    mask (B, 1, 1, S') from model.cache_mask: row b sees its positions <= pos[b] among the first S'."""
-    return model(tokens, pos, mask)[:, -1]
+    @property
+    def token_logprobs(self) -> list[TokenLogprob]:
+        return self.output.logprobs if self.output is not None else []
 
 
 class Engine:
-    """The model, its batch-slotted caches and the queue; start() runs step() on a thread of its own."""
+    """The decode core over max_batch slots, and the queue; start() runs step() on a thread of its own."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int, queue_size: int, compile: bool) -> None:
         self.model = model.eval()
@@ -81,26 +93,34 @@ class Engine:
         self.block_size = model.config.block_size
         self.vocab_size = model.config.vocab_size
         self.eod = eod_id(tokenizer)
-        self.device = model.lm_head.weight.device
-        model.setup_caches(max_batch, self.block_size)  # one cache for every step, whoever joins
+        # one cache for every step, whoever joins; compiled for the weights as they are now: the engine serves them
+        self.core = DecodeCore(model, max_batch, self.block_size, compile=compile)
         self.slots: list[Job | None] = [None] * max_batch
-        self.tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) the token to feed
-        self.pos = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)  # (B, 1) where it goes
-        self.temperature = torch.ones(max_batch, 1, device=self.device)  # (B, 1) per-slot sampling settings
-        self.top_p = torch.ones(max_batch, 1, device=self.device)
-        # compiled for the weights as they are now: the engine serves them unchanged
-        self.decode = CompiledStep(decode_logits, model) if compile else decode_logits
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
         self.running = False
-        self.steps = 0  # decode steps run, for the logs and tests
+        self.died: str | None = None  # why the engine thread died, once it has
+        self.on_death: Callable[[], None] | None = None  # called on the engine thread when it dies
 
     # ------------------------------------------------------------------------------------------ any thread
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running and takes jobs."""
+        return self.running and self.thread is not None and self.thread.is_alive()
+
+    @property
+    def steps(self) -> int:
+        """Decode steps run, for the logs and tests."""
+        return self.core.steps
+
     def submit(self, jobs: list[Job]) -> None:
-        """Queue jobs, all or none: QueueFull when fewer than len(jobs) places are left."""
+        """Queue jobs, all or none: QueueFull when fewer than len(jobs) places are left, EngineStopped once the
+        engine has stopped or died. (An engine not started yet queues them: a caller may run step() itself.)"""
         with self.wake:
+            if self.died is not None or (self.thread is not None and not self.alive):
+                raise EngineStopped(f"the engine is not running{f': {self.died}' if self.died else ''}")
             if len(self.waiting) + len(jobs) > self.queue_size:
                 raise QueueFull(
                     f"{len(self.waiting)} requests are waiting, the most the queue holds is {self.queue_size}"
@@ -118,14 +138,9 @@ class Engine:
     def queued(self) -> int:
         return len(self.waiting)
 
-    @torch.inference_mode()
     def warm_up(self) -> None:
-        """Compile the decode step before any request waits for it (a minute or two on a CPU): a step over the
-        free slots at the shortest length attention reads and at the whole context, the two graphs it needs
-        (llm.sampler.compiled). What the free rows write at position 0 is overwritten before anyone reads it."""
-        for filled in (1, self.block_size):
-            mask = self.model.cache_mask(self.pos, step_length(filled, self.block_size, self.decode))
-            self.decode(self.model, self.tokens, self.pos, mask)
+        """Compile the decode step before any request waits for it (a minute or two on a CPU)."""
+        self.core.warm_up()
 
     def start(self) -> None:
         self.running = True
@@ -137,31 +152,38 @@ class Engine:
         with self.wake:
             self.running = False
             self.wake.notify()
-        if self.thread is not None:
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
-        for job in [*self.waiting, *self.slots]:
-            if job is not None and job.finish_reason is None:
-                self._finish(job, "cancelled")
-        self.waiting.clear()
-        self.slots = [None] * self.max_batch
+        self._end_all("cancelled")
 
     # ------------------------------------------------------------------------------------------ engine thread
 
     def _run(self) -> None:
-        while True:
-            with self.wake:
-                while self.running and not self.waiting and not self.active():
-                    self.wake.wait()
-                if not self.running:
-                    return
-            try:
-                self.step()
-            except Exception:  # a failed step ends the jobs in it, not the server
-                log.exception("decode step failed: its requests end with an error")
-                for slot, job in enumerate(self.slots):
-                    if job is not None:
-                        self._finish(job, "error")
-                        self.slots[slot] = None
+        try:
+            while True:
+                with self.wake:
+                    while self.running and not self.waiting and not self.active():
+                        self.wake.wait()
+                    if not self.running:
+                        return
+                try:
+                    self.step()
+                except Exception as e:  # a failed step ends the jobs in it, not the server
+                    log.exception("decode step failed: its requests end with an error")
+                    for slot, job in enumerate(self.slots):
+                        if job is not None:
+                            self._end(slot, "error", f"the decode step failed: {e}")
+        except BaseException as e:  # the loop itself failed: the thread ends here (no other thread can catch it)
+            self.died = f"{type(e).__name__}: {e}"
+            log.critical("the engine thread died", exc_info=True)
+        finally:
+            if self.running:  # the loop ended without stop(): the engine thread died
+                self.died = self.died or "the engine thread ended"
+                self.running = False
+                log.error("the engine thread died (%s): every request in it ends with an error", self.died)
+                self._end_all("error", f"the engine stopped: {self.died}")
+                if self.on_death is not None:
+                    self.on_death()
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -171,111 +193,119 @@ class Engine:
         busy = [slot for slot, job in enumerate(self.slots) if job is not None]
         if not busy:
             return
-        # Attention reads the positions up to the longest busy row's newest token (prompt + tokens - 1, rounded up),
-        # not the whole context; a free slot's row is ignored whatever it reads. Replayed as a CUDA graph, the
-        # whole context (step_length).
-        filled = max(len(self.slots[slot].prompt_ids) + len(self.slots[slot].token_ids) for slot in busy)
-        length = step_length(filled, self.block_size, self.decode)
-        mask = self.model.cache_mask(self.pos, length)  # (B, 1, 1, S')
-        logits = self.decode(self.model, self.tokens, self.pos, mask)  # (B, V): free slots compute and are ignored
-        new = self._sample(logits, busy)
-        self.tokens[:, 0] = new
-        self.pos.add_(1).clamp_(max=self.block_size - 1)  # a job ends before its row passes the context; free rows
-        self.steps += 1
-        for slot, token in zip(busy, new[busy].tolist(), strict=True):  # one host sync a step
-            self._accept(slot, token)
+        draw = self.core.step(max(self.slots[slot].logprobs or 0 for slot in busy))
+        tokens = draw.tokens[busy].tolist()  # one host sync a step
+        for slot, token in zip(busy, tokens, strict=True):
+            self._accept(slot, token, draw)
 
     def _end_expired(self) -> None:
         now = time.monotonic()
         for slot, job in enumerate(self.slots):
             if job is not None and (job.cancelled or now > job.deadline):
-                self._finish(job, "cancelled" if job.cancelled else "timeout")
-                self.slots[slot] = None
+                self._end(slot, "cancelled" if job.cancelled else "timeout")
 
     def _admit(self) -> None:
-        """The oldest waiting jobs into the free slots: prefill their prompts (right-padded) in those rows only."""
+        """The oldest waiting jobs into the free slots: each is set up on its own (one that cannot start ends with
+        an error alone), then their prompts are prefilled together into those rows only."""
         free = [slot for slot, job in enumerate(self.slots) if job is None]
-        joining: list[tuple[int, Job]] = []
+        taken: list[Job] = []
         with self.wake:
             now = time.monotonic()
-            while free and self.waiting:
+            while len(taken) < len(free) and self.waiting:
                 job = self.waiting.popleft()
                 if job.cancelled or now > job.deadline:
                     self._finish(job, "cancelled" if job.cancelled else "timeout")
-                    continue
-                joining.append((free.pop(0), job))
+                else:
+                    taken.append(job)
+        joining = []
+        for job in taken:
+            try:
+                self._start(job)
+            except Exception as e:
+                log.warning("a request could not start: %s", e)
+                self._finish(job, "error", f"the request could not start: {e}")
+                continue
+            joining.append((free[len(joining)], job))
         if not joining:
             return
-        for slot, job in joining:
-            self.slots[slot] = job
-            job.stream = TextStream(self.tokenizer, job.stop)
-            job.generator = torch.Generator(self.device)
-            if job.seed is None:
-                job.generator.seed()  # a fresh, nondeterministic seed
-            else:
-                job.generator.manual_seed(job.seed)
-            self.temperature[slot] = job.temperature
-            self.top_p[slot] = job.top_p
+        try:
+            self._prefill(joining)
+        except Exception:  # which one failed? each alone: only that one ends
+            for slot, job in joining:
+                try:
+                    self._prefill([(slot, job)])
+                except Exception as e:
+                    log.warning("a request's prefill failed: %s", e)
+                    self._finish(job, "error", f"the prompt could not be prefilled: {e}")
+
+    def _start(self, job: Job) -> None:
+        """Check a job and give it its output; ValueError says what is wrong with it."""
+        n = len(job.prompt_ids)
+        if not 1 <= n < self.block_size:
+            raise ValueError(
+                f"a prompt of {n} tokens: the context of {self.block_size} holds 1 to {self.block_size - 1}"
+            )
+        bad = [i for i in (*job.prompt_ids, *job.stop_token_ids) if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        if not 1 <= job.max_tokens <= self.block_size - n:
+            raise ValueError(f"max_tokens={job.max_tokens} with a prompt of {n} tokens passes the context")
+        stops = [self.eod, *job.stop_token_ids]
+        job.output = RowOutput.make(job.max_tokens, stops, self.tokenizer, job.stop)
+
+    def _prefill(self, joining: list[tuple[int, Job]]) -> None:
         slots = [slot for slot, _ in joining]
-        lengths = [len(job.prompt_ids) for _, job in joining]
-        idx = torch.zeros(len(joining), max(lengths), dtype=torch.long)
-        for row, (_, job) in enumerate(joining):
-            idx[row, : len(job.prompt_ids)] = torch.tensor(job.prompt_ids)
-        T = idx.size(1)
-        rows = torch.tensor(slots, device=self.device)
-        mask = self.model.causal_mask[None, None, :T, :T]  # (1, 1, T, T): padding after a prompt is never attended
-        logits = self.model(idx.to(self.device), torch.arange(T, device=self.device), mask, cache_rows=rows)
-        last = logits[torch.arange(len(joining)), torch.tensor(lengths) - 1]  # (b, V) at each prompt's end
-        scattered = torch.zeros(self.max_batch, last.size(-1), dtype=last.dtype, device=self.device)
-        scattered[rows] = last
-        first = self._sample(scattered, slots)
-        self.tokens[rows, 0] = first[rows]
-        self.pos[rows, 0] = torch.tensor(lengths, device=self.device)
-        for slot, token in zip(slots, first[rows].tolist(), strict=True):
-            self._accept(slot, token)
+        logprobs = max(job.logprobs or 0 for _, job in joining)
+        draw = self.core.prefill(
+            slots, [job.prompt_ids for _, job in joining], [job.params for _, job in joining], logprobs
+        )
+        for i, (slot, job) in enumerate(joining):
+            self.slots[slot] = job
+            self._accept(slot, int(draw.tokens[i]), draw, i)
 
-    def _sample(self, logits: torch.Tensor, busy: list[int]) -> torch.Tensor:
-        """Next token of every slot (B,): argmax where temperature is 0, else a draw from top-p of softmax(l / t).
-
-        Each job draws from its own generator (the exponential race, as llm.sampler does), so a seeded job gives
-        the same text whichever jobs share the batch."""
-        logits = logits[:, : self.vocab_size].float()  # (B, V) the real vocabulary
-        greedy = logits.argmax(dim=-1)
-        sampled = [slot for slot in busy if self.slots[slot].temperature > 0]
-        if not sampled:
-            return greedy
-        hot = self.temperature.clamp_min(1e-6)  # greedy rows: any value, their draw is not used
-        probs = torch.softmax(TopP(self.top_p)(Temperature(hot)(logits, None), None), dim=-1)
-        race = torch.ones_like(probs)
-        for slot in sampled:
-            race[slot].exponential_(1, generator=self.slots[slot].generator)
-        drawn = torch.argmax(probs / race, dim=-1)
-        return torch.where(self.temperature[:, 0] > 0, drawn, greedy)
-
-    def _accept(self, slot: int, token: int) -> None:
-        """One new token of the job in slot: stop token, stream its text, stop strings, max_tokens."""
+    def _accept(self, slot: int, token: int, draw, row: int | None = None) -> None:
+        """One new token of the job in slot (row of draw: default the slot): text, stops, max_tokens."""
         job = self.slots[slot]
-        reason = None
-        if token == self.eod:
-            reason = "stop"
-        else:
-            job.token_ids.append(token)
-            chunk = job.stream.push(token)
-            if chunk:
-                job.on_event("text", chunk)
-            if job.stream.stopped:
-                reason = "stop"
-            elif len(job.token_ids) >= job.max_tokens:
-                reason = "length"
-        if reason is not None:
-            self._finish(job, reason)
-            self.slots[slot] = None
+        logprob = draw.logprobs(slot if row is None else row) if job.logprobs is not None else None
+        chunk = job.output.accept(token, logprob)
+        if chunk:
+            self._emit(job, "text", chunk)
+        if job.output.finish_reason is not None:
+            self._end(slot, job.output.finish_reason)
 
-    def _finish(self, job: Job, reason: str) -> None:
-        if job.stream is not None:
-            tail = job.stream.finish()
+    def _end(self, slot: int, reason: str, error: str | None = None) -> None:
+        """End the job in slot and free the slot."""
+        job = self.slots[slot]
+        self.slots[slot] = None
+        self.core.release([slot])
+        self._finish(job, reason, error)
+
+    def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
+        if job.finish_reason is not None:
+            return
+        assert reason in FINISH_REASONS, reason
+        if job.output is not None:
+            tail = job.output.end(reason)
             if tail and reason in ("stop", "length"):
-                job.on_event("text", tail)
-            job.text = job.stream.text
-        job.finish_reason = reason
-        job.on_event("done", reason)
+                self._emit(job, "text", tail)
+        job.finish_reason, job.error = reason, error
+        self._emit(job, "done", reason)
+
+    def _end_all(self, reason: str, error: str | None = None) -> None:
+        """End every job in a slot or in the queue."""
+        with self.wake:
+            waiting = list(self.waiting)
+            self.waiting.clear()
+        for slot, job in enumerate(self.slots):
+            if job is not None:
+                self._end(slot, reason, error)
+        for job in waiting:
+            self._finish(job, reason, error)
+
+    @staticmethod
+    def _emit(job: Job, kind: str, value: object) -> None:
+        """A job's event; a listener that fails costs that listener, never the engine."""
+        try:
+            job.on_event(kind, value)
+        except Exception:
+            log.exception("a request's event listener failed")
