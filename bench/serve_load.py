@@ -2,6 +2,7 @@
 
     python -m bench.serve_load                                 # 32 clients x 20 requests, then concurrency 1 vs 8
     python -m bench.serve_load --ckpt outputs/train/<run>/checkpoints/last.ckpt --clients 8 --requests 5
+    python -m bench.serve_load --compile true                  # the compiled decode step (compiles first)
 
 Starts `python serve.py` on a free port of 127.0.0.1 (a random-weights model of --preset with a tokenizer trained
 on docs/ unless --ckpt is given), then prints for each load: requests failed, latency p50 / p99 (seconds from
@@ -48,9 +49,11 @@ def random_checkpoint(preset: str, block_size: int, folder: Path) -> Path:
     return path
 
 
-def start_server(ckpt: Path, max_batch: int, queue_size: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    ckpt: Path, max_batch: int, queue_size: int, threads: int, compile: str
+) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, str(REPO / "serve.py"), f"ckpt_path={ckpt}", "port=0", f"max_batch={max_batch}"]
-    command += [f"queue_size={queue_size}", "request_timeout=600"]
+    command += [f"queue_size={queue_size}", "request_timeout=600", f"compile={compile}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
@@ -134,16 +137,20 @@ def main() -> None:
     parser.add_argument("--compare", type=int, nargs=2, default=[1, 8], metavar=("LOW", "HIGH"))
     parser.add_argument("--compare-requests", type=int, default=8, help="requests per client of the comparison")
     parser.add_argument("--threads", type=int, default=0, help="the server's OMP_NUM_THREADS (0: torch's default)")
+    parser.add_argument(
+        "--compile", default="auto", choices=["auto", "true", "false"], help="the server's compile (auto: on CUDA)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or random_checkpoint(args.preset, args.block_size, Path(tmp))
         queue = max(64, 2 * args.clients)
-        proc, url = start_server(ckpt, args.max_batch, queue, args.threads)
+        proc, url = start_server(ckpt, args.max_batch, queue, args.threads, args.compile)
         try:
             info = httpx.get(f"{url}/v1/models").json()["data"][0]
             print(
-                f"server {url}: max_batch {args.max_batch}, context {info['context_length']}, torch {torch.__version__}"
+                f"server {url}: max_batch {args.max_batch}, context {info['context_length']}, "
+                f"compile={args.compile}, torch {torch.__version__}"
             )
             asyncio.run(run_load(url, 2, 1, args.max_tokens))  # warm up
             header = [

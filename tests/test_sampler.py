@@ -457,3 +457,19 @@ def test_compiled_step_on_cpu_matches_eager_and_follows_changed_weights() -> Non
     assert changed != eager
     assert ids_of(generate_ids(model, prompts, 70, GREEDY, compile=True)) == changed
     model.clear_caches()
+
+
+def test_prefill_computes_the_output_layer_at_each_prompts_last_position_only() -> None:
+    model = make_model()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        generate_ids(model, PROMPTS, 3, GREEDY)
+    finally:
+        hook.remove()
+    assert seen == [(3, 1, 64)] * 3  # prefill and two steps: one position per row, never (3, 11, 64)
+    with torch.no_grad():
+        idx = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+        full = model(idx)
+        last = model(idx, logits_at=torch.tensor([3, 1]))
+    torch.testing.assert_close(last[:, 0], full[[0, 1], [3, 1]])
