@@ -1,16 +1,73 @@
-"""Find and load checkpoints. A checkpoint carries the model config and the tokenizer: nothing else is needed."""
+"""The checkpoint format, in one place: what training adds to Lightning's checkpoint, and every reader of it.
+
+A checkpoint is the dict Lightning saves, as one torch.save zip archive (write_checkpoint: atomically, through
+llm/training/checkpoint_io.py), with these entries:
+
+- `state_dict` (Lightning): the LitGPT's weights, the network's under `net.<name>` (`net._orig_mod.<name>`
+  when the network was compiled as a wrapper); `global_step` (Lightning): optimizer steps taken. Lightning
+  adds the optimizer, scheduler, loop and datamodule states, which only a resume reads.
+- MODEL_CONFIG: GPTConfig.to_dict(), the model's shape; TOKENIZER: the tokenizer as its tokenizer.json
+  string; CONFIG: the run's resolved YAML, when the run had one. add_entries writes these three (called by
+  LitGPT.on_save_checkpoint): with them a checkpoint alone is enough to sample, export or resume.
+- WANDB_RUN_ID: the wandb run's id, when the run logged to wandb (llm/training/wandb_extras.py).
+
+A checkpoint's run folder is <run> for <run>/checkpoints/x.ckpt, else the folder it is in (run_folder).
+"""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tokenizers import Tokenizer
 
+from llm.atomic import atomic_open
 from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG = "model_config"  # GPTConfig.to_dict()
+TOKENIZER = "tokenizer"  # the tokenizer.json string
+CONFIG = "config"  # the run's resolved YAML, when it had one
+WANDB_RUN_ID = "wandb_run_id"  # when the run logged to wandb
+STATE_DICT = "state_dict"  # Lightning's: the module's weights, the network's under WEIGHTS_PREFIX
+GLOBAL_STEP = "global_step"  # Lightning's: optimizer steps taken
+WEIGHTS_PREFIX = "net."  # LitGPT.net
+REQUIRED = (MODEL_CONFIG, TOKENIZER, STATE_DICT)  # what a checkpoint needs to be loaded
+
+
+def add_entries(checkpoint: dict, model_config: GPTConfig, tokenizer: Tokenizer | None, run_config: str | None) -> dict:
+    """Write what makes a checkpoint self-sufficient into Lightning's checkpoint dict: the model's shape, the
+    tokenizer (when there is one) and the run's resolved config (when set). Returns the same dict."""
+    checkpoint[MODEL_CONFIG] = model_config.to_dict()
+    if tokenizer is not None:
+        checkpoint[TOKENIZER] = tokenizer.to_str()
+    if run_config is not None:
+        checkpoint[CONFIG] = run_config
+    return checkpoint
+
+
+def write_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Save `checkpoint` where read_checkpoint reads it: written beside `path` as `.<name>.<random>.partial`,
+    fsynced and renamed over it (llm/atomic.py), so a kill at any moment leaves the previous file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def run_folder(ckpt: str | Path) -> Path:
+    """The run folder a checkpoint belongs to: <run> for <run>/checkpoints/x.ckpt, else the checkpoint's folder."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def find_checkpoint(spec: str | Path, outputs_root: str | Path) -> Path:
@@ -62,20 +119,48 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # damaged inside, not a checkpoint, a pickle we refuse to execute
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint: {reason}") from e
-    missing = [k for k in ("model_config", "tokenizer", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ConfigError(f"ckpt_path={path} lacks {missing}: was it written by train.py?")
     return ckpt
 
 
+class ResumeState(NamedTuple):
+    """What the loggers of a resumed run continue from."""
+
+    global_step: int
+    wandb_run_id: str | None
+
+
+def read_resume_state(path: str | Path) -> ResumeState:
+    """The checkpoint's step and wandb run id (None when it has none), read once."""
+    ckpt = read_checkpoint(path)
+    return ResumeState(int(ckpt[GLOBAL_STEP]), ckpt.get(WANDB_RUN_ID))
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
     """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint."""
     ckpt = read_checkpoint(path, map_location)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model = GPT(GPTConfig(**ckpt[MODEL_CONFIG]))
     # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
     state = {}
-    for key, value in ckpt["state_dict"].items():
-        if key.startswith("net."):
-            state[key.removeprefix("net.").removeprefix("_orig_mod.")] = value
+    for key, value in ckpt[STATE_DICT].items():
+        if key.startswith(WEIGHTS_PREFIX):
+            state[key.removeprefix(WEIGHTS_PREFIX).removeprefix("_orig_mod.")] = value
     model.load_state_dict(state)
-    return model.eval(), load_tokenizer(ckpt["tokenizer"]), ckpt
+    return model.eval(), load_tokenizer(ckpt[TOKENIZER]), ckpt
+
+
+def load(cfg: DictConfig) -> tuple[GPT, Tokenizer, torch.device]:
+    """The model of cfg.ckpt_path (find_checkpoint, under cfg.paths.outputs_root) on cfg.device in cfg.dtype,
+    its tokenizer and the device: what infer.py and serve.py generate with."""
+    # Here, not at the top: training writes checkpoints through this module and never loads the sampler package
+    from llm.sampler.device import resolve_device, resolve_dtype
+
+    path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer, _ = load_checkpoint(path)
+    model.to(device=device, dtype=dtype)
+    log.info("loaded %s (%.2fM parameters) on %s", path, model.num_params() / 1e6, device)
+    return model, tokenizer, device

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from llm.checkpoint import find_checkpoint, load_checkpoint
+from llm.checkpoint import find_checkpoint, load_checkpoint, run_folder
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.interop.gguf import write_gguf
@@ -33,12 +33,12 @@ def export(ckpt_path: str | Path, format: str, out: str | Path | None = None, ou
     path = find_checkpoint(ckpt_path, outputs_root)
     model, tokenizer, _ = load_checkpoint(path)
     layout = export_layout(model.config)  # refused before anything is written
+    run = run_folder(path)
     if out is None:
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         out = run / "export" / ("hf" if format == "hf" else "model.gguf")
     out = Path(out).expanduser()
     if format == "gguf":
-        written = write_gguf(model, tokenizer, out, name=path.parent.parent.name)
+        written = write_gguf(model, tokenizer, out, name=run.name)
     else:
         eod = eod_id(tokenizer)
         written = save_pretrained(model, out, bos_id=eod, eos_id=eod)

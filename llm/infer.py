@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from llm.checkpoint import find_checkpoint, load_checkpoint
+from llm.checkpoint import load  # the model, tokenizer and device of cfg (serve.py loads the same way)
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.model import GPT
@@ -30,21 +30,9 @@ from llm.sampler import (
     read_prompts,
     read_stop,
     resolve_compile,
-    resolve_device,
-    resolve_dtype,
 )
 
 log = logging.getLogger(__name__)
-
-
-def load(cfg: DictConfig) -> tuple[GPT, Tokenizer, torch.device]:
-    path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer, _ = load_checkpoint(path)
-    model.to(device=device, dtype=dtype)
-    log.info("loaded %s (%.2fM parameters) on %s", path, model.num_params() / 1e6, device)
-    return model, tokenizer, device
 
 
 def write(text: str) -> None:

@@ -14,10 +14,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-from llm.checkpoint import find_checkpoint, read_checkpoint
+from llm.checkpoint import CONFIG, MODEL_CONFIG, find_checkpoint, read_checkpoint, read_resume_state, run_folder
 from llm.errors import ConfigError
 from llm.model import GPTConfig
 
@@ -41,12 +40,6 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def run_folder(ckpt: Path) -> Path | None:
-    """The run folder a checkpoint belongs to (<run>/checkpoints/last.ckpt), when Hydra recorded it."""
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run if (run / ".hydra" / "overrides.yaml").is_file() else None
-
-
 def resume_argv(args: Sequence[str]) -> list[str]:
     """The command line a resume really runs: the run's own overrides, then the new ones, in the run's folder.
 
@@ -60,9 +53,10 @@ def resume_argv(args: Sequence[str]) -> list[str]:
         return args
     outputs_root = given.get("paths.outputs_root", "paths.outputs_root=outputs").split("=", 1)[1]
     run = run_folder(find_checkpoint(spec, outputs_root))
-    if run is None:  # a bare checkpoint file: a new run folder, this command line only
+    overrides = run / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():  # not in a run folder Hydra recorded: a new run folder, this command line only
         return args
-    recorded = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
+    recorded = [str(o) for o in OmegaConf.load(overrides)]
     kept = [o for o in recorded if override_key(o) not in given]
     log.info("resuming %s with its overrides %s", run, kept)
     return [*kept, *args, f"hydra.run.dir={hydra_value(run.resolve())}"]
@@ -81,16 +75,16 @@ def check_resume(path: str | Path, cfg: Mapping) -> None:
     ckpt = read_checkpoint(path)
     node = {k: v for k, v in OmegaConf.to_container(cfg["model"]["config"], resolve=True).items() if k != "_target_"}
     ours = GPTConfig(**node).to_dict()
-    theirs = ckpt["model_config"]
+    theirs = ckpt[MODEL_CONFIG]
     for key, value in ours.items():
         if key not in MUTABLE_MODEL_KEYS and theirs.get(key) != value:
             raise ConfigError(
                 f"model.config.{key}={value!r} but the checkpoint {path} has {theirs.get(key)!r}: "
                 "the model's shape cannot change on a resume (start a new run without ckpt_path)"
             )
-    if "config" not in ckpt:
+    if CONFIG not in ckpt:
         return
-    saved = OmegaConf.create(ckpt["config"])
+    saved = OmegaConf.create(ckpt[CONFIG])
     for key in FIXED_KEYS:
         before, now = OmegaConf.select(saved, key), OmegaConf.select(OmegaConf.create(cfg), key)
         if before is not None and now is not None and _plain(before) != _plain(now):
@@ -104,20 +98,16 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def resume_step(ckpt_path: str | Path) -> int:
-    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-
-
 def resume_logger_kwargs(node: Mapping, ckpt_path: str | Path | None) -> dict:
     """Extra arguments that make a logger continue the checkpoint's history."""
     if ckpt_path is None:
         return {}
     target = str(node.get("_target_", ""))
     if target == "llm.training.loggers.CSVLogger":
-        return {"resume_step": resume_step(ckpt_path)}  # rows logged after the checkpoint are dropped
+        return {"resume_step": read_resume_state(ckpt_path).global_step}  # rows logged after it are dropped
     if target.endswith("TensorBoardLogger"):
-        return {"purge_step": resume_step(ckpt_path)}  # events logged after the checkpoint are dropped
+        return {"purge_step": read_resume_state(ckpt_path).global_step}  # events logged after it are dropped
     if target.endswith("WandbLogger"):
-        run_id = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("wandb_run_id")
+        run_id = read_resume_state(ckpt_path).wandb_run_id
         return {"id": run_id, "resume": "allow"} if run_id else {}
     return {}

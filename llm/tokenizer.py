@@ -15,6 +15,9 @@ EOD = "<|endoftext|>"  # separates documents in the token stream
 # A tokenizer imported with a pretrained model ends documents with its own token: GPT-2's is EOD; Llama 3's,
 # Llama 2's / Mistral's and Gemma's are these, looked up in this order.
 END_TOKENS = (EOD, "<|end_of_text|>", "</s>", "<eos>")
+# Not a token: the target of a position with nothing to predict (the padding of a short window, llm/data/tokens.py).
+# F.cross_entropy's default ignore_index, so the loss (llm/training/module.py) skips it.
+IGNORE = -100
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:

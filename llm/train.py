@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llm.atomic import write_text
-from llm.checkpoint import find_checkpoint
+from llm.checkpoint import find_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.interop.hf import Pretrained
@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best is not None and best.best_model_path and best.best_model_score is not None:
             print(f"best ({best.monitor}={float(best.best_model_score):.4f}): {best.best_model_path}")
         print(f"generate:   python infer.py ckpt_path={last} 'prompt=\"def \"'")
-        print(f"resume:     python train.py ckpt_path={Path(last).parent.parent} trainer.max_steps=N")
+        print(f"resume:     python train.py ckpt_path={run_folder(last)} trainer.max_steps=N")
     return metrics
 
 

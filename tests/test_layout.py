@@ -1,6 +1,8 @@
 """The package's shape: the runtime never imports docs tooling, benchmarks or tests, and has no import cycle."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llm"
@@ -95,3 +97,14 @@ def test_the_pipeline_stages_depend_one_way():
     for name, targets in graph().items():
         collapsed.setdefault(stage(name), set()).update(stage(t) for t in targets if stage(t) != stage(name))
     assert find_cycles(collapsed) == []
+
+
+def test_training_imports_no_ingestion_stack():
+    """The LightningModule (and the checkpoint format it writes) load without the readers of documents."""
+    code = (
+        "import sys, llm.training.module\n"
+        "print(sorted(m for m in sys.modules if m in ('llm.data.pipeline', 'llm.data.reader', 'llm.data.tokens')"
+        " or m.split('.')[0] == 'unstructured'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from llm.errors import ConfigError
-from llm.resume import check_resume, resume_argv
+from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from tests.test_scale import ROOT, final_weights, run_train
 from train import train
 
@@ -41,6 +41,27 @@ def test_resume_replays_the_runs_overrides_under_the_new_ones(tmp_path, monkeypa
     assert resume_argv(["trainer.max_steps=5"]) == ["trainer.max_steps=5"]
     with pytest.raises(ConfigError, match="ckpt_path=last: no last.ckpt under nowhere"):
         resume_argv(["ckpt_path=last", "paths.outputs_root=nowhere"])
+
+
+def test_a_checkpoint_outside_a_recorded_run_resumes_with_this_command_line_only(tmp_path):
+    run = fake_run(tmp_path, ["model=small"])
+    (run / ".hydra" / "overrides.yaml").unlink()
+    assert resume_argv([f"ckpt_path={run}", "trainer.max_steps=9"]) == [f"ckpt_path={run}", "trainer.max_steps=9"]
+    (tmp_path / "loose.ckpt").write_bytes(b"")
+    assert resume_argv([f"ckpt_path={tmp_path / 'loose.ckpt'}"]) == [f"ckpt_path={tmp_path / 'loose.ckpt'}"]
+
+
+def test_the_loggers_continue_from_the_checkpoints_step_and_wandb_run(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"model_config": {}, "tokenizer": "{}", "state_dict": {}, "global_step": 4}, ckpt)
+    assert resume_logger_kwargs({"_target_": "llm.training.loggers.CSVLogger"}, ckpt) == {"resume_step": 4}
+    tensorboard = {"_target_": "lightning.pytorch.loggers.TensorBoardLogger"}
+    assert resume_logger_kwargs(tensorboard, ckpt) == {"purge_step": 4}
+    wandb = {"_target_": "lightning.pytorch.loggers.WandbLogger"}
+    assert resume_logger_kwargs(wandb, ckpt) == {}  # a run that did not log to wandb starts a new wandb run
+    assert resume_logger_kwargs(wandb, None) == {}
+    torch.save({**torch.load(ckpt, weights_only=True), "wandb_run_id": "abc123"}, ckpt)
+    assert resume_logger_kwargs(wandb, ckpt) == {"id": "abc123", "resume": "allow"}
 
 
 def test_a_resume_refuses_another_model_shape_or_corpus_by_name(train_cfg, tmp_path):

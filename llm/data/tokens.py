@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from llm.atomic import atomic_open
 from llm.data.pipeline import Document
 from llm.errors import ConfigError
-from llm.tokenizer import eod_id
+from llm.tokenizer import IGNORE, eod_id
 
 
 def split_documents(docs: Sequence[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
@@ -138,7 +138,6 @@ def write_tokens(
     return n
 
 
-IGNORE = -100  # the target of a padding position: F.cross_entropy's default ignore_index skips it
 ALIGNS = ("none", "document")  # data.align
 
 

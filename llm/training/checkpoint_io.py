@@ -1,14 +1,14 @@
-"""Checkpoints written atomically in their own folder (llm/atomic.py), never through a temporary file in TMPDIR."""
+"""Checkpoints written atomically in their own folder (llm/checkpoint.py's write_checkpoint, llm/atomic.py), never
+through a temporary file in TMPDIR."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from llm.atomic import atomic_open
+from llm.checkpoint import write_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,7 +24,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
-        path = Path(str(path).removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+        write_checkpoint(checkpoint, Path(str(path).removeprefix("file://")))

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, Metric
 
-from llm.data.tokens import IGNORE
+from llm.checkpoint import TOKENIZER, add_entries
 from llm.errors import ConfigError
 from llm.model import GPT
+from llm.tokenizer import IGNORE
 from llm.training.optim import OptimConfig, build_optimizer, make_config
 from llm.training.schedule import warmup_cosine
 
@@ -151,7 +152,7 @@ class LitGPT(L.LightningModule):
         """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer."""
         trainer = self._trainer  # None when loaded outside a Trainer (LitGPT.load_from_checkpoint)
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
-        if tokenizer is not None and "tokenizer" in checkpoint and checkpoint["tokenizer"] != tokenizer.to_str():
+        if tokenizer is not None and TOKENIZER in checkpoint and checkpoint[TOKENIZER] != tokenizer.to_str():
             raise ConfigError(
                 "ckpt_path: the checkpoint's tokenizer differs from the one built for this corpus (the documents "
                 "changed since it was saved): its embeddings would read other token ids. Resume on the same corpus, "
@@ -159,10 +160,6 @@ class LitGPT(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config."""
-        checkpoint["model_config"] = self.net.config.to_dict()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
-            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
-        if self.run_config is not None:
-            checkpoint["config"] = self.run_config
+        """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config (llm/checkpoint.py)."""
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        add_entries(checkpoint, self.net.config, tokenizer, self.run_config)

@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from llm.checkpoint import WANDB_RUN_ID
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ class WandbExtras(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         logger = _wandb(trainer)
         if logger is not None and trainer.is_global_zero:
-            checkpoint["wandb_run_id"] = logger.experiment.id
+            checkpoint[WANDB_RUN_ID] = logger.experiment.id
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         logger = _wandb(trainer)
