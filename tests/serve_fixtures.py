@@ -63,7 +63,17 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
     engine_args = dict(max_batch=4, queue_size=16, compile=False)
     engine_args |= {k: settings.pop(k) for k in list(settings) if k in engine_args}
     engine = Engine(model, tokenizer, **engine_args)
-    app_args = dict(model_name="llm", request_timeout=30.0, default_max_tokens=32, retry_after=1) | settings
+    app_args = (
+        dict(
+            model_name="llm",
+            request_timeout=30.0,
+            default_max_tokens=32,
+            retry_after=1,
+            max_request_bytes=8 * 2**20,
+            api_key=None,
+        )
+        | settings
+    )
     app = create_app(engine, **app_args)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -1,17 +1,25 @@
 """The server through the official openai client and raw HTTP: completions, chat, streaming, stops, seeds, n,
-bad requests (400, never 500), a full queue (429 + Retry-After), disconnects that free the slot, timeouts."""
+every sampling control and prompt form, logprobs, bad requests (400, never 500), a full queue (429 + Retry-After),
+the API key (401), body limits (413), disconnects that free the slot, timeouts, and faults: an engine that is not
+running (503), one that never answers (504 at the deadline), one whose thread dies (errors, then 503, and serve.py
+exits 1). The request functions one by one, without a server: tests/test_serve_app.py."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from llm.serve.engine import Job
+from llm.sampler import SamplingParams
+from llm.serve.engine import Engine, Job
 from tests.serve_fixtures import serve_checkpoint, served  # noqa: F401  (a fixture)
 
 openai = pytest.importorskip("openai")
@@ -47,16 +55,16 @@ def test_completion_greedy_equals_the_sampler(client: openai.OpenAI, serve_check
     model, tokenizer, _ = load_checkpoint(serve_checkpoint)
     ref = generate(model, tokenizer, "def add", 20, temperature=0)[0]
     assert choice.text == ref.text and choice.text
-    assert choice.finish_reason == ("length" if ref.finish_reason == "max_new_tokens" else "stop")
+    assert choice.finish_reason == ref.finish_reason
     assert out.usage.completion_tokens == len(ref.token_ids) and out.usage.prompt_tokens == ref.prompt_tokens
 
 
 def test_chat_uses_the_template(client: openai.OpenAI) -> None:
-    from llm.serve.chat import render
-    from llm.serve.schemas import ChatMessage
+    """A checkpoint without a chat template (a base trained on documents) chats through the plain-text one."""
+    from llm.chat_template import ChatTemplate
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
-    prompt = render([ChatMessage(**m) for m in messages])
+    prompt = ChatTemplate.plain().render(messages, add_generation_prompt=True)
     assert prompt == "Be brief.\n\nUser: Hello\nAssistant:"
     chat = client.chat.completions.create(model="llm", messages=messages, max_tokens=16, temperature=0)
     plain = client.completions.create(model="llm", prompt=prompt, max_tokens=16, temperature=0, stop=["\nUser:"])
@@ -116,6 +124,18 @@ BAD = {
     "past the context": ({"model": "llm", "prompt": "def add", "max_tokens": 500}, "max_tokens", "context of 128"),
     "long prompt": ({"model": "llm", "prompt": "The lazy dog. " * 200}, "prompt", "the context holds 128"),
     "five stops": ({"model": "llm", "prompt": "x", "stop": list("abcde")}, "stop", "at most 4"),
+    "top_k below -1": ({"model": "llm", "prompt": "x", "top_k": -2}, "top_k", "greater than or equal to -1"),
+    "min_p one": ({"model": "llm", "prompt": "x", "min_p": 1.0}, "min_p", "less than 1"),
+    "penalty zero": ({"model": "llm", "prompt": "x", "repetition_penalty": 0}, "repetition_penalty", "greater than"),
+    "logprobs six": ({"model": "llm", "prompt": "x", "logprobs": 6}, "logprobs", "less than or equal to 5"),
+    "stop id": ({"model": "llm", "prompt": "x", "stop_token_ids": [320]}, "stop_token_ids", "[0, 320)"),
+    "prompt id": ({"model": "llm", "prompt": [5, 320]}, "prompt", "320 is not a token id"),
+    "negative id": ({"model": "llm", "prompt": [[5], [-1]]}, "prompt", "-1 is not a token id"),
+    "empty list": ({"model": "llm", "prompt": []}, "prompt", "the list is empty"),
+    "empty ids": ({"model": "llm", "prompt": [[1, 2], []]}, "prompt", "prompt 1 is empty"),
+    "mixed forms": ({"model": "llm", "prompt": ["x", [1]]}, "prompt", "a list of lists of token ids"),
+    "long ids": ({"model": "llm", "prompt": [1] * 128}, "prompt", "the context holds 128"),
+    "seed past int64": ({"model": "llm", "prompt": "x", "seed": 2**63}, "seed", "less than"),
 }
 
 
@@ -126,6 +146,8 @@ def test_bad_completion_requests_are_400_with_a_message(server, case: str) -> No
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"] and error["type"] == "invalid_request_error"
+    if case in ("long prompt", "long ids", "past the context"):
+        assert error["code"] == "context_length_exceeded"
 
 
 def test_bad_chat_requests_and_bodies(server, client: openai.OpenAI) -> None:
@@ -149,9 +171,121 @@ def test_bad_chat_requests_and_bodies(server, client: openai.OpenAI) -> None:
     assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["message"]
 
 
-def test_full_queue_is_429_with_retry_after(serve_checkpoint: Path) -> None:  # noqa: F811
+def greedy(**changes) -> dict:
+    """A greedy completion request of "def add", with changes."""
+    return {"model": "llm", "prompt": "def add", "max_tokens": 24, "temperature": 0} | changes
+
+
+def post(url: str, body: dict, **kw) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=30, **kw)
+
+
+def chunks_of(url: str, body: dict) -> list[dict]:
+    """The JSON chunks of a streamed completion, [DONE] left out."""
+    text = post(url, {**body, "stream": True}).text
+    assert text.rstrip().endswith("data: [DONE]"), text
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def test_every_control_and_a_list_of_prompts_equal_generate(server, serve_checkpoint: Path) -> None:  # noqa: F811
+    """A list of prompts with a seed and every control infer.py has: the server's choices are generate()'s batch
+    with that seed and those settings (row r draws with seed + r)."""
+    from llm.checkpoint import load_checkpoint
+    from llm.sampler import generate
+
+    prompts = ["def add", "The quick", "héllo"]
+    controls = dict(temperature=1.2, top_k=12, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    out = post(server.url, {"model": "llm", "prompt": prompts, "max_tokens": 20, "seed": 3, **controls}).json()
+    model, tokenizer, _ = load_checkpoint(serve_checkpoint)
+    ref = generate(model, tokenizer, prompts, 20, seed=3, **controls)
+    assert [c["text"] for c in out["choices"]] == [r.text for r in ref]
+    assert [c["finish_reason"] for c in out["choices"]] == [r.finish_reason for r in ref]
+    assert out["usage"]["completion_tokens"] == sum(len(r.token_ids) for r in ref)
+
+
+def test_top_k_min_p_and_the_penalty_change_the_text_as_they_should(server) -> None:
+    def text(**changes) -> str:
+        response = post(server.url, greedy(**changes))
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["text"]
+
+    plain = text()
+    assert text(temperature=1.5, top_k=1, seed=1) == plain  # one candidate: greedy whatever the temperature
+    assert text(temperature=1.5, top_k=-1, seed=1) == text(temperature=1.5, top_k=0, seed=1)  # vLLM's "off"
+    assert text(temperature=1.5, top_k=-1, seed=1) != plain
+    assert text(repetition_penalty=2.0) != plain  # greedy, but seen tokens weigh less
+    hot = dict(temperature=2.0, seed=1)
+    assert text(min_p=0.5, **hot) != text(**hot)  # fewer candidates, another draw
+
+
+def test_logprobs_in_openais_completions_format(server, client: openai.OpenAI) -> None:
+    out = post(server.url, greedy(logprobs=3)).json()
+    choice = out["choices"][0]
+    lp = choice["logprobs"]
+    n = out["usage"]["completion_tokens"]
+    assert n > 0 and sorted(lp) == ["text_offset", "token_logprobs", "tokens", "top_logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+    assert all(x <= 0 for x in lp["token_logprobs"])
+    for token, chosen, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
+        assert 1 <= len(top) <= 3 and all(x <= 0 for x in top.values())
+        assert chosen == max(top.values()) == top[token]  # greedy: the chosen token is the likeliest
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(choice["text"])
+    if "\ufffd" not in "".join(lp["tokens"]):  # whole characters: the tokens spell the text
+        assert "".join(lp["tokens"]) == choice["text"]
+        assert offsets == [sum(len(t) for t in lp["tokens"][:k]) for k in range(n)]
+
+    streamed = [c["choices"][0]["logprobs"] for c in chunks_of(server.url, greedy(logprobs=3))]
+    assert sum(bool(part and part["tokens"]) for part in streamed) > 1  # spread over the chunks, in order
+    assert {key: sum((part[key] for part in streamed if part), []) for key in lp} == lp
+
+    zero = post(server.url, greedy(logprobs=0)).json()["choices"][0]["logprobs"]
+    assert zero["token_logprobs"] == lp["token_logprobs"] and zero["top_logprobs"] == [{}] * n
+    assert post(server.url, greedy()).json()["choices"][0]["logprobs"] is None
+    parsed = client.completions.create(model="llm", prompt="def add", max_tokens=5, temperature=0, logprobs=2)
+    assert len(parsed.choices[0].logprobs.token_logprobs) == parsed.usage.completion_tokens
+
+
+def test_stop_token_ids(server, serve_checkpoint: Path) -> None:  # noqa: F811
+    from llm.checkpoint import load_checkpoint
+    from llm.sampler import generate
+
+    model, tokenizer, _ = load_checkpoint(serve_checkpoint)
+    ids = generate(model, tokenizer, "def add", 30, temperature=0)[0].token_ids
+    k = next(k for k in range(3, len(ids)) if ids[k] not in ids[:k])  # a token first made at step k
+    out = post(server.url, greedy(max_tokens=30, stop_token_ids=[ids[k]])).json()
+    assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == k
+    assert out["choices"][0]["text"] == tokenizer.decode(ids[:k])
+
+
+def test_every_prompt_form(server, serve_checkpoint: Path) -> None:  # noqa: F811
+    """A string, a list of strings, token ids, a list of token-id lists: the same prompts give the same text."""
+    from llm.checkpoint import load_checkpoint
+
+    tokenizer = load_checkpoint(serve_checkpoint)[1]
+    a, b = "def add", "The quick"
+    ids_a, ids_b = tokenizer.encode(a).ids, tokenizer.encode(b).ids
+
+    def texts(prompt) -> tuple[list[str], int]:
+        response = post(server.url, greedy(prompt=prompt, max_tokens=12))
+        assert response.status_code == 200, response.text
+        return [c["text"] for c in response.json()["choices"]], response.json()["usage"]["prompt_tokens"]
+
+    one = texts(a)
+    assert texts(ids_a) == one and one[1] == len(ids_a)
+    both = texts([a, b])
+    assert texts([ids_a, ids_b]) == both and both[0][0] == one[0][0] and both[1] == len(ids_a) + len(ids_b)
+
+
+def force_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every engine says its thread runs: one never started takes jobs and never decodes them."""
+    monkeypatch.setattr(Engine, "alive", property(lambda self: True))
+
+
+def test_full_queue_is_429_with_retry_after(serve_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    force_alive(monkeypatch)
     with served(serve_checkpoint, start_engine=False, queue_size=1) as s:  # nothing decodes: the queue stays full
-        s.engine.submit([Job([1, 2], 4, 0.0, 1.0, None, [], 30.0)])
+        s.engine.submit([Job([1, 2], 4, SamplingParams.defaults(temperature=0.0), timeout=30.0)])
         response = httpx.post(f"{s.url}/v1/completions", json={"model": "llm", "prompt": "x"})
         assert response.status_code == 429 and response.headers["Retry-After"] == "1"
         assert response.json()["error"]["code"] == "queue_full"
@@ -160,19 +294,223 @@ def test_full_queue_is_429_with_retry_after(serve_checkpoint: Path) -> None:  # 
             client.completions.create(model="llm", prompt="x")
 
 
+def test_the_api_key_guards_every_endpoint_but_health(serve_checkpoint: Path) -> None:  # noqa: F811
+    key = "sk-test-5ecret"
+    with served(serve_checkpoint, api_key=key) as s:
+        chat = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        calls = [
+            ("GET", "/", None),
+            ("GET", "/v1/models", None),
+            ("POST", "/v1/completions", {"model": "llm", "prompt": "def", "max_tokens": 2}),
+            ("POST", "/v1/chat/completions", chat),
+        ]
+        wrong = [{}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": key}, {"Authorization": f"Basic {key}"}]
+        for method, path, body in calls:
+            for headers in wrong:
+                response = httpx.request(method, f"{s.url}{path}", json=body, headers=headers)
+                assert response.status_code == 401, (path, headers, response.text)
+                assert response.json()["error"]["code"] == "invalid_api_key"
+            response = httpx.request(method, f"{s.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, (path, response.text)
+        assert httpx.get(f"{s.url}/health").status_code == 200  # for load balancers and probes
+        good = openai.OpenAI(base_url=f"{s.url}/v1", api_key=key, max_retries=0)
+        assert good.completions.create(model="llm", prompt="def", max_tokens=2).choices
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{s.url}/v1", api_key="sk-wrong", max_retries=0).models.list()
+
+
+def test_a_body_over_max_request_bytes_is_413(serve_checkpoint: Path) -> None:  # noqa: F811
+    with served(serve_checkpoint, max_request_bytes=2000) as s:
+        url, headers = f"{s.url}/v1/completions", {"content-type": "application/json"}
+        big = json.dumps({"model": "llm", "prompt": "x" * 3000, "max_tokens": 2}).encode()
+
+        def pieces():  # no Content-Length: chunked, counted as it is read
+            for i in range(0, len(big), 500):
+                yield big[i : i + 500]
+
+        for content in (big, pieces()):
+            response = httpx.post(url, content=content, headers=headers)
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["code"] == "request_too_large"
+        small = json.dumps({"model": "llm", "prompt": "x" * 1500, "max_tokens": 2}).encode()
+        assert httpx.post(url, content=small, headers=headers).status_code == 400  # read: the prompt is too long
+
+
+def test_a_huge_prompt_holds_up_nobody(serve_checkpoint: Path) -> None:  # noqa: F811
+    """While one client sends a 20 MB prompt, /health and another client's completion answer within a second; the
+    huge prompt is refused as longer than the context without being tokenized."""
+    with served(serve_checkpoint, max_request_bytes=32 * 2**20) as s:
+        body = json.dumps({"model": "llm", "prompt": "The lazy dog. " * 1_500_000, "max_tokens": 1}).encode()
+        assert len(body) > 20_000_000
+        result = {}
+
+        def upload() -> None:
+            def pieces():  # a MiB at a time, about a second in all: the server reads while the others ask
+                for i in range(0, len(body), 2**20):
+                    yield body[i : i + 2**20]
+                    time.sleep(0.05)
+
+            headers = {"content-type": "application/json"}
+            result["response"] = httpx.post(f"{s.url}/v1/completions", content=pieces(), headers=headers, timeout=60)
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        latencies = []
+        while thread.is_alive() or not latencies:
+            started = time.monotonic()
+            assert httpx.get(f"{s.url}/health", timeout=10).status_code == 200
+            assert post(s.url, greedy(max_tokens=4)).status_code == 200
+            latencies.append(time.monotonic() - started)
+        thread.join()
+        response = result["response"]
+        assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+        assert "bytes" in response.json()["error"]["message"]  # refused by its size, before tokenizing
+        assert len(latencies) > 3 and max(latencies) < 1.0, latencies
+
+
+def test_an_engine_not_running_is_503_at_once(serve_checkpoint: Path) -> None:  # noqa: F811
+    with served(serve_checkpoint, start_engine=False) as s:
+        started = time.monotonic()
+        for body in (greedy(), greedy(stream=True)):
+            response = post(s.url, body)
+            assert response.status_code == 503 and response.json()["error"]["code"] == "engine_stopped"
+        health = httpx.get(f"{s.url}/health")
+        assert health.status_code == 503 and health.json()["status"] == "stopped"
+        with pytest.raises(openai.InternalServerError):
+            openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0).completions.create(
+                model="llm", prompt="x"
+            )
+        assert time.monotonic() - started < 1.0
+    with served(serve_checkpoint) as s:  # started, then stopped
+        assert post(s.url, greedy(max_tokens=2)).status_code == 200
+        s.engine.stop()
+        assert post(s.url, greedy()).status_code == 503
+
+
+def test_an_engine_that_never_answers_ends_the_request_at_its_deadline(
+    serve_checkpoint: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm.serve.app import GRACE
+
+    force_alive(monkeypatch)  # takes the jobs, never sends "done"
+    with served(serve_checkpoint, start_engine=False, request_timeout=0.5) as s:
+        started = time.monotonic()
+        response = post(s.url, greedy())
+        took = time.monotonic() - started
+        assert response.status_code == 504 and "request_timeout" in response.json()["error"]["message"]
+        assert 0.5 <= took < 0.5 + GRACE + 1.0, took
+        streamed = post(s.url, greedy(stream=True)).text
+        assert '"type": "timeout"' in streamed and streamed.rstrip().endswith("data: [DONE]")
+        assert httpx.get(f"{s.url}/health").status_code == 200  # the server still answers
+        monkeypatch.undo()
+        s.engine.start()  # once the engine runs, the next request is answered
+        assert post(s.url, greedy(max_tokens=2)).status_code == 200
+
+
+class Killed(BaseException):
+    """What `except Exception` does not catch: it ends the engine thread."""
+
+
+def test_a_dead_engine_thread_ends_its_requests_then_answers_503(serve_checkpoint: Path) -> None:  # noqa: F811
+    from llm.serve.cli import exit_on_death
+
+    with served(serve_checkpoint, max_batch=2) as s:
+        server = SimpleNamespace(should_exit=False)  # what serve.py's on_death stops
+        died = exit_on_death(s.engine, server)
+        step = s.engine.core.step
+
+        def dying(*args, **kwargs):
+            if s.engine.active() == 2 and s.engine.steps > 3:  # both requests are decoding: die
+                raise Killed("injected")
+            time.sleep(0.02)
+            return step(*args, **kwargs)
+
+        s.engine.core.step = dying
+        results = {}
+
+        def ask(name: str, body: dict) -> None:
+            results[name] = post(s.url, body)
+
+        body = greedy(prompt="def", max_tokens=100)
+        threads = [
+            threading.Thread(target=ask, args=(name, b))
+            for name, b in [("plain", body), ("streamed", {**body, "stream": True})]
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert time.monotonic() - started < 10  # well within request_timeout=30
+        plain, streamed = results["plain"], results["streamed"].text
+        assert plain.status_code == 500 and "Killed: injected" in plain.json()["error"]["message"], plain.text
+        assert '"type": "server_error"' in streamed and "Killed: injected" in streamed
+        assert streamed.rstrip().endswith("data: [DONE]")
+        assert server.should_exit and died == [s.engine.died] and "Killed: injected" in died[0]
+
+        started = time.monotonic()
+        response = post(s.url, greedy())
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_stopped"
+        assert httpx.get(f"{s.url}/health").json()["status"] == "stopped"
+        assert time.monotonic() - started < 1.0
+
+
+def test_serve_py_exits_1_when_the_engine_thread_dies(serve_checkpoint: Path) -> None:  # noqa: F811
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        from llm.sampler.core import DecodeCore
+
+
+        class Killed(BaseException):
+            pass
+
+
+        def step(self, *args, **kwargs):
+            raise Killed("injected")
+
+
+        DecodeCore.step = step
+        sys.argv = ["serve.py", "ckpt_path={serve_checkpoint}", "port=0"]
+        from llm.serve.cli import main
+
+        main()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            if "serving llm" in line:
+                url = line.split(" on ")[1].split()[0]
+                break
+        assert url, "no 'serving ... on http://...' line"
+        assert wait_until(lambda: ok(f"{url}/health"), 30)
+        response = httpx.post(f"{url}/v1/completions", json=greedy(), timeout=30)
+        assert response.status_code == 500 and "Killed: injected" in response.text
+        rest = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 1 and "the engine thread died: Killed: injected" in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def slow_steps(engine, seconds: float) -> list[Job]:
     """Make each decode step take `seconds`; return the list the engine's submitted jobs go to."""
-    decode, submit, jobs = engine.decode, engine.submit, []
+    step, submit, jobs = engine.core.step, engine.submit, []
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         time.sleep(seconds)
-        return decode(*args)
+        return step(*args, **kwargs)
 
     def recording(new):
         jobs.extend(new)
         submit(new)
 
-    engine.decode, engine.submit = slow, recording
+    engine.core.step, engine.submit = slow, recording
     return jobs
 
 
@@ -242,6 +580,9 @@ def ok(url: str) -> bool:
         ("max_batch=0", "max_batch=0 must be an integer >= 1"),
         ("port=70000", "port=70000 must be an integer in"),
         ("request_timeout=0", "request_timeout=0 must be a number"),
+        ("max_request_bytes=0", "max_request_bytes=0 must be an integer >= 1"),
+        ("api_key=''", "api_key='' must be a non-empty string"),
+        ("api_key=123", "api_key=123 must be a non-empty string"),
     ],
 )
 def test_bad_serve_config_names_the_key(serve_checkpoint: Path, override: str, message: str) -> None:  # noqa: F811

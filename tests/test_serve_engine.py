@@ -219,7 +219,7 @@ def test_a_failing_prefill_ends_only_its_own_job(tokenizer: Tokenizer, monkeypat
     engine = Engine(model, tokenizer, max_batch=3, queue_size=8, compile=False)
     prefill = engine.core.prefill
 
-    def failing(rows, prompts, params, logprobs=0):
+    def failing(rows, prompts, params, logprobs=-1):
         if [66, 67] in [list(p) for p in prompts]:
             raise RuntimeError("injected prefill fault")
         return prefill(rows, prompts, params, logprobs)
@@ -247,7 +247,7 @@ def test_a_failed_step_ends_its_jobs_and_the_engine_serves_on(tokenizer: Tokeniz
     engine = Engine(model, tokenizer, max_batch=2, queue_size=4, compile=False)
     step, calls = engine.core.step, []
 
-    def once_failing(logprobs=0):
+    def once_failing(logprobs=-1):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("injected step fault")
@@ -277,7 +277,7 @@ def test_a_dead_engine_thread_ends_every_job_and_refuses_new_ones(tokenizer: Tok
     deaths = []
     engine.on_death = lambda: deaths.append(engine.died)
 
-    def killed(logprobs=0):
+    def killed(logprobs=-1):
         raise Killed("injected")
 
     engine.core.step = killed

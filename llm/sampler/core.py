@@ -125,12 +125,16 @@ class DecodeCore:
 
     @torch.inference_mode()
     def prefill(
-        self, rows: Sequence[int], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], logprobs: int = 0
+        self,
+        rows: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        logprobs: int = -1,
     ) -> Draw:
         """Run prompts (token ids, each shorter than the cache) into the given rows and sample their first tokens.
 
-        Each row's settings apply from here on; a seed of None draws a fresh one. logprobs > 0 also returns that
-        many top log-probabilities per row (and the chosen token's)."""
+        Each row's settings apply from here on; a seed of None draws a fresh one. logprobs k >= 0 also returns the
+        chosen tokens' log-probabilities and the k most likely per row; -1: none."""
         rows = list(rows)
         lengths = [len(p) for p in prompts]
         if not rows or len(prompts) != len(rows) or len(params) != len(rows):
@@ -179,7 +183,7 @@ class DecodeCore:
     # ------------------------------------------------------------------------------------------ one step
 
     @torch.inference_mode()
-    def step(self, logprobs: int = 0) -> Draw:
+    def step(self, logprobs: int = -1) -> Draw:
         """One new token for every row (B,): each active row at its own position, with its own settings.
 
         Rows already at the end of the cache write their last position again: the caller ends them first."""
@@ -238,7 +242,7 @@ class DecodeCore:
                 if generator is not None and (index is not None or row in self.active):
                     race[i].exponential_(1, generator=generator)  # one draw per row per token, from its own stream
         tokens = choose(logits, knobs, counts, race, controls)
-        if logprobs <= 0:
+        if logprobs < 0:
             return Draw(tokens)
         logp = torch.log_softmax(logits, dim=-1)
         top = torch.topk(logp, min(logprobs, self.vocab_size), dim=-1)

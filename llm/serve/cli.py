@@ -6,17 +6,25 @@ FastAPI and uvicorn come with the `serve` extra: `pip install -e '.[serve]'`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
+from llm.checkpoint import find_checkpoint, load, read_chat_template
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
-from llm.infer import load
 from llm.sampler import resolve_compile
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from llm.serve.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ def positive(key: str, value: object, minimum: float = 1) -> float:
 
 def check(cfg: DictConfig) -> None:
     """Every key before the checkpoint loads: one line naming the key."""
-    for key in ("max_batch", "queue_size", "default_max_tokens"):
+    for key in ("max_batch", "queue_size", "default_max_tokens", "max_request_bytes"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= 1")
     positive("request_timeout", cfg.request_timeout, 0.001)
@@ -38,6 +46,39 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"port={cfg.port!r} must be an integer in [0, 65535] (0: any free port)")
     if not cfg.model_name:
         raise ConfigError("model_name is empty: give the name clients will send as 'model'")
+    if cfg.api_key is not None and (not isinstance(cfg.api_key, str) or not cfg.api_key):
+        raise ConfigError(
+            f"api_key={cfg.api_key!r} must be a non-empty string, or null for none (quote a key that looks like a "
+            "number: api_key=\"'123'\", or set LLM_API_KEY)"
+        )
+
+
+def read_api_key(value: str | None) -> str | None:
+    """The key every request but /health must send: api_key, else the environment's LLM_API_KEY; None: no key."""
+    return value if value is not None else os.environ.get("LLM_API_KEY") or None
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exit_on_death(engine: Engine, server: uvicorn.Server) -> list[str]:
+    """Make the engine thread's death stop the server: engine.on_death records why in the list returned and tells
+    uvicorn to exit, and serve() then exits with status 1. The thread is not restarted: the device state it died
+    with may be corrupt, and a process supervisor restarts the whole process cleanly (docs/serving.md)."""
+    died: list[str] = []
+
+    def on_death() -> None:  # on the engine thread
+        died.append(engine.died or "see the error logged above")
+        server.should_exit = True
+
+    engine.on_death = on_death
+    return died
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -70,7 +111,23 @@ def serve(cfg: DictConfig) -> None:
     if compile:
         log.info("compiling the decode step before serving (a minute or two on a CPU)")
         engine.warm_up()
-    app = create_app(engine, cfg.model_name, cfg.request_timeout, cfg.default_max_tokens, int(cfg.retry_after))
+    key = read_api_key(cfg.api_key)
+    if key is None and not loopback(cfg.host):
+        log.warning(
+            "host=%s serves the network without an API key: anyone who reaches it can use it (set api_key or "
+            "LLM_API_KEY)",
+            cfg.host,
+        )
+    app = create_app(
+        engine,
+        cfg.model_name,
+        cfg.request_timeout,
+        cfg.default_max_tokens,
+        int(cfg.retry_after),
+        cfg.max_request_bytes,
+        key,
+        read_chat_template(find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)),
+    )
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     log.info(
@@ -82,12 +139,16 @@ def serve(cfg: DictConfig) -> None:
         port,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5))
+    died = exit_on_death(engine, server)
     engine.start()
     try:
         server.run(sockets=[sock])
     finally:
         engine.stop()
         sock.close()
+    if died:
+        log.error("the engine thread died: %s; exiting with status 1 for a supervisor to restart serve.py", died[0])
+        sys.exit(1)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="serve")

@@ -82,6 +82,11 @@ class Job:
         return self.output.logprobs if self.output is not None else []
 
 
+def _asked(job: Job) -> int:
+    """How many top log-probabilities a job wants: -1 none, 0 the chosen token's only."""
+    return -1 if job.logprobs is None else job.logprobs
+
+
 class Engine:
     """The decode core over max_batch slots, and the queue; start() runs step() on a thread of its own."""
 
@@ -193,7 +198,7 @@ class Engine:
         busy = [slot for slot, job in enumerate(self.slots) if job is not None]
         if not busy:
             return
-        draw = self.core.step(max(self.slots[slot].logprobs or 0 for slot in busy))
+        draw = self.core.step(max(_asked(self.slots[slot]) for slot in busy))
         tokens = draw.tokens[busy].tolist()  # one host sync a step
         for slot, token in zip(busy, tokens, strict=True):
             self._accept(slot, token, draw)
@@ -255,7 +260,7 @@ class Engine:
 
     def _prefill(self, joining: list[tuple[int, Job]]) -> None:
         slots = [slot for slot, _ in joining]
-        logprobs = max(job.logprobs or 0 for _, job in joining)
+        logprobs = max(_asked(job) for _, job in joining)
         draw = self.core.prefill(
             slots, [job.prompt_ids for _, job in joining], [job.params for _, job in joining], logprobs
         )
@@ -267,6 +272,8 @@ class Engine:
         """One new token of the job in slot (row of draw: default the slot): text, stops, max_tokens."""
         job = self.slots[slot]
         logprob = draw.logprobs(slot if row is None else row) if job.logprobs is not None else None
+        if logprob is not None:
+            logprob.top = logprob.top[: job.logprobs]  # the batch computed as many as its greediest job asked
         chunk = job.output.accept(token, logprob)
         if chunk:
             self._emit(job, "text", chunk)

@@ -1,7 +1,9 @@
-"""The request bodies the server accepts, as OpenAI's API defines them (the fields this server implements).
+"""The request bodies the server accepts, as OpenAI's API defines them (the fields this server implements), with
+vLLM's names for the sampling controls OpenAI lacks (top_k, min_p, repetition_penalty, stop_token_ids).
 
 Strict: a field of the wrong type or an unknown field is refused (400), never coerced or ignored. The defaults
-are OpenAI's (temperature 1, top_p 1, n 1), so a client written for OpenAI samples as it expects.
+are OpenAI's (temperature 1, top_p 1, n 1) and vLLM's (top_k, min_p and repetition_penalty off), so a client
+written for either samples as it expects.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ class Sampling(Strict):
     max_tokens: int | None = Field(None, ge=1)  # None: the server's default_max_tokens, cut to the context
     temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)  # the k most likely tokens; 0 or -1 (vLLM's "off"): off
+    min_p: float = Field(0.0, ge=0, lt=1)  # drop tokens below min_p x the top probability; 0: off
+    repetition_penalty: float = Field(1.0, gt=0)  # > 1 discourages tokens already seen; 1: off
     n: int = Field(1, ge=1, le=16)  # completions per prompt
     stream: bool = False  # server-sent events, one per piece of text
-    stop: str | list[str] | None = Field(None)  # up to 4 strings; the text ends before the first found
-    seed: int | None = None  # the same seed and request give the same text; choice i draws with seed + i
+    stop: str | list[str] | None = None  # up to 4 strings; the text ends before the first found
+    stop_token_ids: list[int] | None = None  # token ids that end a choice, besides end-of-document
+    # the same seed and request give the same text; job j (prompt i, choice c: j = i * n + c) draws with seed + j
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     user: str | None = None  # accepted and ignored
 
     def stop_strings(self) -> list[str]:
@@ -34,7 +41,9 @@ class Sampling(Strict):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]  # a list: several prompts, n choices each, in order
+    # a string, several (n choices each, in order), a prompt of token ids, or several
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=5)  # each token's log-probability and this many top alternatives
 
 
 class ChatMessage(Strict):
@@ -46,6 +55,13 @@ class ChatMessage(Strict):
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens; either may be given
+
+
+# What a field of several forms accepts: one message for a value that fits none (pydantic reports one per form).
+FORMS = {
+    "prompt": "a string, a list of strings, a list of token ids, or a list of lists of token ids",
+    "stop": "a string or a list of strings",
+}
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
