@@ -1,8 +1,10 @@
-"""`python -m llm.export ckpt_path=… format=hf|gguf out=…` (or `llm-export`): a trained checkpoint for other tools.
+"""`python -m llm.export ckpt_path=… format=hf|gguf out=… dtype=…` (or `llm-export`): a checkpoint for other tools.
 
-format=hf writes a folder that transformers' AutoModelForCausalLM and AutoTokenizer load (GPT2LMHeadModel or
-LlamaForCausalLM, weights in safetensors); format=gguf writes one .gguf file for llama.cpp. A model neither
-layout can express is refused by name, with the overrides that make one (docs/export.md).
+format=hf writes a folder that transformers' AutoModelForCausalLM and AutoTokenizer load (GPT2LMHeadModel,
+LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM, weights in safetensors); format=gguf writes one .gguf file
+for llama.cpp, its matrices in dtype (f32, f16, bf16, q8_0). A model no layout can express is refused by name, with
+the overrides that make one (docs/export.md). The chat template a checkpoint carries (llm/checkpoint.py's
+CHAT_TEMPLATE) goes into both: tokenizer_config.json's chat_template, GGUF's tokenizer.chat_template.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from llm.checkpoint import find_checkpoint, load_checkpoint, run_folder
+from llm.chat_template import ChatTemplate, ChatTokens
+from llm.checkpoint import CHAT_TEMPLATE, find_checkpoint, load_checkpoint, run_folder
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
-from llm.interop.gguf import write_gguf
+from llm.interop.gguf import check_dtype, write_gguf
 from llm.interop.hf import export_layout, save_pretrained
 from llm.interop.tokenizer import save_hf_tokenizer
 from llm.tokenizer import eod_id
@@ -26,23 +29,37 @@ log = logging.getLogger(__name__)
 FORMATS = ("hf", "gguf")
 
 
-def export(ckpt_path: str | Path, format: str, out: str | Path | None = None, outputs_root: str = "outputs") -> Path:
-    """Write the checkpoint in `format` to out (default: export/ in its run folder); returns what was written."""
+def export(
+    ckpt_path: str | Path,
+    format: str,
+    out: str | Path | None = None,
+    outputs_root: str = "outputs",
+    dtype: str = "f32",
+) -> Path:
+    """Write the checkpoint in `format` to out (default: export/ in its run folder); returns what was written.
+
+    dtype: the GGUF file's matrices (f32, f16, bf16, q8_0); a Hugging Face folder is float32."""
     if format not in FORMATS:
         raise ConfigError(f"format={format!r} is not one of {list(FORMATS)}")
+    if check_dtype(dtype) != "f32" and format != "gguf":
+        raise ConfigError(f"dtype={dtype} is for format=gguf; format=hf writes float32 (dtype=f32)")
     path = find_checkpoint(ckpt_path, outputs_root)
-    model, tokenizer, _ = load_checkpoint(path)
+    model, tokenizer, ckpt = load_checkpoint(path)
     layout = export_layout(model.config)  # refused before anything is written
     run = run_folder(path)
+    template = ChatTemplate.from_dict(ckpt[CHAT_TEMPLATE]) if ckpt.get(CHAT_TEMPLATE) else None
+    chat_template = template.source if template is not None else None  # the Jinja, when the model learned one
     if out is None:
-        out = run / "export" / ("hf" if format == "hf" else "model.gguf")
+        out = run / "export" / ("hf" if format == "hf" else f"model-{dtype}.gguf" if dtype != "f32" else "model.gguf")
     out = Path(out).expanduser()
     if format == "gguf":
-        written = write_gguf(model, tokenizer, out, name=run.name)
+        written = write_gguf(model, tokenizer, out, name=run.name, dtype=dtype, chat_template=chat_template)
     else:
         eod = eod_id(tokenizer)
-        written = save_pretrained(model, out, bos_id=eod, eos_id=eod)
-        save_hf_tokenizer(tokenizer, out, model.config.block_size)
+        # a chat model's reply ends with its turn: generate() stops at that token too
+        turn_end = ChatTokens(template, tokenizer).end_ids if template is not None else []
+        written = save_pretrained(model, out, bos_id=eod, eos_id=eod, stop_ids=[eod, *turn_end])
+        save_hf_tokenizer(tokenizer, out, model.config.block_size, chat_template, template.special if template else {})
     log.info("exported %s (%s layout) to %s", path, layout, written)
     return written
 
@@ -51,7 +68,7 @@ def export(ckpt_path: str | Path, format: str, out: str | Path | None = None, ou
 def _hydra_main(cfg: DictConfig) -> None:
     """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
     try:
-        print(export(cfg.ckpt_path, cfg.format, cfg.out, cfg.paths.outputs_root))
+        print(export(cfg.ckpt_path, cfg.format, cfg.out, cfg.paths.outputs_root, cfg.dtype))
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(2)

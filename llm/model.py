@@ -25,7 +25,6 @@ CHOICES = {
     "mlp": ("swiglu", "gelu", "relu2"),
 }
 
-
 @dataclass(kw_only=True)
 class GPTConfig:
     """The model's shape and variants. Every preset in conf/model/ names each key without a default here."""
@@ -49,13 +48,16 @@ class GPTConfig:
     mlp_hidden: int | None = None  # None: 4*C for GELU and ReLU², ~8/3*C (multiple of 64) for SwiGLU
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    # Shape keys a pretrained base may fix (llm/interop/hf.py): defaults here, so checkpoints without them load
+    qkv_bias: bool = False  # biases on q, k and v only, not on the output projection (Qwen2); bias=true has them all
+    head_dim: int | None = None  # None: C / nh; set, the heads are wider or narrower than that (Qwen3: 128 at C=1024)
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
-        for key in ("qk_norm", "zero_init_proj", "tie_embeddings", "bias"):
+        for key in ("qk_norm", "zero_init_proj", "tie_embeddings", "bias", "qkv_bias"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.config.{key}={getattr(self, key)!r} is not one of [true, false]")
         cap = self.logit_softcap
@@ -68,9 +70,15 @@ class GPTConfig:
                 raise ConfigError(f"model.config.{key}={getattr(self, key)} must be at least 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.config.dropout={self.dropout} must be in [0, 1)")
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ConfigError(
-                f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}"
+                f"model.config.n_embd={self.n_embd} must be divisible by model.config.n_head={self.n_head}, "
+                "or model.config.head_dim set"
+            )
+        hd = self.head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
+            raise ConfigError(
+                f"model.config.head_dim={self.head_dim!r} must be an integer >= 1, or null for n_embd / n_head"
             )
         if self.n_head % self.n_kv_head:
             raise ConfigError(
@@ -86,7 +94,7 @@ class GPTConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim or self.n_embd // self.n_head
 
     @property
     def padded_vocab_size(self) -> int:
@@ -210,15 +218,17 @@ def filled_length(n: int, cache_len: int, bucket: int = 64) -> int:
 
 
 class Attention(nn.Module):
-    """Multi-head causal self-attention, with grouped-query K/V heads when n_kv_head < n_head."""
+    """Multi-head causal self-attention, with grouped-query K/V heads when n_kv_head < n_head.
+
+    The heads together are nh * hs wide: C unless head_dim says otherwise (qkv maps C to it, proj back to C)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
-        kv_size = 2 * config.n_kv_head * config.head_size
-        self.qkv = nn.Linear(config.n_embd, config.n_embd + kv_size, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_size, self.kv_size = config.n_head * config.head_size, config.n_kv_head * config.head_size
+        self.qkv = nn.Linear(config.n_embd, self.q_size + 2 * self.kv_size, bias=config.bias or config.qkv_bias)
+        self.proj = nn.Linear(self.q_size, config.n_embd, bias=config.bias)
         # QK-norm: one gain vector of head size, shared by the heads (and by q's and k's own heads)
         self.q_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
@@ -229,8 +239,8 @@ class Attention(nn.Module):
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> q (B, nh, T, hs), k and v (B, n_kv, T, hs); q and k rotated when rope is given."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split([C, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size], dim=-1)
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
@@ -249,7 +259,7 @@ class Attention(nn.Module):
         attn_impl: str | None = None,
         cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q, k, v = self.project(x, rope)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v, cache_rows)  # (B, n_kv, S, hs): every position so far
@@ -262,7 +272,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
         else:
             y = explicit_attention(q, k, v, mask, dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # heads side by side again: (B, T, nh * hs)
         return F.dropout(self.proj(y), dropout, self.training)  # GPT-2's residual dropout, as after the MLP
 
     def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -466,13 +476,13 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L C T (PaLM, appendix B).
+        """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L (nh hs) T (PaLM, appendix B).
 
         N counts the matrices a token is multiplied by: an untied input embedding is a lookup, not a matmul."""
         T = seq_len or self.config.block_size
         c = self.config
         n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())
-        return 6 * n + 12 * c.n_layer * c.n_embd * T
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * T
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Decay matrices (embeddings, linear weights); never biases or norm gains (QK-norm's too).

@@ -75,7 +75,7 @@ def check_resume(path: str | Path, cfg: Mapping) -> None:
     ckpt = read_checkpoint(path)
     node = {k: v for k, v in OmegaConf.to_container(cfg["model"]["config"], resolve=True).items() if k != "_target_"}
     ours = GPTConfig(**node).to_dict()
-    theirs = ckpt[MODEL_CONFIG]
+    theirs = GPTConfig(**ckpt[MODEL_CONFIG]).to_dict()  # a key added since the checkpoint was written: its default
     for key, value in ours.items():
         if key not in MUTABLE_MODEL_KEYS and theirs.get(key) != value:
             raise ConfigError(

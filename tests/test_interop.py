@@ -33,21 +33,58 @@ MIXED = 'def héllo(x):\n    return f"naïve café — 日本語 {x}"  # ✓\n<|
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None)
 NO_SPECIALS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # generate() never stops early
 
+SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 HF_MODELS = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, **NO_SPECIALS)
     ),
     "llama-gqa": lambda: transformers.LlamaForCausalLM(
         transformers.LlamaConfig(
-            vocab_size=300,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
+            **SMALL,
             num_attention_heads=4,
             num_key_value_heads=2,  # grouped-query attention
-            max_position_embeddings=128,
             rope_theta=5000.0,  # not the default 10000
             rms_norm_eps=1e-6,
+            **NO_SPECIALS,
+        )
+    ),
+    # SmolLM2's shape (135M: 576 wide, 9 heads, 3 K/V heads, tied, rope_theta 1e5, eps 1e-5), shrunk
+    "smollm2": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            **SMALL | dict(hidden_size=96, intermediate_size=256),
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            **NO_SPECIALS,
+        )
+    ),
+    # Qwen2.5-0.5B's kind: biases on q, k, v, grouped-query attention, tied, rope_theta 1e6
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            **SMALL,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=1e6,
+            tie_word_embeddings=True,
+            **NO_SPECIALS,
+        )
+    ),
+    # Qwen3's: QK-norm, heads wider than hidden / heads (0.6B: 16 x 128 = 2048 at 1024 wide), untied
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(
+            **SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e6, **NO_SPECIALS
+        )
+    ),
+    "qwen3-tied": lambda: transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(
+            **SMALL,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=24,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
             **NO_SPECIALS,
         )
     ),
@@ -67,7 +104,11 @@ def _random_hf(kind: str, folder: Path):
 def test_imported_model_gives_transformers_logits_and_greedy_tokens(kind: str, tmp_path: Path) -> None:
     theirs = _random_hf(kind, tmp_path)
     ours = load_pretrained(str(tmp_path), attn="explicit")
-    assert ours.config.n_kv_head == (2 if kind == "llama-gqa" else 4)
+    hf = theirs.config
+    assert ours.config.n_kv_head == getattr(hf, "num_key_value_heads", 4)
+    assert ours.config.tie_embeddings == hf.tie_word_embeddings
+    assert ours.config.head_size == (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
+    assert (ours.config.qkv_bias, ours.config.qk_norm) == (kind == "qwen2", kind.startswith("qwen3"))
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = theirs(ids).logits
@@ -76,37 +117,63 @@ def test_imported_model_gives_transformers_logits_and_greedy_tokens(kind: str, t
 
     prompt = ids[:1]
     hf_tokens = theirs.generate(prompt, max_new_tokens=50, do_sample=False, min_new_tokens=0)[0, 12:].tolist()
-    our_tokens = generate_ids(ours, [prompt[0].tolist()], 50, GREEDY)[0].token_ids
+    our_tokens = generate_ids(ours, [prompt[0].tolist()], 50, SamplingParams.defaults(temperature=0))[0].token_ids
     assert len(hf_tokens) == 50 and our_tokens == hf_tokens
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"sliding_window": 4096}, "sliding-window attention"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_scaling type 'yarn'"),
-        ({"attention_bias": True}, "attention_bias=true"),
-        ({"num_local_experts": 8}, "mixture-of-experts"),
-        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-        ({"model_type": "mamba"}, "model_type='mamba' is not one of"),
-    ],
-)
-def test_what_our_model_cannot_express_is_refused_by_name(change: dict, message: str) -> None:
-    hf = {"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96}
-    hf |= {"num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+REFUSED = [  # (model_type, change, the one line: the feature and the config key)
+    ("llama", {"sliding_window": 4096}, "sliding-window attention (sliding_window=4096) is not supported"),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4096}, "sliding-window attention (sliding_window=4096)"),
+    ("qwen3", {"layer_types": ["full_attention", "sliding_attention"]}, "(layer_types has 'sliding_attention')"),
+    (
+        "qwen2",
+        {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
+        "rope scaling (rope_parameters rope_type='yarn') is not supported",
+    ),
+    (
+        "llama",
+        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+        "rope scaling (rope_scaling rope_type='llama3')",
+    ),
+    ("llama", {"attention_bias": True}, "a bias on the attention output (attention_bias=true) is not supported"),
+    ("qwen3", {"attention_bias": True}, "a bias on the attention output (attention_bias=true) is not supported"),
+    ("llama", {"mlp_bias": True}, "biases in the MLP (mlp_bias=true) are not supported"),
+    ("qwen3", {"num_experts": 8}, "mixture-of-experts (num_experts=8) is not supported"),
+    ("qwen3_moe", {}, "mixture-of-experts (model_type='qwen3_moe') is not supported"),
+    ("qwen2", {"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
+    ("mamba", {}, "model_type='mamba' is not one of ['gpt2', 'llama', 'qwen2', 'qwen3']"),
+]
+
+
+@pytest.mark.parametrize("kind, change, message", REFUSED)
+def test_what_our_model_cannot_express_is_refused_by_name(kind: str, change: dict, message: str) -> None:
+    hf = {"model_type": kind.removesuffix("_moe") if kind != "mamba" else "llama", "vocab_size": 300}
+    hf |= {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
+    hf |= {"max_position_embeddings": 64}
     config_from_hf(hf)  # the plain one is accepted
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        config_from_hf(hf | change)
+    with pytest.raises(ConfigError) as e:
+        config_from_hf(hf | {"model_type": kind} | change, "models/base")
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("init_from=models/base: ") and message in line
 
 
-def test_export_refuses_what_neither_layout_computes_and_names_the_fix() -> None:
+def test_an_unsupported_base_is_refused_before_its_weights_are_read(tmp_path: Path) -> None:
+    """A folder with only a config.json: the feature is named, not the missing weights."""
+    hf = dict(SMALL, model_type="qwen2", num_attention_heads=4, use_sliding_window=True, sliding_window=32)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ConfigError, match=r"sliding-window attention \(sliding_window=32\)"):
+        load_pretrained(str(tmp_path))
+
+
+def test_export_refuses_what_no_layout_computes_and_names_the_fix() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"model.config.mlp=relu2 .*qk_norm=true .*Train with model.config.mlp=swiglu model.config.qk_norm=false$",
+        match=r"^cannot export to the qwen3 layout \(Qwen3ForCausalLM\): model.config.mlp=relu2 \(Qwen3's MLP is "
+        r"SwiGLU\). Train with model.config.mlp=swiglu$",
     ):
-        export_layout(model_preset("tiny"))  # the default recipe: ReLU² and QK-norm are not Llama's
+        export_layout(model_preset("tiny"))  # the default recipe: QK-norm is Qwen3's, ReLU² no layout's
     assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, zero_init_proj=True)) == "llama"
-    with pytest.raises(ConfigError, match=r"model.config.logit_softcap=30.0 \(neither layout caps logits\)"):
+    with pytest.raises(ConfigError, match=r"model.config.logit_softcap=30.0 \(no layout caps logits\)"):
         export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, logit_softcap=30.0))
     assert export_layout(model_preset("gpt2-124m", tie_embeddings=False)) == "gpt2"
 
@@ -169,7 +236,10 @@ def _read_gguf(path: Path) -> tuple[dict, dict]:
             values = [v.tolist()[0] if len(v) == 1 else v.tolist() for v in values]
         fields[name] = values if field.types[0] == gguf.GGUFValueType.ARRAY else values[0]
     # GGUF lists dims fastest-first (ne0 = columns): the reader's array has numpy's (rows, columns) order
-    tensors = {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    tensors = {  # every type as float32, dequantised as llama.cpp reads it
+        t.name: gguf.quants.dequantize(np.array(t.data), t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        for t in reader.tensors
+    }
     return fields, tensors
 
 
@@ -271,7 +341,7 @@ def test_export_cli_refuses_the_default_recipe_by_name(tmp_path) -> None:
     torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, ckpt)
     with pytest.raises(
         ConfigError,
-        match=r"mlp=relu2 \(Llama's MLP is SwiGLU\).*Train with model.config.mlp=swiglu model.config.qk_norm=false",
+        match=r"mlp=relu2 \(Qwen3's MLP is SwiGLU\)\. Train with model.config.mlp=swiglu$",
     ):
         export(ckpt, "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -334,15 +404,224 @@ def test_init_from_offline_says_what_to_download_and_where(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("kind", sorted(HF_MODELS))
 def test_import_then_export_gives_back_every_tensor(kind: str, tmp_path: Path) -> None:
-    """HF folder -> our GPT -> HF folder: the same tensors under the same names (an untied head included)."""
+    """HF folder -> our GPT -> HF folder: the same tensors under the same names (an untied head included), the
+    same architecture, and transformers' logits of the new folder equal to the first's."""
     from safetensors.torch import load_file
 
     from llm.interop.hf import save_pretrained
 
-    _random_hf(kind, tmp_path / "in")
+    theirs = _random_hf(kind, tmp_path / "in")
     save_pretrained(load_pretrained(str(tmp_path / "in")), tmp_path / "out", None, None)
     before, after = load_file(tmp_path / "in" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     before = {k: v for k, v in before.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # buffers
     assert sorted(after) == sorted(before)
     assert all(torch.equal(after[k], before[k]) for k in before)
-    assert ("lm_head.weight" in after) == (kind == "llama-gqa")  # LlamaConfig unties by default, GPT-2 ties
+    assert ("lm_head.weight" in after) != theirs.config.tie_word_embeddings
+
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert type(again) is type(theirs) and config["architectures"] == [type(theirs).__name__]
+    assert config["model_type"] == theirs.config.model_type
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, theirs(ids).logits, atol=1e-4, rtol=0)
+
+
+# ---- bases with their tokenizers, and GGUF in every type -----------------------------------------------------
+
+CHAT = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]
+TEXT = 'def héllo(x):\n    return f"naïve café 日本語 {x}" + 12345  # ✓\n\n  The quick brown fox.\n'
+
+
+def _bpe(pre_tokenizer, normalizer=None):
+    """A byte-level BPE of a base's kind, trained on this repository's sources up to 300 ids (the model's rows)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[EOD, *CHAT_MARKERS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([p.read_text() for p in sorted((ROOT / "llm").rglob("*.py"))][:20], trainer=trainer)
+    return tok
+
+
+def _save_base_tokenizer(kind: str, folder: Path) -> None:
+    """The tokenizer a base of this kind ships: Qwen2's by transformers' own Qwen2Tokenizer (Qwen2.5 and Qwen3 use
+    it), SmolLM2's (digits one by one, then GPT-2's byte-level BPE) as its tokenizer.json has it; a chat template."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    if kind.startswith("qwen"):
+        from tokenizers import Regex
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        split = pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False)
+        tok = _bpe(pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+        spec = json.loads(tok.to_str())["model"]
+        hf_tok = transformers.Qwen2Tokenizer(vocab=spec["vocab"], merges=[tuple(m) for m in spec["merges"]])
+        assert isinstance(hf_tok.backend_tokenizer.normalizer, normalizers.NFC)
+    else:
+        digits = pre_tokenizers.Digits(individual_digits=True)
+        tok = _bpe(pre_tokenizers.Sequence([digits, pre_tokenizers.ByteLevel(add_prefix_space=False)]))
+        hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD, bos_token=EOD)
+    hf_tok.add_special_tokens({"additional_special_tokens": CHAT_MARKERS})
+    hf_tok.chat_template = CHAT
+    hf_tok.save_pretrained(folder)
+
+
+BASES = {"qwen2": "qwen2", "qwen3": "qwen2", "qwen3-tied": "qwen2", "smollm2": "smollm"}  # kind -> tokenizer.ggml.pre
+
+
+@pytest.mark.parametrize("kind", sorted(BASES))
+def test_a_base_comes_with_its_tokenizer_and_chat_template(kind: str, tmp_path: Path) -> None:
+    from llm.interop.hf import Pretrained
+    from llm.interop.tokenizer import gguf_vocab, tokenizer_from_hf
+
+    _random_hf(kind, tmp_path)
+    _save_base_tokenizer(kind, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = tokenizer_from_hf(tmp_path)
+    assert ours.encode(TEXT).ids == theirs(TEXT)["input_ids"]  # digits, non-ASCII, code, blank lines: same ids
+    assert ours.decode(ours.encode(TEXT).ids) == TEXT
+    pretrained = Pretrained.open(str(tmp_path), None)
+    assert pretrained.chat_template == CHAT  # kept for the chat engineer: Pretrained.chat_template
+    assert gguf_vocab(ours)["pre"] == BASES[kind]
+
+
+def _gguf_expected(arch: str, config, tied: bool, chat: bool) -> tuple[set[str], set[str]]:
+    """The metadata keys and tensor names llama.cpp's converter writes for this layout, from gguf's own constants."""
+    K, T = gguf.Keys, gguf.MODEL_TENSOR
+    keys = {K.General.ARCHITECTURE, K.General.TYPE, K.General.NAME, K.General.FILE_TYPE}
+    keys |= {K.General.QUANTIZATION_VERSION}
+    llm_keys = [K.LLM.BLOCK_COUNT, K.LLM.CONTEXT_LENGTH, K.LLM.EMBEDDING_LENGTH, K.LLM.FEED_FORWARD_LENGTH]
+    llm_keys += [K.Attention.HEAD_COUNT, K.Attention.HEAD_COUNT_KV, K.Rope.FREQ_BASE, K.Attention.LAYERNORM_RMS_EPS]
+    llm_keys += [K.Attention.KEY_LENGTH, K.Attention.VALUE_LENGTH]
+    if arch == "llama":
+        llm_keys += [K.LLM.VOCAB_SIZE, K.Rope.DIMENSION_COUNT]
+    keys |= {k.format(arch=arch) for k in llm_keys}
+    keys |= {K.Tokenizer.MODEL, K.Tokenizer.PRE, K.Tokenizer.LIST, K.Tokenizer.TOKEN_TYPE, K.Tokenizer.MERGES}
+    keys |= {K.Tokenizer.BOS_ID, K.Tokenizer.EOS_ID, K.Tokenizer.ADD_BOS} | (
+        {K.Tokenizer.CHAT_TEMPLATE} if chat else set()
+    )
+    layer = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.FFN_NORM, T.FFN_GATE, T.FFN_UP, T.FFN_DOWN]
+    layer += [T.ATTN_Q_NORM, T.ATTN_K_NORM] if arch == "qwen3" else []
+    whole = [T.TOKEN_EMBD, T.OUTPUT_NORM] + ([] if tied else [T.OUTPUT])
+    allowed = gguf.MODEL_TENSORS[gguf.MODEL_ARCH[arch.upper()]]
+    assert all(t in allowed for t in layer + whole)  # every tensor is one llama.cpp's arch has
+    names = {f"{gguf.TENSOR_NAMES[t]}.weight" for t in whole}
+    names |= {f"{gguf.TENSOR_NAMES[t].format(bid=i)}.weight" for t in layer for i in range(config.n_layer)}
+    if arch == "qwen2":
+        qkv = (T.ATTN_Q, T.ATTN_K, T.ATTN_V)
+        names |= {f"{gguf.TENSOR_NAMES[t].format(bid=i)}.bias" for t in qkv for i in range(config.n_layer)}
+    return keys, names
+
+
+def _within_rounding(got: np.ndarray, want: np.ndarray, qtype) -> bool:
+    """got is want stored in qtype and read back: within that type's rounding, and no closer than needed to tell."""
+    Q = gguf.GGMLQuantizationType
+    if qtype == Q.F32:
+        return np.array_equal(got, want)
+    if qtype in (Q.F16, Q.BF16):  # round to nearest: half a unit in the last place of 11 or 8 significant bits
+        bits = 11 if qtype == Q.F16 else 8
+        return bool(np.all(np.abs(got - want) <= np.abs(want) * 2.0**-bits + 1e-7))
+    blocks = want.reshape(-1, 32)  # Q8_0: blocks of 32 along a row, each int8 times its float16 scale amax / 127
+    step = np.abs(blocks).max(1, keepdims=True) / 127
+    return bool(np.all(np.abs(got.reshape(-1, 32) - blocks) <= 0.57 * step))  # half a step, plus the scale's f16
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("kind", sorted(BASES))
+def test_gguf_of_a_base_has_the_converters_names_and_reads_back_in_its_type(kind, dtype, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from llm.interop.gguf import write_gguf
+    from llm.interop.hf import Pretrained
+    from llm.interop.tokenizer import tokenizer_from_hf
+
+    theirs = _random_hf(kind, tmp_path / "in")
+    _save_base_tokenizer(kind, tmp_path / "in")
+    model = load_pretrained(str(tmp_path / "in"))
+    template = Pretrained.open(str(tmp_path / "in"), None).chat_template
+    path = write_gguf(
+        model, tokenizer_from_hf(tmp_path / "in"), tmp_path / "m.gguf", dtype=dtype, chat_template=template
+    )
+    arch = "llama" if kind == "smollm2" else kind.removesuffix("-tied")
+    c = model.config
+    keys, names = _gguf_expected(arch, c, c.tie_embeddings, chat=True)
+    reader = gguf.GGUFReader(path)
+    fields, _ = _read_gguf(path)
+    assert set(fields) == keys
+    assert fields[gguf.Keys.General.ARCHITECTURE] == arch and fields["tokenizer.ggml.pre"] == BASES[kind]
+    assert (
+        fields[gguf.Keys.General.FILE_TYPE]
+        == gguf.LlamaFileType[{"f32": "ALL_F32"}.get(dtype, f"MOSTLY_{dtype.upper()}")]
+    )
+    assert fields[f"{arch}.attention.key_length"] == c.head_size == fields[f"{arch}.attention.value_length"]
+    assert fields[f"{arch}.attention.head_count_kv"] == c.n_kv_head and fields[f"{arch}.block_count"] == c.n_layer
+    assert fields[f"{arch}.rope.freq_base"] == pytest.approx(c.rope_base)
+    assert fields[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
+    assert fields["tokenizer.chat_template"] == CHAT
+    assert {t.name for t in reader.tensors} == names
+
+    state = load_file(tmp_path / "in" / "model.safetensors")
+    if c.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    names_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.n_layer)
+    matrix_type = gguf.GGMLQuantizationType[dtype.upper()]
+    for t in reader.tensors:
+        hf_name = next(n for n in state if names_map.get_name(n, try_suffixes=(".weight", ".bias")) == t.name)
+        want = state[hf_name].float()
+        if arch == "llama" and ".q_proj." in hf_name:  # llama.cpp's own pair order for `llama`, not for qwen
+            want = permute_rotary(want, c.n_head)
+        elif arch == "llama" and ".k_proj." in hf_name:
+            want = permute_rotary(want, c.n_kv_head)
+        vector = want.dim() == 1 or t.name.endswith("_norm.weight")
+        assert t.tensor_type == (gguf.GGMLQuantizationType.F32 if vector else matrix_type), t.name
+        got = gguf.quants.dequantize(np.array(t.data), t.tensor_type).reshape(want.shape)
+        assert _within_rounding(got, want.numpy(), t.tensor_type), t.name
+    assert {hf for hf in theirs.state_dict() if not hf.endswith("rotary_emb.inv_freq")} >= set(state)
+
+
+def test_export_dtype_is_checked_before_anything_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^dtype='q4_0' is not one of \['f32', 'f16', 'bf16', 'q8_0'\]$"):
+        export(tmp_path / "missing.ckpt", "gguf", dtype="q4_0")
+    with pytest.raises(ConfigError, match=r"^dtype=q8_0 is for format=gguf; format=hf writes float32"):
+        export(tmp_path / "missing.ckpt", "hf", dtype="q8_0")
+
+
+def test_our_own_models_export_in_the_layout_that_computes_them() -> None:
+    """QK-norm is Qwen3's, q/k/v biases alone Qwen2's; what none has is refused with the fix."""
+    assert export_layout(model_preset("tiny", mlp="swiglu")) == "qwen3"
+    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, qkv_bias=True)) == "qwen2"
+    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, head_dim=64)) == "llama"
+    with pytest.raises(ConfigError, match=r"model.config.qkv_bias=true \(Qwen3's attention biases, attention_bias"):
+        export_layout(model_preset("tiny", mlp="swiglu", qkv_bias=True))
+    with pytest.raises(ConfigError, match=r"model.config.head_dim=32 \(GPT-2's heads are n_embd / n_head wide\)"):
+        export_layout(model_preset("gpt2-124m", head_dim=32))
+
+
+def test_finetune_a_qwen3_base_with_its_tokenizer_and_export_it_again(tmp_path: Path) -> None:
+    """init_from a Qwen3 folder (its Qwen2 tokenizer, its chat template): a short run keeps the base's shape and
+    tokenizer, and exports as Qwen3ForCausalLM (transformers' logits equal ours) and as a q8_0 GGUF."""
+    folder = tmp_path / "qwen3"
+    _random_hf("qwen3", folder)
+    _save_base_tokenizer("qwen3", folder)
+    overrides = [f"init_from={folder}", "experiment=finetune", "trainer.max_steps=4", "trainer.val_check_interval=2"]
+    cfg = compose_train(tmp_path / "ft", [*overrides, "data.batch_size=4", "data.block_size=32"], ROOT / "llm")
+    train(cfg)
+    c = cfg.model.config
+    assert (c.head_dim, c.qk_norm, c.qkv_bias, c.n_kv_head, c.tie_embeddings) == (32, True, False, 2, False)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    model, tok, _ = load_checkpoint(ckpt)
+    assert tok.encode(TEXT).ids == transformers.AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"]
+
+    out = export(ckpt, "hf", tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(theirs).__name__ == "Qwen3ForCausalLM"
+    x = torch.tensor([tok.encode(TEXT).ids[:24]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, model(x)[..., :300], atol=1e-4, rtol=0)
+    fields, tensors = _read_gguf(export(ckpt, "gguf", tmp_path / "m.gguf", dtype="q8_0"))
+    assert fields["general.architecture"] == "qwen3" and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0 and "blk.1.attn_k_norm.weight" in tensors

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from llm.config import model_preset
 from llm.errors import ConfigError
-from llm.model import GPT, MLP, GPTConfig, KVCache, filled_length, repeat_kv
+from llm.model import GPT, MLP, GPTConfig, KVCache, apply_rope, filled_length, repeat_kv
 
 SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
 VARIANTS = {
@@ -18,7 +18,11 @@ VARIANTS = {
     "every-switch-gqa": dict(
         n_kv_head=2, qk_norm=True, mlp="relu2", zero_init_proj=True, logit_softcap=0.1, tie_embeddings=False
     ),
+    "qwen2-qkv-bias": dict(n_kv_head=2, qkv_bias=True),  # biases on q, k, v only
+    "qwen3-head-dim": dict(n_kv_head=2, qk_norm=True, head_dim=12, tie_embeddings=False),  # heads 4 x 12 = 48 != 32
+    "head-dim-narrow": dict(head_dim=4),  # heads 4 x 4 = 16 < 32
 }
+ROTARY_VARIANTS = {k: v for k, v in VARIANTS.items() if v.get("pos", "rope") == "rope"}
 
 
 def tiny(**kw) -> GPTConfig:
@@ -140,7 +144,6 @@ def test_param_groups_decay_matrices_only(kw):
     [
         (dict(attn="flash"), "model.config.attn='flash' is not one of ['explicit', 'sdpa']"),
         (dict(norm="batchnorm"), "model.config.norm='batchnorm' is not one of ['rmsnorm', 'layernorm']"),
-        (dict(n_head=3), "must be divisible by model.config.n_head=3"),
         (dict(n_kv_head=3), "must be divisible by model.config.n_kv_head=3"),
         (dict(mlp="relu3"), "model.config.mlp='relu3' is not one of ['swiglu', 'gelu', 'relu2']"),
         (dict(qk_norm="yes"), "model.config.qk_norm='yes' is not one of [true, false]"),
@@ -148,6 +151,11 @@ def test_param_groups_decay_matrices_only(kw):
         (dict(tie_embeddings=None), "model.config.tie_embeddings=None is not one of [true, false]"),
         (dict(logit_softcap=0.0), "model.config.logit_softcap=0.0 must be a number > 0, or null for no cap"),
         (dict(logit_softcap="30"), "model.config.logit_softcap='30' must be a number > 0, or null for no cap"),
+        (dict(qkv_bias=1), "model.config.qkv_bias=1 is not one of [true, false]"),
+        (dict(head_dim=0), "model.config.head_dim=0 must be an integer >= 1, or null for n_embd / n_head"),
+        (dict(head_dim="64"), "model.config.head_dim='64' must be an integer >= 1, or null for n_embd / n_head"),
+        (dict(head_dim=5), "rotary embedding needs an even head size, got 5"),
+        (dict(n_head=3, head_dim=None), "must be divisible by model.config.n_head=3, or model.config.head_dim set"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(kw, message):
@@ -377,3 +385,56 @@ def test_a_step_over_the_filled_prefix_equals_one_over_the_whole_cache(attn, kw)
 def test_filled_length_rounds_up_to_the_bucket_within_the_cache():
     assert [filled_length(n, 272) for n in (2, 64, 65, 200, 257, 272)] == [64, 64, 128, 256, 272, 272]
     assert filled_length(10, 16, bucket=4) == 12
+
+
+def test_head_dim_and_qkv_bias_shape_the_projections():
+    """head_dim: q, k, v are n_head * head_dim wide, proj maps them back to n_embd; qkv_bias: q, k, v biases only."""
+    model = GPT(tiny(n_kv_head=2, head_dim=12, qkv_bias=True, qk_norm=True))
+    attn = model.blocks[0].attn
+    assert attn.qkv.weight.shape == (4 * 12 + 2 * 2 * 12, 32) and attn.qkv.bias.shape == (96,)
+    assert attn.proj.weight.shape == (32, 48) and attn.proj.bias is None  # Qwen2: none on o_proj
+    assert attn.q_norm.weight.shape == (12,)  # one gain per head channel, shared by the heads (Qwen3's q_norm)
+    assert model.setup_caches(1, 8) is False and attn.kv_cache.k_cache.shape == (1, 2, 8, 12)
+    assert model.rope_cos.shape == (16, 6)  # rotary over the head's 12 channels
+    assert GPT(tiny()).blocks[0].attn.qkv.bias is None  # off by default: checkpoints from before load as they were
+    assert tiny().head_dim is None and tiny().head_size == 8  # null: n_embd / n_head
+    # a checkpoint's model_config without the two keys (as before they existed) loads, and one is written so
+    older = {k: v for k, v in tiny().to_dict().items() if k not in ("qkv_bias", "head_dim")}  # before the keys
+    assert GPTConfig(**older) == tiny()  # a checkpoint written before them reads as the same shape
+    assert GPTConfig(**tiny().to_dict()) == tiny()
+    assert tiny(qkv_bias=True, head_dim=12).to_dict().items() >= {("qkv_bias", True), ("head_dim", 12)}
+
+
+def test_qk_norm_is_applied_per_head_before_rope():
+    """Qwen3's order: q_norm(q) over each head's channels, then the rotation (transformers' Qwen3Attention)."""
+    torch.manual_seed(0)
+    model = GPT(tiny(qk_norm=True, head_dim=12, n_kv_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    attn, x = model.blocks[0].attn, torch.randn(2, 5, 32)
+    _, rope = model._embed(torch.zeros(2, 5, dtype=torch.long))
+    q, k, _ = attn.project(x, rope)
+    raw_q = attn.qkv(x)[..., :48].view(2, 5, 4, 12).transpose(1, 2)
+    normed = raw_q * torch.rsqrt(raw_q.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.q_norm.weight
+    torch.testing.assert_close(q, apply_rope(normed, *rope))
+    assert not torch.allclose(q, attn.q_norm(apply_rope(raw_q, *rope)), atol=1e-3)  # the other order differs
+
+
+@pytest.mark.parametrize("attn", ["explicit", "sdpa"])
+@pytest.mark.parametrize("kw", ROTARY_VARIANTS.values(), ids=ROTARY_VARIANTS.keys())
+def test_cached_decoding_equals_recomputing(attn, kw):
+    """Prefill 5 tokens into the caches, then decode 6 more one at a time: each step's logits are those of the
+    whole sequence run without a cache."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attn=attn, **kw)).eval()
+    randomise_zero_weights(model)
+    idx = torch.randint(0, 100, (2, 11))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_caches(2, 16)
+        steps = [model(idx[:, :5], torch.arange(5), model.causal_mask[None, None, :5, :5])]
+        for t in range(5, 11):
+            pos = torch.full((2, 1), t)
+            steps.append(model(idx[:, t : t + 1], pos, model.cache_mask(pos, t + 1)))
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,11 @@
 """Hugging Face model folders in and out: config.json <-> GPTConfig, and weight names both ways.
 
-Two layouts are spoken: GPT-2 (`GPT2LMHeadModel`: learned positions, LayerNorm, GELU, biases) and Llama
-(`LlamaForCausalLM`: rotary positions, RMSNorm, SwiGLU, grouped-query attention, no biases). Both use the
-rotate-half rotary convention, as llm/model.py does, so weights map without permutation. Whatever either
-side cannot express is refused by name, with the reason: a folder that loads would compute something else.
+Four layouts are spoken: GPT-2 (`GPT2LMHeadModel`: learned positions, LayerNorm, GELU, biases), Llama
+(`LlamaForCausalLM`: rotary positions, RMSNorm, SwiGLU, grouped-query attention, no biases; SmolLM2 is one),
+Qwen2 (`Qwen2ForCausalLM`: Llama with biases on q, k and v; Qwen2.5 too) and Qwen3 (`Qwen3ForCausalLM`: Llama
+with QK-norm and a head_dim of its own). All use the rotate-half rotary convention, as llm/model.py does, so
+weights map without permutation. Whatever either side cannot express is refused by name, with the config key:
+a folder that loads would compute something else.
 
 Nothing here needs `transformers`: folders are read and written as JSON and safetensors.
 """
@@ -23,8 +25,13 @@ from llm.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("gpt2", "llama")  # model_type in config.json
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+ARCHITECTURES = {  # model_type in config.json -> the class transformers builds
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+LAYOUTS = tuple(ARCHITECTURES)
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # tanh-approximated GELU, as our MLP computes it
 # A GPT-2 block's weights: (our name, GPT-2's name, transposed). GPT-2's Conv1D stores (in, out), our Linear (out, in)
 GPT2_BLOCK = (
@@ -36,6 +43,7 @@ GPT2_BLOCK = (
     ("mlp.proj", "mlp.c_proj", True),
 )
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
 
 
 # ---- config.json -> GPTConfig ------------------------------------------------------------------------------
@@ -46,32 +54,32 @@ def _refuse(source: str, reasons: list[str]) -> None:
         raise ConfigError(f"init_from={source}: {'; '.join(reasons)}")
 
 
-def _rope_theta(hf: dict, source: str) -> float:
+def _rope_theta(hf: dict, reasons: list[str]) -> float:
     """rope_theta from config.json: top-level (transformers < 5) or in rope_parameters; only plain RoPE."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
-        raise ConfigError(
-            f"init_from={source}: rope_scaling type {kind!r} is not supported (only plain RoPE: rope_type 'default')"
-        )
+        key = "rope_parameters" if params.get("rope_type") else "rope_scaling"
+        reasons.append(f"rope scaling ({key} rope_type={kind!r}) is not supported (only plain RoPE: 'default')")
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def config_from_hf(hf: dict, source: str = "DIR") -> dict:
-    """The GPTConfig keys that fix a model's shape and weights, from a config.json of a supported layout.
-
-    Keys that do not change the weights (attn, dropout, zero_init_proj) are left to the preset.
-    """
+def unsupported(hf: dict) -> list[str]:
+    """What in a config.json our model cannot compute, each as 'feature (key=value) is not supported'."""
     kind = hf.get("model_type")
     if kind not in LAYOUTS:
-        raise ConfigError(f"init_from={source}: model_type={kind!r} is not one of {list(LAYOUTS)}")
+        if isinstance(kind, str) and ("moe" in kind or kind == "mixtral"):
+            return [f"mixture-of-experts (model_type={kind!r}) is not supported; model_type is one of {list(LAYOUTS)}"]
+        return [f"model_type={kind!r} is not one of {list(LAYOUTS)}"]
     reasons = []
-    moe = [k for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size") if hf.get(k)]
+    moe = [k for k in MOE_KEYS if hf.get(k)]
     if moe:
-        reasons.append(f"mixture-of-experts ({moe[0]}) is not supported")
+        reasons.append(f"mixture-of-experts ({moe[0]}={hf[moe[0]]}) is not supported")
     if hf.get("sliding_window") is not None and hf.get("use_sliding_window", True):
         reasons.append(f"sliding-window attention (sliding_window={hf['sliding_window']}) is not supported")
+    elif "sliding_attention" in (hf.get("layer_types") or []):
+        reasons.append("sliding-window attention (layer_types has 'sliding_attention') is not supported")
     if kind == "gpt2":
         act = hf.get("activation_function", "gelu_new")
         if act not in GPT2_ACTIVATIONS:
@@ -81,7 +89,28 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
                 reasons.append(f"{key}={hf[key]} is not supported (our attention scales by 1/sqrt(head size))")
         if hf.get("add_cross_attention"):
             reasons.append("cross-attention (add_cross_attention) is not supported")
-        _refuse(source, reasons)
+        return reasons
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        reasons.append(f"hidden_act={act!r} is not supported (the MLP is SwiGLU: 'silu')")
+    if hf.get("attention_bias"):  # Llama's and Qwen3's cover o_proj too; Qwen2's q, k, v biases need no key
+        reasons.append("a bias on the attention output (attention_bias=true) is not supported")
+    if hf.get("mlp_bias"):
+        reasons.append("biases in the MLP (mlp_bias=true) are not supported")
+    if hf.get("attn_logit_softcapping") or hf.get("final_logit_softcapping"):
+        reasons.append("logit soft-capping (attn_logit_softcapping) is not supported")
+    _rope_theta(hf, reasons)
+    return reasons
+
+
+def config_from_hf(hf: dict, source: str = "DIR") -> dict:
+    """The GPTConfig keys that fix a model's shape and weights, from a config.json of a supported layout.
+
+    Keys that do not change the weights (attn, dropout, zero_init_proj) are left to the preset.
+    """
+    _refuse(source, unsupported(hf))
+    kind = hf["model_type"]
+    if kind == "gpt2":
         n_embd = hf["n_embd"]
         return dict(
             vocab_size=hf["vocab_size"],
@@ -94,25 +123,15 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
             norm="layernorm",
             mlp="gelu",
             bias=True,
+            qkv_bias=False,  # bias=true has them
             qk_norm=False,
             logit_softcap=None,
             tie_embeddings=hf.get("tie_word_embeddings", True),
             mlp_hidden=hf.get("n_inner") or 4 * n_embd,
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         )
-    act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        reasons.append(f"hidden_act={act!r} is not supported (the Llama layout's MLP is SwiGLU: 'silu')")
-    for key in ("attention_bias", "mlp_bias"):
-        if hf.get(key):
-            reasons.append(f"{key}=true is not supported (biases in the Llama layout)")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or n_embd // n_head
-    if head_dim * n_head != n_embd:
-        reasons.append(f"head_dim={head_dim} * num_attention_heads={n_head} != hidden_size={n_embd} is not supported")
-    if hf.get("attn_logit_softcapping") or hf.get("final_logit_softcapping"):
-        reasons.append("logit soft-capping in attention is not supported")
-    _refuse(source, reasons)
+    head_dim = hf.get("head_dim") or (128 if kind == "qwen3" else n_embd // n_head)  # Qwen3Config's default: 128
     return dict(
         vocab_size=hf["vocab_size"],
         block_size=hf["max_position_embeddings"],
@@ -120,15 +139,17 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
         n_head=n_head,
         n_kv_head=hf.get("num_key_value_heads") or n_head,
         n_embd=n_embd,
+        head_dim=head_dim,
         pos="rope",
         norm="rmsnorm",
         mlp="swiglu",
         bias=False,
-        qk_norm=False,
+        qkv_bias=kind == "qwen2",  # Qwen2 always has them, with no config key
+        qk_norm=kind == "qwen3",  # Qwen3's q_norm, k_norm: one gain of head_dim per layer, before rope, as ours
         logit_softcap=None,
         tie_embeddings=hf.get("tie_word_embeddings", False),
         mlp_hidden=hf["intermediate_size"],
-        rope_base=_rope_theta(hf, source),
+        rope_base=_rope_theta(hf, []),
         norm_eps=hf.get("rms_norm_eps", 1e-6),
     )
 
@@ -136,32 +157,42 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
 # ---- GPTConfig -> config.json ------------------------------------------------------------------------------
 
 # What each layout fixes: (key, required value, why). Checked in order; every mismatch is reported together.
+ROTARY = [
+    ("pos", "rope", "{name} rotates q and k"),
+    ("norm", "rmsnorm", "{name} uses RMSNorm"),
+    ("mlp", "swiglu", "{name}'s MLP is SwiGLU"),
+    ("bias", False, "{name}'s output projections and MLP have no biases"),
+]
 REQUIRES = {
     "gpt2": [
         ("pos", "learned", "GPT-2 adds a learned position table"),
         ("norm", "layernorm", "GPT-2 uses LayerNorm"),
         ("mlp", "gelu", "GPT-2's MLP is GELU"),
+        ("qk_norm", False, "GPT-2 does not normalise q and k"),
     ],
-    "llama": [
-        ("pos", "rope", "Llama rotates q and k"),
-        ("norm", "rmsnorm", "Llama uses RMSNorm"),
-        ("mlp", "swiglu", "Llama's MLP is SwiGLU"),
-        ("bias", False, "Llama's Linear layers have no biases"),
-    ],
-    "both": [
-        ("qk_norm", False, "neither layout normalises q and k"),
-        ("logit_softcap", None, "neither layout caps logits"),
-    ],
+    "llama": ROTARY,
+    "qwen2": ROTARY,
+    "qwen3": [*ROTARY, ("qkv_bias", False, "Qwen3's attention biases, attention_bias, are on o_proj too")],
+    "all": [("logit_softcap", None, "no layout caps logits")],
 }
+NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 def export_layout(config: GPTConfig) -> str:
-    """'gpt2' or 'llama': the layout that computes exactly what this model computes, or a ConfigError naming
-    every key that stands in the way. zero_init_proj, attn and dropout only shape training: never a reason."""
-    layout = "gpt2" if config.pos == "learned" else "llama"
-    wrong = [(k, v, why) for k, v, why in REQUIRES[layout] + REQUIRES["both"] if getattr(config, k) != v]
+    """The layout that computes exactly what this model computes: learned positions are GPT-2's, QK-norm is
+    Qwen3's, biases on q, k, v only are Qwen2's, the rest Llama's. Otherwise a ConfigError naming every key that
+    stands in the way. zero_init_proj, attn and dropout only shape training: never a reason."""
+    if config.pos == "learned":
+        layout = "gpt2"
+    else:
+        layout = "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
+    wrong = [(k, v, why) for k, v, why in REQUIRES[layout] + REQUIRES["all"] if getattr(config, k) != v]
+    if layout == "gpt2" and config.head_size * config.n_head != config.n_embd:
+        wrong.append(("head_dim", None, "GPT-2's heads are n_embd / n_head wide"))
     if wrong:
-        reasons = "; ".join(f"model.config.{k}={_yaml(getattr(config, k))} ({why})" for k, _, why in wrong)
+        reasons = "; ".join(
+            f"model.config.{k}={_yaml(getattr(config, k))} ({why.format(name=NAMES[layout])})" for k, _, why in wrong
+        )
         fix = " ".join(f"model.config.{k}={_yaml(v)}" for k, v, _ in wrong)
         raise ConfigError(
             f"cannot export to the {layout} layout ({ARCHITECTURES[layout]}): {reasons}. Train with {fix}"
@@ -193,7 +224,7 @@ def hf_config(config: GPTConfig, bos_id: int | None, eos_id: int | None) -> dict
             "attn_pdrop": 0.0,
             "scale_attn_weights": True,
         }
-    return common | {
+    rotary = common | {
         "hidden_size": config.n_embd,
         "intermediate_size": config.mlp_hidden,
         "num_hidden_layers": config.n_layer,
@@ -206,10 +237,13 @@ def hf_config(config: GPTConfig, bos_id: int | None, eos_id: int | None) -> dict
         "rope_theta": config.rope_base,  # transformers < 5 reads this key
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
         "rope_scaling": None,
-        "attention_bias": False,
-        "mlp_bias": False,
         "attention_dropout": 0.0,
     }
+    if layout == "llama":
+        return rotary | {"attention_bias": False, "mlp_bias": False}
+    full = {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
+    full |= {"layer_types": ["full_attention"] * config.n_layer}
+    return rotary | full | ({"attention_bias": False} if layout == "qwen3" else {})
 
 
 # ---- weights both ways -------------------------------------------------------------------------------------
@@ -235,7 +269,7 @@ def state_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, layout: str) -
                 w = hf[f"{h}{theirs}.weight"]
                 out[f"{b}{ours}.weight"] = w.t().contiguous() if transpose else w
                 out[f"{b}{ours}.bias"] = hf[f"{h}{theirs}.bias"]
-    else:
+    else:  # llama, qwen2, qwen3
         out["wte.weight"] = _pad_rows(hf["embed_tokens.weight"], V)
         out["norm.weight"] = hf["norm.weight"]
         for i in range(config.n_layer):
@@ -244,6 +278,11 @@ def state_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, layout: str) -
             out[f"{b}norm2.weight"] = hf[f"{h}post_attention_layernorm.weight"]
             a = f"{h}self_attn."
             out[f"{b}attn.qkv.weight"] = torch.cat([hf[f"{a}{p}_proj.weight"] for p in "qkv"])
+            if config.qkv_bias:
+                out[f"{b}attn.qkv.bias"] = torch.cat([hf[f"{a}{p}_proj.bias"] for p in "qkv"])
+            if config.qk_norm:
+                out[f"{b}attn.q_norm.weight"] = hf[f"{a}q_norm.weight"]
+                out[f"{b}attn.k_norm.weight"] = hf[f"{a}k_norm.weight"]
             out[f"{b}attn.proj.weight"] = hf[f"{a}o_proj.weight"]
             m = f"{h}mlp."
             out[f"{b}mlp.fc.weight"] = torch.cat([hf[f"{m}gate_proj.weight"], hf[f"{m}up_proj.weight"]])
@@ -278,17 +317,22 @@ def state_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, 
                 if bias is not None and ours == "attn.qkv" and config.n_kv_head != config.n_head:
                     bias = _expand_kv(bias[:, None], config)[:, 0]
                 out[f"{h}{theirs}.bias"] = bias if bias is not None else torch.zeros(w.size(0))
-    else:
+    else:  # llama, qwen2 (+ q, k, v biases), qwen3 (+ q_norm, k_norm)
         out["model.embed_tokens.weight"] = s["wte.weight"][:V]
         out["model.norm.weight"] = s["norm.weight"]
-        kv = config.n_kv_head * config.head_size
+        sizes = [config.n_head * config.head_size] + [config.n_kv_head * config.head_size] * 2
         for i in range(config.n_layer):
             h, b = f"model.layers.{i}.", f"blocks.{i}."
             out[f"{h}input_layernorm.weight"] = s[f"{b}norm1.weight"]
             out[f"{h}post_attention_layernorm.weight"] = s[f"{b}norm2.weight"]
-            q, k, v = s[f"{b}attn.qkv.weight"].split([C, kv, kv])
-            out[f"{h}self_attn.q_proj.weight"], out[f"{h}self_attn.k_proj.weight"] = q, k
-            out[f"{h}self_attn.v_proj.weight"] = v
+            for p, w in zip("qkv", s[f"{b}attn.qkv.weight"].split(sizes), strict=True):
+                out[f"{h}self_attn.{p}_proj.weight"] = w
+            if config.qkv_bias:
+                for p, bias in zip("qkv", s[f"{b}attn.qkv.bias"].split(sizes), strict=True):
+                    out[f"{h}self_attn.{p}_proj.bias"] = bias
+            if config.qk_norm:
+                out[f"{h}self_attn.q_norm.weight"] = s[f"{b}attn.q_norm.weight"]
+                out[f"{h}self_attn.k_norm.weight"] = s[f"{b}attn.k_norm.weight"]
             out[f"{h}self_attn.o_proj.weight"] = s[f"{b}attn.proj.weight"]
             gate, up = s[f"{b}mlp.fc.weight"].chunk(2)
             out[f"{h}mlp.gate_proj.weight"], out[f"{h}mlp.up_proj.weight"] = gate, up
@@ -338,15 +382,20 @@ def resolve_source(source: str, download_dir: str | Path | None) -> Path:
     except ImportError as e:
         raise ConfigError(f"init_from={source}: no such folder, and huggingface_hub is not installed: {fix}") from e
     patterns = [
-        "config.json",
         "*.safetensors",
         "model.safetensors.index.json",
         "tokenizer*",
+        "chat_template.jinja",
         "vocab.json",
         "merges.txt",
     ]
-    try:
+    try:  # config.json alone first: a model ours cannot compute is refused before its weights are fetched
+        snapshot_download(source, local_dir=target, allow_patterns=["config.json"])
+        _refuse(source, unsupported(json.loads((target / "config.json").read_text())))
         snapshot_download(source, local_dir=target, allow_patterns=patterns)
+    except ConfigError:
+        (target / "config.json").unlink(missing_ok=True)  # a later run must not take the folder for a download
+        raise
     except Exception as e:  # offline, unknown id, gated model
         raise ConfigError(f"init_from={source}: no such folder, and the hub download failed ({e}): {fix}") from e
     return target
@@ -370,18 +419,22 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Pretrained:
-    """A Hugging Face folder, read: the GPTConfig keys it fixes, its layout, where it is."""
+    """A Hugging Face folder, read: the GPTConfig keys it fixes, its layout, where it is, and its chat template's
+    Jinja source (chat_template.jinja, else tokenizer_config.json's chat_template; None for a base without one)."""
 
     folder: Path
     layout: str
     model_config: dict
+    chat_template: str | None = None
 
     @classmethod
     def open(cls, source: str, download_dir: str | Path | None) -> Pretrained:
         """source: a folder, or a hub id fetched into download_dir (train.yaml's paths.hub_dir)."""
+        from llm.interop.tokenizer import chat_template_from_hf
+
         folder = resolve_source(source, download_dir)
         hf = json.loads((folder / "config.json").read_text())
-        return cls(folder, hf.get("model_type"), config_from_hf(hf, source))
+        return cls(folder, hf.get("model_type"), config_from_hf(hf, source), chat_template_from_hf(folder))
 
     def state_dict(self, config: GPTConfig) -> dict[str, torch.Tensor]:
         return state_from_hf(read_weights(self.folder), config, self.layout)
@@ -405,8 +458,11 @@ def load_pretrained(source: str, hub_dir: str | Path | None = None, **preset) ->
     return model.eval()
 
 
-def save_pretrained(model: GPT, out: str | Path, bos_id: int | None, eos_id: int | None) -> Path:
-    """config.json, generation_config.json and model.safetensors of model in out."""
+def save_pretrained(
+    model: GPT, out: str | Path, bos_id: int | None, eos_id: int | None, stop_ids: list[int] | None = None
+) -> Path:
+    """config.json, generation_config.json and model.safetensors of model in out. stop_ids: the tokens
+    generate() stops at (default eos_id): a chat model's end of turn besides the end of document."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -414,6 +470,7 @@ def save_pretrained(model: GPT, out: str | Path, bos_id: int | None, eos_id: int
     config = hf_config(model.config, bos_id, eos_id)
     save_file(state_to_hf(model.state_dict(), model.config), out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}
+    stops = stop_ids if stop_ids and stop_ids != [eos_id] else eos_id
+    generation = {"bos_token_id": bos_id, "eos_token_id": stops, "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out
