@@ -10,6 +10,8 @@ llm/training/checkpoint_io.py), with these entries:
   string; CONFIG: the run's resolved YAML, when the run had one. add_entries writes these three (called by
   LitGPT.on_save_checkpoint): with them a checkpoint alone is enough to sample, export or resume.
 - WANDB_RUN_ID: the wandb run's id, when the run logged to wandb (llm/training/wandb_extras.py).
+- CHAT_TEMPLATE: the chat template the model was fine-tuned with (llm/chat_template.py), when it was; a
+  checkpoint without one chats through the plain-text template.
 
 A checkpoint's run folder is <run> for <run>/checkpoints/x.ckpt, else the folder it is in (run_folder).
 """
@@ -25,6 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llm.atomic import atomic_open
+from llm.chat_template import ChatTemplate
 from llm.errors import ConfigError
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
@@ -38,20 +41,30 @@ MODEL_CONFIG = "model_config"  # GPTConfig.to_dict()
 TOKENIZER = "tokenizer"  # the tokenizer.json string
 CONFIG = "config"  # the run's resolved YAML, when it had one
 WANDB_RUN_ID = "wandb_run_id"  # when the run logged to wandb
+CHAT_TEMPLATE = "chat_template"  # ChatTemplate.to_dict(), when the model was fine-tuned on conversations
 STATE_DICT = "state_dict"  # Lightning's: the module's weights, the network's under WEIGHTS_PREFIX
 GLOBAL_STEP = "global_step"  # Lightning's: optimizer steps taken
 WEIGHTS_PREFIX = "net."  # LitGPT.net
 REQUIRED = (MODEL_CONFIG, TOKENIZER, STATE_DICT)  # what a checkpoint needs to be loaded
 
 
-def add_entries(checkpoint: dict, model_config: GPTConfig, tokenizer: Tokenizer | None, run_config: str | None) -> dict:
+def add_entries(
+    checkpoint: dict,
+    model_config: GPTConfig,
+    tokenizer: Tokenizer | None,
+    run_config: str | None,
+    chat_template: dict | None = None,
+) -> dict:
     """Write what makes a checkpoint self-sufficient into Lightning's checkpoint dict: the model's shape, the
-    tokenizer (when there is one) and the run's resolved config (when set). Returns the same dict."""
+    tokenizer (when there is one), the run's resolved config (when set) and the chat template the model learned
+    (when it was fine-tuned on conversations). Returns the same dict."""
     checkpoint[MODEL_CONFIG] = model_config.to_dict()
     if tokenizer is not None:
         checkpoint[TOKENIZER] = tokenizer.to_str()
     if run_config is not None:
         checkpoint[CONFIG] = run_config
+    if chat_template is not None:
+        checkpoint[CHAT_TEMPLATE] = chat_template
     return checkpoint
 
 
@@ -149,6 +162,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state[key.removeprefix(WEIGHTS_PREFIX).removeprefix("_orig_mod.")] = value
     model.load_state_dict(state)
     return model.eval(), load_tokenizer(ckpt[TOKENIZER]), ckpt
+
+
+def read_chat_template(path: str | Path) -> ChatTemplate:
+    """The chat template a checkpoint's model was fine-tuned with; the plain-text one for a model that was not."""
+    return ChatTemplate.from_dict(read_checkpoint(path).get(CHAT_TEMPLATE))
 
 
 def load(cfg: DictConfig) -> tuple[GPT, Tokenizer, torch.device]:

@@ -47,10 +47,19 @@ def builtin_corpus() -> ListConfig:
     return ListConfig([str(p) for p in candidates if p.exists()])  # a config node: OmegaConf.resolve keeps it
 
 
+def builtin_chats() -> str:
+    """The conversations experiment=sft reads when no data.paths is given: data/chat/example.jsonl of a checkout."""
+    example = PACKAGE_DIR.parent / "data" / "chat" / "example.jsonl"
+    if not example.is_file():
+        raise ConfigError("data.paths: give your conversations, e.g. 'data.paths=[\"chats.jsonl\"]' (docs/chat.md)")
+    return str(example)
+
+
 def register_resolvers() -> None:
     """Resolvers the YAML files use. Safe to call more than once."""
     resolvers = {
         "builtin_corpus": builtin_corpus,  # ${builtin_corpus:} -> the built-in corpus folders
+        "builtin_chats": builtin_chats,  # ${builtin_chats:} -> the example conversations
         "cuda_devices": lambda: max(1, _cuda_device_count()),  # ${cuda_devices:} -> visible GPUs, at least 1
         "stdlib": lambda: sysconfig.get_paths()["stdlib"],  # ${stdlib:} -> this Python's standard library
     }

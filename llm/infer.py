@@ -4,7 +4,9 @@ Example: `python infer.py ckpt_path=last 'prompt="def "'`.
 
 The quotes inside keep the trailing space: Hydra strips it from an unquoted value.
 
-`prompt_file=prompts.txt` runs one prompt per line as a batch; `interactive=true` opens a REPL.
+`prompt_file=prompts.txt` runs one prompt per line as a batch; `interactive=true` opens a REPL. `chat=true` sends
+each prompt as a user's message in the checkpoint's chat template (llm/chat_template.py) and prints the reply,
+which ends with the assistant's turn; with `interactive=true` the conversation goes on.
 See conf/infer.yaml for every key. The generated text goes to stdout; logs go to stderr.
 """
 
@@ -19,7 +21,8 @@ import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from llm.checkpoint import load  # the model, tokenizer and device of cfg (serve.py loads the same way)
+from llm.chat_template import ChatTokens
+from llm.checkpoint import find_checkpoint, load, read_chat_template  # serve.py loads the same way
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.model import GPT
@@ -50,6 +53,7 @@ def infer(cfg: DictConfig) -> None:
     interactive = check_flag("interactive", cfg.interactive)
     stream = check_flag("stream", cfg.stream)
     kv_cache = check_flag("kv_cache", cfg.kv_cache)
+    use_chat = check_flag("chat", cfg.chat)
     prompts = [] if interactive else read_prompts(cfg.prompt, cfg.prompt_file)
     options = dict(
         max_new_tokens=check_max_new_tokens(cfg.max_new_tokens),
@@ -59,25 +63,30 @@ def infer(cfg: DictConfig) -> None:
     )
     model, tokenizer, device = load(cfg)
     options["compile"] = resolve_compile(cfg.compile, device, kv_cache)
+    if use_chat:
+        template = read_chat_template(find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root))
+        options["chat"] = ChatTokens(template, tokenizer)
+        log.info("chat: the %s template", template.name)
     if interactive:
         if options["compile"]:  # one cache size for every turn, so the step compiles once
             options["cache_len"] = model.config.block_size
         repl(model, tokenizer, stream, options)
         return
     stream = stream and len(prompts) == 1
-    if stream:
+    if stream and not use_chat:
         write(prompts[0])
     results = generate(model, tokenizer, prompts, on_text=write_row if stream else None, **options)
     for i, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
         if not stream:
             separator = "\n" if i else ""
-            write(separator + prompt + result.text)
+            write(separator + ("" if use_chat else prompt) + result.text)
         write("\n")
         log.info("prompt %d: %d new tokens, finished by %s", i, len(result.token_ids), result.finish_reason)
 
 
 def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
-    """Each line continues the transcript so far (older text falls out of the context). /reset, /quit.
+    """Each line continues the transcript so far (older text falls out of the context). /reset, /quit. With chat,
+    each line is the user's next message and the conversation so far goes with it.
 
     A seed seeds the session once: the same lines give the same session, and each turn draws on from where
     the last one stopped (seeding every turn would repeat the same draws: the same reply to different lines)."""
@@ -88,6 +97,7 @@ def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
     sys.stderr.write("interactive: type a line and press enter; /reset forgets the conversation, /quit ends\n")
     on_text = write_row if stream else None
     transcript = ""
+    conversation: list[dict[str, str]] = []
     while True:
         sys.stderr.write("> ")
         sys.stderr.flush()
@@ -95,16 +105,21 @@ def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
         if not line or line.strip() == "/quit":  # end of input or /quit
             return
         if line.strip() == "/reset":
-            transcript = ""
+            transcript, conversation = "", []
             continue
         if not line.strip():
             continue
-        transcript += line
-        result = generate(model, tokenizer, transcript, on_text=on_text, **options)[0]
+        if options.get("chat") is not None:
+            conversation.append({"role": "user", "content": line.rstrip("\n")})
+            result = generate(model, tokenizer, [conversation], on_text=on_text, **options)[0]
+            conversation.append({"role": "assistant", "content": result.text})
+        else:
+            transcript += line
+            result = generate(model, tokenizer, transcript, on_text=on_text, **options)[0]
+            transcript += result.text + "\n"
         if not stream:
             write(result.text)
         write("\n")
-        transcript += result.text + "\n"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="infer")

@@ -12,6 +12,11 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOD = "<|endoftext|>"  # separates documents in the token stream
+# ChatML's turn markers, reserved in every tokenizer we train (ids 1 and 2), so any model trained here can be
+# fine-tuned to chat (experiment=sft, llm/chat_template.py) without growing its embeddings. Like EOD they are
+# inserted by id only: the same strings in a document are text.
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (EOD, IM_START, IM_END)
 # A tokenizer imported with a pretrained model ends documents with its own token: GPT-2's is EOD; Llama 3's,
 # Llama 2's / Mistral's and Gemma's are these, looked up in this order.
 END_TOKENS = (EOD, "<|end_of_text|>", "</s>", "<eos>")
@@ -28,7 +33,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOD],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -37,8 +42,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 
 def _text_is_text(tok: Tokenizer) -> Tokenizer:
-    """The string "<|endoftext|>" inside a document or prompt is encoded as ordinary text: only the
-    data pipeline inserts the end-of-document token, by id. (Not saved in tokenizer.json: set on load.)"""
+    """The string "<|endoftext|>" (or a chat marker) inside a document or prompt is encoded as ordinary text: only
+    the data pipeline inserts the end-of-document token, by id, and only a chat template its markers
+    (llm/chat_template.py). (Not saved in tokenizer.json: set on load.)"""
     tok.encode_special_tokens = True
     return tok
 

@@ -9,6 +9,7 @@ folder with its own overrides; what you add on the command line applies on top (
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -29,8 +30,7 @@ from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
-from llm.interop.hf import Pretrained
-from llm.interop.tokenizer import tokenizer_from_hf
+from llm.init_from import Start, open_start
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
 from llm.training.checkpoint_io import AtomicCheckpointIO
@@ -56,16 +56,24 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def use_pretrained(cfg: DictConfig, out: Path) -> Pretrained:
-    """init_from: the folder's shape replaces model.config's shape keys, its tokenizer replaces BPE training."""
-    pretrained = Pretrained.open(cfg.init_from, cfg.paths.hub_dir)
+def use_pretrained(cfg: DictConfig, out: Path) -> Start:
+    """init_from (llm/init_from.py): the model's shape replaces model.config's shape keys, its tokenizer replaces BPE
+    training, and a run on conversations takes its chat template (ChatML, with the markers added, where it has none)."""
+    start = open_start(cfg.init_from, cfg.paths.hub_dir, cfg.paths.outputs_root)
+    chat = "chat_template" in cfg.data  # the conversations datamodule (experiment=sft)
+    if chat:
+        start.add_chat_markers()
     tokenizer_file = out / "init_tokenizer.json"
-    tokenizer_from_hf(pretrained.folder).save(str(tokenizer_file))
+    start.tokenizer.save(str(tokenizer_file))
     with open_dict(cfg):
-        cfg.model.config.update(pretrained.model_config)
+        cfg.model.config.update(start.model_config)
         cfg.data.tokenizer = str(tokenizer_file)
-    log.info("init_from: %s (%s layout): %s", cfg.init_from, pretrained.layout, pretrained.model_config)
-    return pretrained
+        if chat:
+            template_file = out / "init_chat_template.json"
+            write_text(template_file, json.dumps(start.chat_template.to_dict(), indent=1))
+            cfg.data.chat_template = str(template_file)
+    log.info("init_from: %s (%s): %s", cfg.init_from, start.kind, start.model_config)
+    return start
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

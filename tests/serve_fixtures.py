@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.checkpoint import load_checkpoint
+from llm.checkpoint import load_checkpoint, read_chat_template
 from llm.config import model_preset
 from llm.model import GPT
 from llm.tokenizer import train_tokenizer
@@ -71,6 +71,7 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
             retry_after=1,
             max_request_bytes=8 * 2**20,
             api_key=None,
+            chat_template=read_chat_template(checkpoint),
         )
         | settings
     )

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from llm.errors import ConfigError
 from llm.model import GPT, Block
+from llm.tokenizer import train_tokenizer
 from llm.training.precision import resolve_precision
 from tests.conftest import CONF_DIR, compose_train
 
@@ -38,6 +39,12 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
         with torch.device("meta"):  # shapes only: no memory for gpt2-124m
             net = instantiate(cfg.model)
         assert isinstance(net, GPT)
+    elif group == "data" and option == "chat":  # conversations need the tokenizer of the model they fine-tune
+        with pytest.raises(InstantiationException, match="data.tokenizer is null: experiment=sft fine-tunes a model"):
+            instantiate(cfg.data)
+        tokenizer = tmp_path / "tokenizer.json"
+        train_tokenizer(["a conversation"] * 4, vocab_size=300).save(str(tokenizer))
+        assert instantiate(cfg.data, tokenizer=str(tokenizer)).block_size == cfg.model.config.block_size
     elif group == "data":
         assert instantiate(cfg.data).block_size == cfg.model.config.block_size
     elif group in ("hparams_search", "sweep"):
@@ -105,7 +112,7 @@ def test_precision_rules(caplog):
     [
         ("model.config.block_size=0", "data.block_size=0 (it follows model.config.block_size) must be at least 1"),
         ("model.config.n_kv_head=0", "model.config.n_kv_head=0 must be at least 1"),
-        ("model.config.vocab_size=10", "data.vocab_size=10 (it follows model.config.vocab_size) must be at least 257"),
+        ("model.config.vocab_size=10", "data.vocab_size=10 (it follows model.config.vocab_size) must be at least 259"),
         ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
         ("data.val_fraction=1.5", "data.val_fraction=1.5 must be in [0, 1)"),
         ("optim.lr=-1", "optim.lr=-1 must be > 0"),

@@ -16,7 +16,7 @@ from llm.data.tokens import (
     write_tokens,
 )
 from llm.errors import ConfigError
-from llm.tokenizer import eod_id, train_tokenizer
+from llm.tokenizer import SPECIAL_TOKENS, eod_id, train_tokenizer
 from tests.conftest import make_datamodule
 
 
@@ -193,8 +193,10 @@ def test_byte_lengths_add_up_to_the_utf8_bytes_of_the_text():
     tok = train_tokenizer([t * 20 for t in tricky], vocab_size=400)
     lengths = token_byte_lengths(tok)
     eod = eod_id(tok)
-    assert lengths.shape == (tok.get_vocab_size(),) and lengths[eod] == 0 and (np.delete(lengths, eod) >= 1).all()
-    for text in [*tricky, "".join(tricky), "unseen: Ωmega ∑ 𝔘nicode \u00a0 ", "<|endoftext|> is text here"]:
+    special = [tok.token_to_id(t) for t in SPECIAL_TOKENS]  # the end-of-document token and the chat markers
+    assert lengths.shape == (tok.get_vocab_size(),) and (lengths[special] == 0).all()
+    assert (np.delete(lengths, special) >= 1).all()
+    for text in [*tricky, "".join(tricky), "unseen: Ωmega ∑ 𝔘nicode \u00a0 ", "<|endoftext|> <|im_end|> are text"]:
         ids = tok.encode(text).ids
         assert lengths[ids].sum() == len(text.encode("utf-8")), text
     whole = [i for i in range(tok.get_vocab_size()) if i != eod and "\ufffd" not in tok.decode([i])]

@@ -15,7 +15,7 @@ def test_round_trip_is_exact():
 
 def test_learns_merges_and_keeps_eod_single():
     tok = train_tokenizer(TEXTS, vocab_size=400)
-    assert 257 < tok.get_vocab_size() <= 400  # 256 bytes + EOD + merges
+    assert 259 < tok.get_vocab_size() <= 400  # 256 bytes + EOD + the two chat markers + merges
     assert len(tok.encode("The quick brown fox").ids) < len("The quick brown fox")
     assert eod_id(tok) == 0 and tok.id_to_token(0) == EOD  # one vocabulary entry, inserted by id
 

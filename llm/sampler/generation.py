@@ -18,13 +18,14 @@ torch.manual_seed before it makes it repeatable and a seeded call leaves that st
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from tokenizers import Tokenizer
 
+from llm.chat_template import ChatTokens
 from llm.model import GPT
 from llm.sampler.core import DecodeCore, RowOutput
 from llm.sampler.params import SamplingParams, check_max_new_tokens, check_prompts, generation_defaults
@@ -216,7 +217,7 @@ def generate_ids(
 def generate(
     model: GPT,
     tokenizer: Tokenizer,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[str] | Sequence[Sequence[Mapping[str, str]]],
     max_new_tokens: int | None = None,
     *,
     params: SamplingParams | None = None,
@@ -232,8 +233,12 @@ def generate(
     compile: bool = False,
     on_text: OnText | None = None,
     cache_len: int | None = None,
+    chat: ChatTokens | None = None,
 ) -> list[Generation]:
     """Continue one prompt or a batch of prompts; one Generation per prompt, in order.
+
+    chat (a model's chat template with its tokenizer, llm/chat_template.py): each prompt is a user's message, or a
+    conversation (a list of {role, content}), and the reply ends with the assistant's turn (finish_reason "stop").
 
     A setting left at None takes conf/infer.yaml's value, as `python infer.py` does (docs/configuration.md);
     params, when given, replaces the sampling ones, and the keywords given change it. temperature 0 is greedy.
@@ -258,13 +263,19 @@ def generate(
     stop = settings["stop"]
     if isinstance(stop, str):
         stop = [stop]
-    if isinstance(prompts, str):
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], Mapping)):
         prompts = [prompts]
     if stop_tokens is None:
-        stop_tokens = [eod_id(tokenizer)]
+        stop_tokens = [eod_id(tokenizer), *(chat.end_ids if chat is not None else ())]
+    if chat is not None:
+        conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        ids = [chat.prompt_ids(c) for c in conversations]
+        stop = [*stop, *chat.template.stop_strings]
+    else:
+        ids = [tokenizer.encode(p).ids for p in prompts]
     return generate_ids(
         model,
-        [tokenizer.encode(p).ids for p in prompts],
+        ids,
         settings["max_new_tokens"],
         SamplingParams.from_config(settings),
         stop_tokens=stop_tokens,

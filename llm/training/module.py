@@ -161,5 +161,7 @@ class LitGPT(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make the checkpoint self-sufficient for inference: model shape, tokenizer, run config (llm/checkpoint.py)."""
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        add_entries(checkpoint, self.net.config, tokenizer, self.run_config)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        template = getattr(datamodule, "chat_template", None)
+        chat = template.to_dict() if template is not None else None
+        add_entries(checkpoint, self.net.config, getattr(datamodule, "tokenizer", None), self.run_config, chat)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from tokenizers import Tokenizer
 
-from llm.tokenizer import train_tokenizer
+from llm.tokenizer import SPECIAL_TOKENS, train_tokenizer
 from tools.docs_examples.printing import text
 
 TOKENIZER_TEXT = (
@@ -24,8 +24,9 @@ def tokenizer_example(vocab_size: int = 300) -> Tokenizer:
 def render_tokenizer() -> str:
     tok = tokenizer_example()
     vocab = tok.get_vocab()
-    n_base = 256 + 1  # the 256 byte symbols and <|endoftext|>
+    n_base = len(SPECIAL_TOKENS) + 256  # the special tokens, then the 256 byte symbols
     learned = sorted((i, t) for t, i in vocab.items() if i >= n_base)
+    specials = ", ".join(f"{t} (id {vocab[t]})" for t in SPECIAL_TOKENS)
     lines = []
     for s in ("Hello World!", "hello_world", "Hello, café"):
         enc = tok.encode(s)
@@ -33,8 +34,8 @@ def render_tokenizer() -> str:
         lines.append(f"{s!r:16} -> {len(enc.ids):2} tokens  {pieces}")
         assert tok.decode(enc.ids) == s  # byte-level: every string round-trips
     return text(
-        f"vocabulary: {tok.get_vocab_size()} tokens = 256 bytes + <|endoftext|> (id {vocab['<|endoftext|>']}) "
-        f"+ {len(learned)} learned merges",
+        f"vocabulary: {tok.get_vocab_size()} tokens = {specials}\n"
+        f"  + 256 bytes (ids {len(SPECIAL_TOKENS)}-{n_base - 1}) + {len(learned)} learned merges",
         "first learned tokens (id: token)\n" + "\n".join(f"{i}: {t!r}" for i, t in learned[:12]),
         "\n".join(lines),
     )

@@ -1,0 +1,175 @@
+"""Conversations for fine-tuning a model to chat (experiment=sft): read, checked, split, tokenized, packed.
+
+A conversations file is JSON Lines: each line one conversation, in OpenAI's format
+
+    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "..."}]}
+
+or the pair form {"prompt": "...", "completion": "..."} (one user turn, one assistant turn). A line that is not
+JSON, names an unknown role or has no assistant turn is skipped, and the manifest says which file, which line and
+why; the rest trains.
+
+Conversations, not lines of text, are split between training and validation. Each is rendered with the chat
+template and tokenized (llm/chat_template.py): only the assistant's tokens, the end of its turn included, are
+targets; the system's and user's words and the markers that open each turn get the IGNORE label. Conversations are
+packed into windows of block_size + 1 tokens one after another, never cut in half where they fit in a window of
+their own; one longer than a window is cut into windows, and the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from llm.chat_template import ChatTokens, check_messages
+from llm.tokenizer import IGNORE
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".jsonl",)
+
+
+@dataclass
+class Conversation:
+    path: str
+    line: int  # 1-based
+    messages: list[dict[str, str]]
+
+
+def parse_line(text: str) -> list[dict[str, str]]:
+    """One line's conversation, or ValueError saying what is wrong with it."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError('not a JSON object: expected {"messages": [...]} or {"prompt": ..., "completion": ...}')
+    if "messages" in obj:
+        messages = check_messages(obj["messages"])
+    elif "prompt" in obj and "completion" in obj:
+        if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
+            raise ValueError("prompt and completion must be strings")
+        messages = [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
+    else:
+        raise ValueError('neither "messages" nor a "prompt" and "completion" pair')
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("no assistant turn: nothing to learn from")
+    return messages
+
+
+def read_conversations(files: Sequence[Path], root: Path | None = None) -> tuple[list[Conversation], list[dict]]:
+    """Every good conversation of files, and the manifest: one record per file, one per bad line."""
+    conversations: list[Conversation] = []
+    records: list[dict] = []
+    for file in files:
+        name = str(file.relative_to(root)) if root is not None and file.is_relative_to(root) else str(file)
+        if file.suffix not in SUFFIXES:
+            records.append({"path": name, "kind": "conversations", "status": "skipped", "reason": "not a .jsonl file"})
+            continue
+        good = bad = 0
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for number, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    conversations.append(Conversation(name, number, parse_line(text)))
+                    good += 1
+                except ValueError as e:
+                    bad += 1
+                    records.append(
+                        {"path": name, "line": number, "kind": "conversations", "status": "error", "reason": str(e)}
+                    )
+        records.append(
+            {
+                "path": name,
+                "kind": "conversations",
+                "status": "ok" if good else "empty",
+                "conversations": good,
+                "bad_lines": bad,
+            }
+        )
+        if bad:
+            log.warning("%s: %d bad lines skipped (see the manifest), %d conversations kept", name, bad, good)
+    return conversations, records
+
+
+def split_conversations(
+    conversations: Sequence[Conversation], val_fraction: float, seed: int
+) -> tuple[list[Conversation], list[Conversation]]:
+    """A seeded shuffle, then the first val_fraction of them (at least one, given two or more) for validation."""
+    order = list(conversations)
+    random.Random(seed).shuffle(order)
+    n_val = round(len(order) * val_fraction)
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return order[n_val:], order[:n_val]
+
+
+def pack(
+    examples: Sequence[tuple[list[int], list[bool]]], block_size: int, pad_id: int, token_bytes: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack (ids, is-target) sequences into windows: inputs (N, T), targets (N, T) with IGNORE where nothing is
+    learned, and the UTF-8 bytes each window's targets stand for (N,). A sequence that fits in what is left of the
+    current window goes there, else it opens the next; one longer than a window is cut into windows."""
+    span = block_size + 1  # a window reads T + 1 tokens: inputs and targets shifted by one
+    windows: list[tuple[list[int], list[bool]]] = []
+    ids: list[int] = []
+    learn: list[bool] = []
+    cut = 0
+    for seq, mask in examples:
+        if len(seq) > span:
+            cut += 1
+            if ids:
+                windows.append((ids, learn))
+                ids, learn = [], []
+            for start in range(0, len(seq) - 1, block_size):  # consecutive windows share their boundary token
+                windows.append((seq[start : start + span], mask[start : start + span]))
+            continue
+        if len(ids) + len(seq) > span:
+            windows.append((ids, learn))
+            ids, learn = [], []
+        ids, learn = ids + list(seq), learn + list(mask)
+    if ids:
+        windows.append((ids, learn))
+    if cut:
+        log.warning("%d conversations are longer than the context (%d tokens): each was cut into windows", cut, span)
+    x = torch.full((len(windows), block_size), pad_id, dtype=torch.long)
+    y = torch.full((len(windows), block_size), IGNORE, dtype=torch.long)
+    n_bytes = torch.zeros(len(windows), dtype=torch.long)
+    for w, (seq, mask) in enumerate(windows):
+        n = len(seq) - 1
+        x[w, :n] = torch.tensor(seq[:-1])
+        targets = torch.tensor(seq[1:])
+        scored = torch.tensor(mask[1:], dtype=torch.bool)
+        y[w, :n] = torch.where(scored, targets, torch.full_like(targets, IGNORE))
+        n_bytes[w] = int(token_bytes[targets[scored].numpy()].sum())
+    return x, y, n_bytes
+
+
+def tokenize(conversations: Sequence[Conversation], chat: ChatTokens) -> list[tuple[list[int], list[bool]]]:
+    return [chat.training_example(c.messages) for c in conversations]
+
+
+class PackedWindows(Dataset):
+    """Packed conversation windows; items keyed by k or (epoch, k) (EpochSampler): (input, target) and, with
+    with_bytes, the UTF-8 bytes of the window's targets (what val/bpb divides by)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_bytes: torch.Tensor, with_bytes: bool) -> None:
+        self.x, self.y, self.n_bytes, self.with_bytes = x, y, n_bytes, with_bytes
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, ...]:
+        k = key[1] if isinstance(key, tuple) else key
+        if self.with_bytes:
+            return self.x[k], self.y[k], self.n_bytes[k]
+        return self.x[k], self.y[k]

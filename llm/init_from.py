@@ -1,0 +1,133 @@
+"""init_from=PATH: start a run from a trained model instead of random weights.
+
+PATH is one of our own checkpoints (a .ckpt file, a run folder, or "last": the newest run's) or a Hugging Face
+model folder (or hub id, llm/interop/hf.py). Either way the run takes the model's shape, its weights, its
+tokenizer (instead of training a BPE) and its chat template, when it has one: ours store theirs in the checkpoint
+(llm/checkpoint.py), a Hugging Face folder in chat_template.jinja or tokenizer_config.json.
+
+A model to fine-tune on conversations (experiment=sft) needs the chat markers its template writes. Every tokenizer
+trained here reserves ChatML's; a checkpoint of ours made before they were reserved gets them added as new ids,
+and its embedding grows by the rows they need (the new rows start at the mean of the others), which the log says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from llm.chat_template import ChatTemplate
+from llm.checkpoint import CHAT_TEMPLATE, MODEL_CONFIG, find_checkpoint, load_checkpoint
+from llm.errors import ConfigError
+from llm.model import GPT, GPTConfig
+from llm.tokenizer import IM_END, IM_START
+
+log = logging.getLogger(__name__)
+
+RUN_KEYS = ("dropout", "attn")  # model keys a new run may set for itself: no weight depends on them
+
+
+@dataclass
+class Start:
+    """What a run starts from: the model keys it fixes, its weights, its tokenizer and chat template."""
+
+    source: str
+    kind: str  # "checkpoint" or the Hugging Face layout
+    model_config: dict
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+    state: dict[str, torch.Tensor] | None = None  # ours; a Hugging Face folder's are read by `pretrained`
+    pretrained: object | None = None  # llm.interop.hf.Pretrained
+    notes: list[str] = field(default_factory=list)
+
+    def load_into(self, model: GPT) -> None:
+        """Copy the weights into model, whose config holds model_config's keys."""
+        if self.pretrained is None:
+            model.load_state_dict(_fit_rows(self.state, model))
+            log.info("init_from: loaded the weights of %s", self.source)
+            return
+        if model.config.vocab_size == self.pretrained.model_config["vocab_size"]:
+            self.pretrained.load_into(model)
+            return
+        as_saved = GPTConfig(**{**model.config.to_dict(), "vocab_size": self.pretrained.model_config["vocab_size"]})
+        missing, unexpected = model.load_state_dict(
+            _fit_rows(self.pretrained.state_dict(as_saved), model), strict=False
+        )
+        missing = [k for k in missing if not k.endswith(("q_norm.weight", "k_norm.weight"))]
+        if missing or unexpected:
+            raise ConfigError(f"init_from={self.source}: weights missing {missing[:4]}, unexpected {unexpected[:4]}")
+        log.info("init_from: loaded %s weights from %s, the embedding grown", self.kind, self.source)
+
+    def add_chat_markers(self) -> None:
+        """Give a tokenizer without ChatML's markers the two, and the model the rows for them (ChatML template)."""
+        if self.chat_template is not None:
+            return
+        self.chat_template = ChatTemplate.chatml()
+        missing = [t for t in (IM_START, IM_END) if self.tokenizer.token_to_id(t) is None]
+        if not missing:
+            return
+        before = self.tokenizer.get_vocab_size()
+        self.tokenizer.add_special_tokens(missing)
+        after = self.tokenizer.get_vocab_size()
+        self.model_config["vocab_size"] = after
+        note = (
+            f"init_from: the tokenizer had no chat markers: added {missing} as ids {list(range(before, after))}; "
+            f"the vocabulary grows from {before} to {after} tokens, the embedding by the rows that needs"
+        )
+        log.warning("%s", note)
+        self.notes.append(note)
+
+
+def _fit_rows(state: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:
+    """state with its embedding and output rows grown to model's (a vocabulary that grew): new rows at the mean."""
+    own = model.state_dict()
+    fitted = dict(state)
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in state and state[name].shape[0] < own[name].shape[0]:
+            old = state[name]
+            grown = old.mean(0, keepdim=True).expand(own[name].shape[0] - old.shape[0], -1)
+            fitted[name] = torch.cat([old, grown])
+    return fitted
+
+
+def open_start(source: str, hub_dir: str | Path | None, outputs_root: str | Path = "outputs") -> Start:
+    """init_from's PATH, read: "last" (the newest last.ckpt under outputs_root), one of our checkpoints or run
+    folders, else a Hugging Face folder or hub id."""
+    path = Path(source).expanduser()
+    ours = source == "last" or path.suffix == ".ckpt" or (path.is_dir() and not (path / "config.json").is_file())
+    if ours:
+        return _our_checkpoint(find_checkpoint(source if source == "last" else path, outputs_root), source)
+    return _hugging_face(source, hub_dir)
+
+
+def _our_checkpoint(path: Path, source: str) -> Start:
+    model, tokenizer, ckpt = load_checkpoint(path)
+    config = {k: v for k, v in ckpt[MODEL_CONFIG].items() if k not in RUN_KEYS}
+    template = ChatTemplate.from_dict(ckpt[CHAT_TEMPLATE]) if ckpt.get(CHAT_TEMPLATE) else None
+    state = model.state_dict()
+    return Start(str(path), "checkpoint", config, tokenizer, template, state=state)
+
+
+def _hugging_face(source: str, hub_dir: str | Path | None) -> Start:
+    from llm.interop.hf import Pretrained
+    from llm.interop.tokenizer import tokenizer_from_hf
+
+    pretrained = Pretrained.open(source, hub_dir)
+    config_file = pretrained.folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    template = None
+    if pretrained.chat_template:  # chat_template.jinja or tokenizer_config.json's, with the tokens it names
+        template = ChatTemplate.from_hf_config(config | {"chat_template": pretrained.chat_template})
+    tokenizer = tokenizer_from_hf(pretrained.folder)
+    return Start(source, pretrained.layout, dict(pretrained.model_config), tokenizer, template, pretrained=pretrained)
+
+
+def model_for(start: Start, **run_keys) -> GPT:
+    """A GPT of start's shape (run_keys: attn, dropout, ...) with its weights: for tools outside train.py."""
+    model = GPT(GPTConfig(**{"attn": "sdpa", "dropout": 0.0} | run_keys | start.model_config))
+    start.load_into(model)
+    return model.eval()
