@@ -285,3 +285,42 @@ def test_the_exported_chat_model_answers_in_transformers_as_here(sft_run, tmp_pa
         ours = generate(model, tokenizer, question(name), 40, temperature=0, chat=chat)[0]
         assert new[-1] in chat.end_ids and ours.finish_reason == "stop"  # both stop at the end of the turn
         assert hf_tok.decode(new, skip_special_tokens=True) == ours.text
+
+
+def test_an_older_checkpoint_gets_the_chat_markers_and_its_embedding_grows(tmp_path: Path, caplog) -> None:
+    """A checkpoint whose tokenizer was trained before the markers were reserved: experiment=sft adds them as new
+    ids, and the embedding grows by the rows they need, the old rows as they were."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llm.config import model_preset
+    from llm.init_from import model_for, open_start
+    from llm.model import GPT
+
+    old = Tokenizer(models.BPE())
+    old.pre_tokenizer, old.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    old.train_from_iterator([TEXTS[0]], trainer=trainer)
+    old.add_tokens([f"word{i}" for i in range(320 - old.get_vocab_size())])  # a full padded embedding: 320 rows
+    assert old.get_vocab_size() == 320 and old.token_to_id(IM_START) is None
+    config = model_preset("tiny", vocab_size=320, block_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1)
+    torch.manual_seed(0)
+    base = GPT(config)
+    state = {f"net.{k}": v for k, v in base.state_dict().items()}
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model_config": config.to_dict(), "tokenizer": old.to_str(), "state_dict": state}, path)
+
+    start = open_start(str(path.parent.parent), None)  # a run folder
+    assert start.chat_template is None
+    start.add_chat_markers()
+    assert start.chat_template.name == "chatml" and "embedding by the rows" in caplog.text
+    assert [start.tokenizer.token_to_id(t) for t in (IM_START, IM_END)] == [320, 321]
+    assert start.model_config["vocab_size"] == 322  # 320 -> 322: the padded embedding grows from 320 to 384 rows
+    grown = model_for(start)
+    assert grown.wte.weight.shape[0] == 384 and base.wte.weight.shape[0] == 320
+    assert torch.equal(grown.wte.weight[:320], base.wte.weight)
+    assert torch.allclose(grown.wte.weight[320], base.wte.weight.mean(0))
+    ids, learn = ChatTokens(start.chat_template, start.tokenizer).training_example(CONVERSATION)
+    assert 320 in ids and 321 in ids and any(learn)
