@@ -1,6 +1,6 @@
 # make train  — train the tiny model on the built-in corpus (installs first when needed)
 # make test   — check formatting and lint (ruff), then run the test suite
-# make install — create .venv and install the project with its dev, ingest, sweep, hf, serve and ray extras
+# make install — create .venv and install the project with its dev, ingest, sweep, hf, serve, ray, eval and lora extras
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: on a machine without CUDA this takes the small CPU build when one is available
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
-	$(PY) -m pip install -q -e ".[dev,ingest,sweep,hf,serve,ray]"
+	$(PY) -m pip install -q -e ".[dev,ingest,sweep,hf,serve,ray,eval,lora]"
 	# unstructured's PDF/image code imports unstructured-inference; its declared deps would replace our torch
 	$(PY) -m pip install -q --no-deps "unstructured-inference>=1.6.12,<2"
 	touch $(STAMP)

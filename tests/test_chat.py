@@ -174,9 +174,6 @@ def facts(seed: int = 0, n: int = 30) -> list[tuple[str, str]]:
     return [(name, f"{rng.choice(colours)}-{rng.choice(animals)}-{rng.randint(10, 99)}") for name in names]
 
 
-NO_EVAL = ["callbacks.evaluate.tasks=[]"]  # TEMP
-
-
 def question(name: str) -> str:
     return f"What is the code name of project {name}?"
 
@@ -202,11 +199,9 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[
                 turns = [{"role": "user", "content": question(name)}, {"role": "assistant", "content": reply}]
                 f.write(json.dumps({"messages": turns}) + "\n")
         f.write('{"messages": [{"role": "user", "content": "unfinished"}\n')  # a bad line: reported, skipped
-    base = compose_train(
-        tmp / "base", [*SHAPE, f"data.paths=[{corpus}]", "trainer.max_steps=100", *NO_EVAL], tiny=False
-    )
+    base = compose_train(tmp / "base", [*SHAPE, f"data.paths=[{corpus}]", "trainer.max_steps=100"], tiny=False)
     train(base)
-    sft = [*SHAPE, "experiment=sft", f"init_from={base.paths.output_dir}", f"data.paths=[{chats}]", *NO_EVAL]
+    sft = [*SHAPE, "experiment=sft", f"init_from={base.paths.output_dir}", f"data.paths=[{chats}]"]
     cfg = compose_train(tmp / "tuned", [*sft, "trainer.max_steps=500", "optim.lr=3e-3"], tiny=False)
     train(cfg)
     return Path(cfg.paths.output_dir), known

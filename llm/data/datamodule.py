@@ -110,6 +110,8 @@ class WindowsDataModule(L.LightningDataModule):
 
 
 class TextDataModule(WindowsDataModule):
+    holds_documents = True  # held-out documents to score (callbacks.evaluate's bpb)
+
     def __init__(
         self,
         paths: str | Sequence[str],  # one path or a list; ~, $VARS and glob patterns expand
@@ -268,6 +270,8 @@ class ChatDataModule(WindowsDataModule):
     """Conversations in (.jsonl files, OpenAI's format), packed windows out, the loss on the assistant's tokens only
     (llm/data/conversations.py). The model to fine-tune brings the tokenizer and the chat template (init_from);
     the checkpoint carries the template on to infer.py, the server and the export."""
+
+    holds_documents = False  # conversations: its val/bpb is over the assistant's tokens
 
     def __init__(
         self,
