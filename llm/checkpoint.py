@@ -12,6 +12,9 @@ llm/training/checkpoint_io.py), with these entries:
 - WANDB_RUN_ID: the wandb run's id, when the run logged to wandb (llm/training/wandb_extras.py).
 - CHAT_TEMPLATE: the chat template the model was fine-tuned with (llm/chat_template.py), when it was; a
   checkpoint without one chats through the plain-text template.
+- LORA: a run with LoRA adapters (llm/lora.py): `r`, `alpha`, `dropout`, `targets` and `base` (init_from, its kind,
+  where its weights are, their sha256). `state_dict` then holds the adapters only; load_checkpoint reads the base,
+  checks its fingerprint and merges the adapters into its weights.
 
 A checkpoint's run folder is <run> for <run>/checkpoints/x.ckpt, else the folder it is in (run_folder).
 """
@@ -29,6 +32,7 @@ from tokenizers import Tokenizer
 from llm.atomic import atomic_open
 from llm.chat_template import ChatTemplate
 from llm.errors import ConfigError
+from llm.lora import fingerprint, merge
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
 
@@ -42,6 +46,7 @@ TOKENIZER = "tokenizer"  # the tokenizer.json string
 CONFIG = "config"  # the run's resolved YAML, when it had one
 WANDB_RUN_ID = "wandb_run_id"  # when the run logged to wandb
 CHAT_TEMPLATE = "chat_template"  # ChatTemplate.to_dict(), when the model was fine-tuned on conversations
+LORA = "lora"  # LoraConfig.to_dict() and `base`, when the run trained LoRA adapters on a frozen base
 STATE_DICT = "state_dict"  # Lightning's: the module's weights, the network's under WEIGHTS_PREFIX
 GLOBAL_STEP = "global_step"  # Lightning's: optimizer steps taken
 WEIGHTS_PREFIX = "net."  # LitGPT.net
@@ -54,10 +59,11 @@ def add_entries(
     tokenizer: Tokenizer | None,
     run_config: str | None,
     chat_template: dict | None = None,
+    lora: dict | None = None,
 ) -> dict:
     """Write what makes a checkpoint self-sufficient into Lightning's checkpoint dict: the model's shape, the
     tokenizer (when there is one), the run's resolved config (when set) and the chat template the model learned
-    (when it was fine-tuned on conversations). Returns the same dict."""
+    (when it was fine-tuned on conversations), and what LoRA adapters sit on (when they do). Returns the same dict."""
     checkpoint[MODEL_CONFIG] = model_config.to_dict()
     if tokenizer is not None:
         checkpoint[TOKENIZER] = tokenizer.to_str()
@@ -65,6 +71,8 @@ def add_entries(
         checkpoint[CONFIG] = run_config
     if chat_template is not None:
         checkpoint[CHAT_TEMPLATE] = chat_template
+    if lora is not None:
+        checkpoint[LORA] = lora
     return checkpoint
 
 
@@ -152,7 +160,8 @@ def read_resume_state(path: str | Path) -> ResumeState:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint."""
+    """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint; LoRA adapters merged into the
+    weights of the base they were trained on."""
     ckpt = read_checkpoint(path, map_location)
     model = GPT(GPTConfig(**ckpt[MODEL_CONFIG]))
     # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
@@ -160,8 +169,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key, value in ckpt[STATE_DICT].items():
         if key.startswith(WEIGHTS_PREFIX):
             state[key.removeprefix(WEIGHTS_PREFIX).removeprefix("_orig_mod.")] = value
-    model.load_state_dict(state)
+    lora = ckpt.get(LORA)
+    if lora is None:
+        model.load_state_dict(state)
+    else:
+        load_base(model, lora["base"], path)
+        merge(model, state, lora["alpha"] / lora["r"])
     return model.eval(), load_tokenizer(ckpt[TOKENIZER]), ckpt
+
+
+def load_base(model: GPT, base: dict, path: str | Path) -> None:
+    """Copy the weights of a LoRA checkpoint's base (LORA's `base`) into model, checked against their sha256."""
+    where = Path(base["path"])
+    named = f"ckpt_path={path} holds LoRA adapters on init_from={base['init_from']}"
+    if not where.exists():
+        raise ConfigError(f"{named}, whose weights were at {where}: not there any more. Put the base back there")
+    if base["kind"] == "checkpoint":
+        base_model, _, _ = load_checkpoint(where)  # a base may itself carry adapters: merged
+        model.load_state_dict(base_model.state_dict())
+    else:  # a Hugging Face folder
+        from llm.interop.hf import Pretrained
+
+        Pretrained.open(str(where), None).load_into(model)
+    got = fingerprint(model.state_dict())
+    if got != base["sha256"]:
+        raise ConfigError(
+            f"{named}, but the weights at {where} are not the ones they were trained on "
+            f"(sha256 {got[:12]}..., trained on {base['sha256'][:12]}...): put that base back, or train again"
+        )
 
 
 def read_chat_template(path: str | Path) -> ChatTemplate:

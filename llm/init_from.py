@@ -44,6 +44,11 @@ class Start:
     pretrained: object | None = None  # llm.interop.hf.Pretrained
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def location(self) -> Path:
+        """Where the weights are read from: the .ckpt file, or the Hugging Face folder (absolute)."""
+        return Path(self.pretrained.folder if self.pretrained is not None else self.source).resolve()
+
     def load_into(self, model: GPT) -> None:
         """Copy the weights into model, whose config holds model_config's keys."""
         if self.pretrained is None:

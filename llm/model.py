@@ -25,6 +25,7 @@ CHOICES = {
     "mlp": ("swiglu", "gelu", "relu2"),
 }
 
+
 @dataclass(kw_only=True)
 class GPTConfig:
     """The model's shape and variants. Every preset in conf/model/ names each key without a default here."""

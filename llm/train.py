@@ -27,10 +27,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llm.atomic import write_text
-from llm.checkpoint import find_checkpoint, run_folder
+from llm.checkpoint import LORA, find_checkpoint, read_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.init_from import Start, open_start
+from llm.lora import LoraConfig, add_adapters, base_entry, count_parameters, lora_config
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
 from llm.training.checkpoint_io import AtomicCheckpointIO
@@ -38,6 +39,7 @@ from llm.training.checks import check_trainer
 from llm.training.distributed import check_shared_run_dir, job_scope
 from llm.training.gpu_slots import claim_device
 from llm.training.loggers import LogHyperparameters, flat_hparams
+from llm.training.optim import memory_estimate
 from llm.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,45 @@ def use_pretrained(cfg: DictConfig, out: Path) -> Start:
     return start
 
 
+def lora_resume(cfg: DictConfig, lora: LoraConfig, ckpt_path: Path | None) -> dict | None:
+    """The LORA entry of the checkpoint resumed (None for none), checked against lora.*. LoRA trains on a frozen base:
+    init_from is needed, and a resume reads the base the checkpoint names (init_from=last would find the run itself)."""
+    if lora.r and not cfg.get("init_from"):
+        raise ConfigError(f"lora.r={lora.r} trains adapters on a frozen base: give init_from (ours or Hugging Face's)")
+    saved = read_checkpoint(ckpt_path).get(LORA) if ckpt_path is not None else None
+    if ckpt_path is not None and bool(saved) != bool(lora.r):
+        held = f"LoRA adapters (lora.r={saved['r']})" if saved else "every weight (lora.r=0)"
+        raise ConfigError(f"lora.r={lora.r} but the checkpoint {ckpt_path} trained {held}: resume it with that")
+    if saved:
+        for key in ("r", "alpha", "targets"):
+            if saved[key] != getattr(lora, key):
+                raise ConfigError(
+                    f"lora.{key}={getattr(lora, key)!r} but the checkpoint {ckpt_path} has {saved[key]!r}: "
+                    "the adapters cannot change on a resume (start a new run without ckpt_path)"
+                )
+        with open_dict(cfg):
+            cfg.init_from = saved["base"]["path"]
+    return saved
+
+
+def use_lora(module, lora: LoraConfig, start: Start, init_from: str, saved: dict | None) -> dict:
+    """Name the base the module's network holds (its fingerprint, checked on a resume), then give it the adapters;
+    returns the checkpoint's LORA entry."""
+    if start.notes:
+        raise ConfigError(
+            f"lora.r={lora.r}: {start.notes[0]}; LoRA trains no embedding row, so theirs would stay untrained: "
+            "fine-tune every weight (lora.r=0) or start from a base whose tokenizer has the markers"
+        )
+    base = base_entry(init_from, start.kind, start.location, module.net.state_dict())
+    if saved is not None and saved["base"]["sha256"] != base["sha256"]:
+        raise ConfigError(
+            f"init_from={init_from}: these weights are not the base the checkpoint's adapters were trained on "
+            f"(sha256 {base['sha256'][:12]}..., trained on {saved['base']['sha256'][:12]}...)"
+        )
+    add_adapters(module.net, lora)
+    return {**lora.to_dict(), "base": saved["base"] if saved is not None else base}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model the config describes; returns the final logged metrics."""
     check_shared_run_dir()
@@ -88,6 +129,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     cfg.trainer.precision = precision  # config.yaml and the checkpoint record what the run really used
     ckpt_path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root) if cfg.get("ckpt_path") else None
+    lora = lora_config(cfg.get("lora"))
+    saved_lora = lora_resume(cfg, lora, ckpt_path)
     pretrained = use_pretrained(cfg, out) if cfg.get("init_from") else None
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if ckpt_path is not None:
@@ -96,8 +139,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)  # each object checks its values as it is built: nothing has run yet
     module = build(cfg.module)
     module.run_config = resolved
-    if pretrained is not None and ckpt_path is None:  # a resumed run's checkpoint holds the weights
-        pretrained.load_into(module.net)
+    if pretrained is not None and (ckpt_path is None or lora.r):  # a resumed run's checkpoint holds the weights
+        pretrained.load_into(module.net)  # (LoRA's: the adapters only)
+    if lora.r:
+        module.lora = use_lora(module, lora, pretrained, cfg.init_from, saved_lora)
     callbacks = [build(c) for c in cfg.get("callbacks", {}).values()]
     callbacks.append(LogHyperparameters(flat_hparams(cfg)))
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
@@ -105,6 +150,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("config:\n%s", resolved)
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
+    trainable, total = count_parameters(module.net)
+    memory = memory_estimate(module.net, module.optim)
+    log.info(
+        "trains %s of %s parameters (%.2f%%); expected memory: weights %.2f GiB + gradients %.2f GiB + optimizer "
+        "state %.2f GiB = %.2f GiB, activations not counted",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        *(v / 2**30 for v in memory.values()),
+        sum(memory.values()) / 2**30,
+    )
 
     gpu_slot = claim_device(torch.cuda.device_count()) if one_job_per_gpu else nullcontext()
     with gpu_slot as gpu, job_scope():  # job_scope: DDP ranks of a sweep job run that job only
@@ -118,6 +174,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             **devices,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(module.device) / 2**30
+            log.info("peak GPU memory: %.2f GiB (torch.cuda.max_memory_allocated)", peak)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = last_checkpoint_path(trainer)

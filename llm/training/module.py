@@ -73,6 +73,7 @@ class LitGPT(L.LightningModule):
         self.val_ppl = Perplexity()
         self.val_bpb = BitsPerByte()
         self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
+        self.lora: dict | None = None  # set with the adapters (llm/train.py): LoRA's keys and base, for checkpoints
         self._cross_entropy = token_cross_entropy
 
     def configure_model(self) -> None:
@@ -105,7 +106,8 @@ class LitGPT(L.LightningModule):
         # Counter-based randomness: dropout in each micro-batch draws from a seed made of (seed, rank,
         # step, batch), all of which the checkpoint restores, so a resumed run repeats the same draws.
         # A saved generator state would not: loaders and validation also draw from the global RNG.
-        if self.net.config.dropout > 0:  # nothing else in a training step draws random numbers
+        lora_dropout = self.lora["dropout"] if self.lora else 0.0
+        if self.net.config.dropout > 0 or lora_dropout > 0:  # nothing else in a training step draws random numbers
             step = self.trainer.global_step
             torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
 
@@ -164,4 +166,5 @@ class LitGPT(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         template = getattr(datamodule, "chat_template", None)
         chat = template.to_dict() if template is not None else None
-        add_entries(checkpoint, self.net.config, getattr(datamodule, "tokenizer", None), self.run_config, chat)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        add_entries(checkpoint, self.net.config, tokenizer, self.run_config, chat, self.lora)

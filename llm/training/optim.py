@@ -6,6 +6,7 @@ both call, so the recipe a benchmark measures is the one a run gets.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import ChainMap
 from collections.abc import Callable, Mapping
@@ -17,7 +18,10 @@ from torch import nn
 
 from llm.config import config_dir
 from llm.errors import ConfigError
+from llm.lora import ADAPTER
 from llm.model import GPT
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,10 +88,16 @@ def _check(prefix: str, config: object, rules: dict[str, _Rule]) -> None:
 
 
 def hidden_matrices(net: GPT) -> list[nn.Parameter]:
-    """The weights of every Linear inside the blocks: attention qkv and proj, MLP fc and proj.
+    """The weights of every Linear inside the blocks that trains: attention qkv and proj, MLP fc and proj.
 
-    Muon is for these; the embeddings, the output layer, norm gains and biases stay with AdamW."""
-    return [m.weight for m in net.blocks.modules() if isinstance(m, nn.Linear)]
+    Muon is for these; the embeddings, the output layer, norm gains and biases stay with AdamW, and so do LoRA's
+    adapters (llm/lora.py): A and B are r x n slivers whose product is the update, not matrices Muon's orthogonal
+    step is tuned for. Under LoRA the hidden matrices are frozen, so none is left."""
+    return [
+        m.weight
+        for name, m in net.blocks.named_modules()
+        if isinstance(m, nn.Linear) and m.weight.requires_grad and ADAPTER not in name
+    ]
 
 
 def newton_schulz(
@@ -197,9 +207,11 @@ def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.
     """AdamW over GPT.param_groups, or MuonWithAdamW when optim.muon is set. fused: AdamW's one-kernel CUDA step."""
     adamw_kwargs = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
     groups = net.param_groups(optim.weight_decay)
-    if optim.muon is None:
+    hidden = hidden_matrices(net) if optim.muon is not None else []
+    if not hidden:  # optim=adamw; or LoRA, whose adapters train with AdamW under optim=muon too
+        if optim.muon is not None:
+            log.warning("optim=muon: no hidden matrix trains (lora.r > 0), so AdamW (optim.lr) trains every parameter")
         return torch.optim.AdamW(groups, **adamw_kwargs)
-    hidden = hidden_matrices(net)
     flat = [p for p in hidden if p.dim() != 2]
     if flat:
         raise ConfigError(
@@ -211,6 +223,20 @@ def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.
     m = optim.muon
     muon = Muon(hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
     return MuonWithAdamW(muon, torch.optim.AdamW([g for g in rest if g["params"]], **adamw_kwargs))
+
+
+def memory_estimate(net: GPT, optim: OptimConfig) -> dict[str, int]:
+    """Bytes a training step keeps besides activations: the weights, the gradients of those that train, and the
+    optimizer's state (AdamW: two moments per parameter; Muon: one momentum per hidden-matrix entry)."""
+    params = list(net.parameters())  # a tied matrix once
+    trainable = [p for p in params if p.requires_grad]
+    muon = {id(p) for p in hidden_matrices(net)} if optim.muon is not None else set()
+    states = sum((1 if id(p) in muon else 2) * p.numel() * p.element_size() for p in trainable)
+    return {
+        "weights": sum(p.numel() * p.element_size() for p in params),
+        "gradients": sum(p.numel() * p.element_size() for p in trainable),
+        "optimizer": states,
+    }
 
 
 def optim_preset(name: str, **overrides) -> OptimConfig:
