@@ -8,6 +8,9 @@ tokenizer (instead of training a BPE) and its chat template, when it has one: ou
 A model to fine-tune on conversations (experiment=sft) needs the chat markers its template writes. Every tokenizer
 trained here reserves ChatML's; a checkpoint of ours made before they were reserved gets them added as new ids,
 and its embedding grows by the rows they need (the new rows start at the mean of the others), which the log says.
+
+With lora.r > 0 the model's weights stay frozen and LoRA adapters train on them (llm/lora.py): use_lora names the
+base in the checkpoint (where it is, its sha256), and lora_resume reads it back on a resume.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer
 
 from llm.chat_template import ChatTemplate
-from llm.checkpoint import CHAT_TEMPLATE, MODEL_CONFIG, find_checkpoint, load_checkpoint
+from llm.checkpoint import CHAT_TEMPLATE, LORA, MODEL_CONFIG, find_checkpoint, load_checkpoint, read_checkpoint
 from llm.errors import ConfigError
+from llm.lora import LoraConfig, add_adapters, base_entry
 from llm.model import GPT, GPTConfig
 from llm.tokenizer import IM_END, IM_START
 
@@ -136,3 +141,42 @@ def model_for(start: Start, **run_keys) -> GPT:
     model = GPT(GPTConfig(**{"attn": "sdpa", "dropout": 0.0} | run_keys | start.model_config))
     start.load_into(model)
     return model.eval()
+
+
+def lora_resume(cfg: DictConfig, lora: LoraConfig, ckpt_path: Path | None) -> dict | None:
+    """The LORA entry of the checkpoint resumed (None for none), checked against lora.*. LoRA trains on a frozen base:
+    init_from is needed, and a resume reads the base the checkpoint names (init_from=last would find the run itself)."""
+    if lora.r and not cfg.get("init_from"):
+        raise ConfigError(f"lora.r={lora.r} trains adapters on a frozen base: give init_from (ours or Hugging Face's)")
+    saved = read_checkpoint(ckpt_path).get(LORA) if ckpt_path is not None else None
+    if ckpt_path is not None and bool(saved) != bool(lora.r):
+        held = f"LoRA adapters (lora.r={saved['r']})" if saved else "every weight (lora.r=0)"
+        raise ConfigError(f"lora.r={lora.r} but the checkpoint {ckpt_path} trained {held}: resume it with that")
+    if saved:
+        for key in ("r", "alpha", "targets"):
+            if saved[key] != getattr(lora, key):
+                raise ConfigError(
+                    f"lora.{key}={getattr(lora, key)!r} but the checkpoint {ckpt_path} has {saved[key]!r}: "
+                    "the adapters cannot change on a resume (start a new run without ckpt_path)"
+                )
+        with open_dict(cfg):
+            cfg.init_from = saved["base"]["path"]
+    return saved
+
+
+def use_lora(module, lora: LoraConfig, start: Start, init_from: str, saved: dict | None) -> dict:
+    """Name the base the module's network holds (its fingerprint, checked on a resume), then give it the adapters;
+    returns the checkpoint's LORA entry."""
+    if start.notes:
+        raise ConfigError(
+            f"lora.r={lora.r}: {start.notes[0]}; LoRA trains no embedding row, so theirs would stay untrained: "
+            "fine-tune every weight (lora.r=0) or start from a base whose tokenizer has the markers"
+        )
+    base = base_entry(init_from, start.kind, start.location, module.net.state_dict())
+    if saved is not None and saved["base"]["sha256"] != base["sha256"]:
+        raise ConfigError(
+            f"init_from={init_from}: these weights are not the base the checkpoint's adapters were trained on "
+            f"(sha256 {base['sha256'][:12]}..., trained on {saved['base']['sha256'][:12]}...)"
+        )
+    add_adapters(module.net, lora)
+    return {**lora.to_dict(), "base": saved["base"] if saved is not None else base}

@@ -27,11 +27,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llm.atomic import write_text
-from llm.checkpoint import LORA, find_checkpoint, read_checkpoint, run_folder
+from llm.checkpoint import find_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
-from llm.init_from import Start, open_start
-from llm.lora import LoraConfig, add_adapters, base_entry, count_parameters, lora_config
+from llm.init_from import Start, lora_resume, open_start, use_lora
+from llm.lora import count_parameters, lora_config
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
 from llm.training.callbacks import NonFiniteLossError, last_checkpoint_path
 from llm.training.checkpoint_io import AtomicCheckpointIO
@@ -76,45 +76,6 @@ def use_pretrained(cfg: DictConfig, out: Path) -> Start:
             cfg.data.chat_template = str(template_file)
     log.info("init_from: %s (%s): %s", cfg.init_from, start.kind, start.model_config)
     return start
-
-
-def lora_resume(cfg: DictConfig, lora: LoraConfig, ckpt_path: Path | None) -> dict | None:
-    """The LORA entry of the checkpoint resumed (None for none), checked against lora.*. LoRA trains on a frozen base:
-    init_from is needed, and a resume reads the base the checkpoint names (init_from=last would find the run itself)."""
-    if lora.r and not cfg.get("init_from"):
-        raise ConfigError(f"lora.r={lora.r} trains adapters on a frozen base: give init_from (ours or Hugging Face's)")
-    saved = read_checkpoint(ckpt_path).get(LORA) if ckpt_path is not None else None
-    if ckpt_path is not None and bool(saved) != bool(lora.r):
-        held = f"LoRA adapters (lora.r={saved['r']})" if saved else "every weight (lora.r=0)"
-        raise ConfigError(f"lora.r={lora.r} but the checkpoint {ckpt_path} trained {held}: resume it with that")
-    if saved:
-        for key in ("r", "alpha", "targets"):
-            if saved[key] != getattr(lora, key):
-                raise ConfigError(
-                    f"lora.{key}={getattr(lora, key)!r} but the checkpoint {ckpt_path} has {saved[key]!r}: "
-                    "the adapters cannot change on a resume (start a new run without ckpt_path)"
-                )
-        with open_dict(cfg):
-            cfg.init_from = saved["base"]["path"]
-    return saved
-
-
-def use_lora(module, lora: LoraConfig, start: Start, init_from: str, saved: dict | None) -> dict:
-    """Name the base the module's network holds (its fingerprint, checked on a resume), then give it the adapters;
-    returns the checkpoint's LORA entry."""
-    if start.notes:
-        raise ConfigError(
-            f"lora.r={lora.r}: {start.notes[0]}; LoRA trains no embedding row, so theirs would stay untrained: "
-            "fine-tune every weight (lora.r=0) or start from a base whose tokenizer has the markers"
-        )
-    base = base_entry(init_from, start.kind, start.location, module.net.state_dict())
-    if saved is not None and saved["base"]["sha256"] != base["sha256"]:
-        raise ConfigError(
-            f"init_from={init_from}: these weights are not the base the checkpoint's adapters were trained on "
-            f"(sha256 {base['sha256'][:12]}..., trained on {saved['base']['sha256'][:12]}...)"
-        )
-    add_adapters(module.net, lora)
-    return {**lora.to_dict(), "base": saved["base"] if saved is not None else base}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
