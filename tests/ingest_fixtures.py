@@ -83,6 +83,66 @@ def bomb_png(side: int = 60_000) -> bytes:
     )
 
 
+def docx_bytes(paragraphs: list[str]) -> bytes:
+    import docx
+
+    d = docx.Document()
+    for p in paragraphs:
+        d.add_paragraph(p)
+    buf = io.BytesIO()
+    d.save(buf)
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes], encrypt: tuple[str, ...] = ()) -> bytes:
+    """A zip of these members; those named in `encrypt` carry the encryption flag (as a password-protected zip's
+    members do: Python writes no encrypted zips, and the flag is what a reader must refuse on)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    data = bytearray(buf.getvalue())
+    for name in encrypt:
+        raw = name.encode()
+        for signature, flag_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+            at = data.find(signature)
+            while at >= 0:
+                if data[at + name_at : at + name_at + len(raw)] == raw:
+                    data[at + flag_at] |= 0x1
+                at = data.find(signature, at + 4)
+    return bytes(data)
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w", links: dict[str, str] | None = None) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            t.addfile(info)
+    return buf.getvalue()
+
+
+def zeros_zip(name: str, gigabytes: float = 1.0) -> bytes:
+    """A zip bomb: one member of `gigabytes` of zeros, about a thousand times smaller compressed."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z, z.open(name, "w", force_zip64=True) as f:
+        chunk = bytes(64 << 20)
+        for _ in range(int(gigabytes * 16)):
+            f.write(chunk)
+    return buf.getvalue()
+
+
 def write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)

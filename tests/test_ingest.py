@@ -214,34 +214,3 @@ def test_every_reader_reaches_a_worker_by_reference_and_no_extension_is_claimed_
     text = next(f for f in REGISTRY.formats if f.kind == "text")
     with pytest.raises(ValueError, match="'.md' is claimed by two formats: text and text"):
         Registry([*REGISTRY.formats, Format("text", text.read, version=1, extensions={".md": None})])
-
-
-LETTER = [
-    "Dear Margaret, the harvest came in early this year",
-    "and the orchard behind the mill gave more apples",
-    "than we could carry to the market in town.",
-    "Your brother sends his love and a jar of honey.",
-]
-
-
-@needs_ocr
-def test_rotated_scans_are_read_upright(tmp_path):
-    """A page scanned sideways or upside down: tesseract's orientation detection turns it before the real pass."""
-    import io
-    from collections import Counter
-
-    from tests.ingest_fixtures import render
-
-    page = render(LETTER)
-    for angle in (0, 90, 180, 270):
-        turned = page.rotate(angle, expand=True, fillcolor=255)
-        buf = io.BytesIO()
-        turned.save(buf, format="PDF" if angle == 270 else "PNG", resolution=150)  # a scanned PDF goes the same way
-        write(tmp_path / "in" / f"page-{angle}.{'pdf' if angle == 270 else 'png'}", buf.getvalue())
-    result = ingest([tmp_path / "in"], tmp_path / "out", workers=2)
-    texts = {d.path.split("/")[-1].split(".")[0]: Counter(words(d.text).split()) for d in result.documents}
-    upright = texts["page-0"]
-    assert sum(upright.values()) >= 30
-    for angle in (90, 180, 270):
-        found = sum((texts[f"page-{angle}"] & upright).values()) / sum(upright.values())
-        assert found >= 0.9, (angle, found, texts[f"page-{angle}"])

@@ -106,7 +106,7 @@ def test_time_limit_kills_the_file_and_its_child_processes_not_the_run(tmp_path,
 def test_time_limit_kills_ocr(tmp_path):
     from tests.ingest_fixtures import scanned_pdf
 
-    write(tmp_path / "in/slow.pdf", scanned_pdf([["a page that takes a while"]] * 8))  # ~0.7 s of OCR a page
+    write(tmp_path / "in/slow.pdf", scanned_pdf([["a page that takes a while"]] * 40))  # ~0.2 s of OCR a page
     write(tmp_path / "in/fine.py", "x = 1\n")
     result = ingest([tmp_path / "in"], tmp_path / "out", settings={"timeout_s": 1.5}, workers=1)
     status = {r.path: r for r in result.records}

@@ -1,7 +1,7 @@
 """Images (png, jpeg, tiff with every page, bmp, webp, gif first frame, heic with pi-heif): OCR through tesseract.
 
-Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them; a page that still
-reads badly is turned by tesseract's orientation detection (ocr.read_page).
+Photos are turned upright by their EXIF orientation first, as a phone's gallery shows them; a page tesseract still
+reads with low confidence is turned as its orientation detection says (ocr.read_page), and the turn is recorded.
 
 The size is read from the header before any pixel is decoded, so decompression bombs are refused cheaply.
 """
@@ -71,18 +71,20 @@ def _pages(image) -> list[bytes] | None:
 def read(path: Path, language: str | None, settings: Settings) -> Extraction:
     image = _open(path, settings)
     ocr.require("tesseract")
-    offline.patch_unstructured()
     strategy = settings.strategy.get("image") or "ocr_only"
+    if strategy != "ocr_only":
+        offline.patch_unstructured()
     try:
         pages = _pages(image)
     finally:
         image.close()
     sources = [path] if pages is None else pages
-    texts = [ocr.read_page(source, strategy, settings.languages) for source in sources]
-    text = "\n\n".join(t for t in texts if t.strip())
+    read = [ocr.read_page(source, strategy, settings.languages) for source in sources]
+    text = "\n\n".join(t for t, _ in read if t.strip())
     if not text.strip():
         raise Refused("empty", f"OCR found no text ({strategy})")
-    return Extraction(text, strategy, pages=len(texts))
+    rotated = {n: degrees for n, (_, degrees) in enumerate(read, 1) if degrees}
+    return Extraction(text, strategy, pages=len(read), rotated=rotated or None)
 
 
 def settings_used(settings: Settings) -> list:

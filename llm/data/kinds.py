@@ -3,9 +3,10 @@ and its version. Discovery (`Registry.kind_of`), the workers (`Format.read`) and
 `.version`, `.settings`) all read REGISTRY below.
 
 A file's format comes from its name (a whole name for Makefile and friends, else its extension), then, for
-PDFs, images, unknown extensions and README-like names without extension, from its first bytes: a PNG named
-`.pdf` is read as an image, a PDF saved as `SUMMARY` as a PDF, and a `.pdf` that is neither is reported by the
-PDF reader ("not a PDF").
+PDFs, images, archives, unknown extensions and README-like names without extension, from its first bytes: a PNG
+named `.pdf` is read as an image, a PDF saved as `SUMMARY` as a PDF, and a `.pdf` that is neither is reported by
+the PDF reader ("not a PDF"). The file inside a compressed single file is also read as text when its first bytes
+are text (`changelog.gz`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm.data import code, image, office, pdf, text
+from llm.data import archive, code, image, office, pdf, text
 from llm.data.office import Partition
 from llm.data.reader import Read, Settings
 
@@ -39,6 +40,7 @@ class Format:
     magic: tuple[bytes, ...] = ()
     heavy: bool = False  # read through unstructured: workers import it first, and these files are scheduled first
     settings: Callable[[Settings], Any] = _no_settings  # the settings its text depends on (part of the cache key)
+    container: bool = False  # archives and compressed files: unpacked, each member read as a file (archive.py)
 
 
 class Registry:
@@ -64,6 +66,14 @@ class Registry:
         # a README-like name on a PDF or an image saved without extension; text may begin "BM": not a bitmap
         if fmt is None or fmt.magic or (bare and not head.startswith(b"BM")):
             return self.sniff(head) or fmt, language
+        return fmt, language
+
+    def kind_of_inner(self, path: Path, head: bytes) -> tuple[Format | None, str | None]:
+        """As kind_of, for the file inside a compressed single file: text when nothing else claims it and its
+        first bytes read as text (`changelog.gz`, `changelog.Debian.gz`)."""
+        fmt, language = self.kind_of(path, head)
+        if fmt is None and head and text.read_text(head)[1] is None:
+            return self._capitalised, None
         return fmt, language
 
     def _from_name(self, path: Path) -> tuple[Format | None, str | None]:
@@ -169,6 +179,13 @@ IMAGE_MAGIC = (
     rb"\ARIFF....WEBP",
 )
 PDF_MAGIC = (rb"%PDF-",)  # anywhere in the first kilobyte, as PDF readers accept it
+ARCHIVE = _none(".zip .tar .gz .bz2 .xz .tgz .tbz .tbz2 .txz")  # .tar.gz and friends end in .gz
+ARCHIVE_MAGIC = (
+    rb"\A\x1f\x8b",  # gzip
+    rb"\ABZh[1-9]1AY&SY",  # bzip2
+    rb"\A\xfd7zXZ\x00",  # xz
+    rb"\A.{257}ustar",  # POSIX tar (zip-based formats, .docx and .jar, are zips too: a zip is known by name only)
+)
 
 
 def _office(kind: str, extensions: str, module: str, needs: str, attachments: bool = False) -> Format:
@@ -183,7 +200,7 @@ REGISTRY = Registry(
         Format(
             "pdf",
             pdf.read,
-            version=2,
+            version=3,
             extensions=_none(".pdf"),
             magic=PDF_MAGIC,
             heavy=True,
@@ -192,7 +209,7 @@ REGISTRY = Registry(
         Format(
             "image",
             image.read,
-            version=4,
+            version=5,
             extensions=IMAGE,
             magic=IMAGE_MAGIC,
             heavy=True,
@@ -204,12 +221,21 @@ REGISTRY = Registry(
         _office("office", ".doc", "doc", "LibreOffice (soffice) and python-docx"),
         _office("office", ".pptx", "pptx", "pip install python-pptx"),
         _office("office", ".ppt", "ppt", "LibreOffice (soffice) and python-pptx"),
-        _office("office", ".xlsx", "xlsx", "pip install openpyxl pandas"),
+        Format("office", office.spreadsheet, version=3, extensions=_none(".xlsx .xlsm")),
         _office("office", ".xls", "xlsx", "pip install openpyxl xlrd pandas"),
-        _office("office", ".odt", "odt", "pandoc and pip install pypandoc python-docx"),
-        _office("office", ".rtf", "rtf", "pandoc and pip install pypandoc"),
-        _office("office", ".epub", "epub", "pandoc and pip install pypandoc"),
+        _office("office", ".odt", "odt", "pip install pypandoc-binary python-docx"),  # pandoc inside the wheel
+        _office("office", ".rtf", "rtf", "pip install pypandoc-binary"),
+        _office("office", ".epub", "epub", "pip install pypandoc-binary"),
         _office("email", ".eml", "email", "unstructured's base install", attachments=True),
         _office("email", ".msg", "msg", "pip install python-oxmsg", attachments=True),
+        Format(
+            "archive",
+            archive.Unpack(),
+            version=1,
+            extensions=ARCHIVE,
+            magic=ARCHIVE_MAGIC,
+            settings=archive.settings_used,
+            container=True,
+        ),
     ]
 )

@@ -1,12 +1,13 @@
-"""HTML/XML, office documents, e-books and e-mail through unstructured's partitioners.
+"""HTML/XML, office documents, e-books and e-mail through unstructured's partitioners; workbooks through openpyxl.
 
-Each format needs its own optional packages (and pandoc or LibreOffice for some); where they are
-missing the file is `skipped` with the package to install, and the next run tries again.
-kinds.py says which partitioner reads which extension.
+Each format needs its own optional packages (pandoc comes inside pypandoc-binary; LibreOffice for .doc and .ppt);
+where they are missing the file is `skipped` with the package to install, and the next run tries again.
+kinds.py says which reader reads which extension.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,46 @@ class Partition:
         if not text.strip():
             raise Refused("empty", f"{function} found no text")
         return Extraction(text, function)
+
+
+def spreadsheet(path: Path, language: str | None, settings: Settings) -> Extraction:
+    """A workbook as text a model can read: each sheet's name on a line of its own (`# Budget`), then its rows,
+    one line each, the cells' values (formulas as last computed) separated by tabs; empty rows and trailing empty
+    cells left out."""
+    try:
+        import openpyxl
+    except ImportError as e:
+        raise Refused("skipped", f"{path.suffix} needs pip install openpyxl ({e})", transient=True) from e
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheets = []
+        for sheet in book.worksheets:
+            rows = []
+            for row in sheet.iter_rows(values_only=True):
+                cells = [_cell(v) for v in row]
+                while cells and not cells[-1]:
+                    cells.pop()
+                if cells:
+                    rows.append("\t".join(cells))
+            if rows:
+                sheets.append(f"# {sheet.title}\n" + "\n".join(rows))
+    finally:
+        book.close()
+    if not sheets:
+        raise Refused("empty", "workbook has no values")
+    return Extraction("\n\n".join(sheets) + "\n", "openpyxl", pages=len(sheets))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime) and value.time() == dt.time():
+        return value.date().isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return " ".join(str(value).split())  # a cell's own tabs and line breaks would split the row
 
 
 def settings_used(settings: Settings) -> list[str]:

@@ -7,7 +7,8 @@ strategy.pdf picks the text-layer extractor:
 - `fast`: unstructured's `partition_pdf(strategy="fast")` (pdfminer), element by element.
 - `hi_res`, `ocr_only`, `auto`: unstructured's partition_pdf for the whole document.
 
-Mixed documents work page by page: only the pages whose text layer is empty are rendered and OCR'd.
+Mixed documents work page by page: only the pages whose text layer is empty are rendered and OCR'd, each turned
+upright on tesseract's evidence (ocr.read_page); the manifest's `rotated` names the pages turned.
 """
 
 from __future__ import annotations
@@ -112,18 +113,22 @@ def _read(doc, path: Path, settings: Settings) -> Extraction:
         pages = _by_page(partition_pdf(filename=str(path), strategy=first, languages=langs))
     missing = [p for p in range(1, n_pages + 1) if p not in pages]
     used = first
+    rotated = {}
     if missing and scanned and first in ("pdfium", "fast"):
         ocr.require("tesseract")
-        offline.patch_unstructured()
+        if scanned != "ocr_only":
+            offline.patch_unstructured()
         for p, png in zip(missing, _render(doc, missing), strict=True):
-            text = ocr.read_page(png, scanned, langs)
+            text, degrees = ocr.read_page(png, scanned, langs)
             if text.strip():
                 pages[p] = text
+            if degrees:
+                rotated[p] = degrees
         used = scanned if len(missing) == n_pages else f"{first}+{scanned}"
     text = "\n\n".join(pages[p] for p in sorted(pages))
     if not text.strip():
         raise Refused("empty", f"no text found in {n_pages} page(s) (strategy {used})")
-    return Extraction(text, used, pages=n_pages)
+    return Extraction(text, used, pages=n_pages, rotated=rotated or None)
 
 
 def settings_used(settings: Settings) -> list:

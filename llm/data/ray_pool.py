@@ -59,13 +59,16 @@ class RayPool:
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
         ray = self.ray
-        pending = deque(tasks)
-        idle = [self.actor.remote(self.settings, self.preload) for _ in range(min(self.n, len(tasks)))]
-        actors = list(idle)
+        pending = tasks if isinstance(tasks, deque) else deque(tasks)  # a deque may grow as it runs (archives)
+        idle: list[Any] = []
+        actors: list[Any] = []
         busy: dict[Any, tuple[Any, Task]] = {}  # object ref -> (actor, task)
         try:
             while pending or busy:
-                while pending and idle:
+                while pending and (idle or len(actors) < self.n):
+                    if not idle:
+                        actors.append(self.actor.remote(self.settings, self.preload))
+                        idle.append(actors[-1])
                     actor, task = idle.pop(), pending.popleft()
                     busy[actor.read.remote(task)] = (actor, task)
                 done, _ = ray.wait(list(busy), num_returns=1)

@@ -65,6 +65,11 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
             "pages": ex.pages,
             "language": ex.language,
         }
+        if ex.rotated:
+            out["rotated"] = {str(page): degrees for page, degrees in ex.rotated.items()}  # as JSON keeps it
+        if ex.members is not None:  # an archive: its members are read next, each as a file of its own
+            out |= {"status": "unpacked", "members": ex.members, "single": ex.single}
+            del out["text"]
     except Refused as e:
         out = {"status": e.status, "reason": e.reason, "transient": e.transient}
     except ImportError as e:  # a missing package is no fault of the file: not cached, tried again next run
@@ -253,15 +258,18 @@ class Pool:
         return {"status": "error", "reason": f"{why} while reading this file", "limit": True}
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
-        """Each task with its outcome, as they finish; the workers are stopped at the end."""
+        """Each task with its outcome, as they finish; the workers are stopped at the end. A deque may grow while
+        it runs (see serve)."""
         try:
             yield from self.serve(tasks)
         finally:
             self.close()
 
     def serve(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
-        """As run(), but the workers stay up for the next call (a Ray actor serves file after file with them)."""
-        pending = deque(tasks)
+        """As run(), but the workers stay up for the next call (a Ray actor serves file after file with them).
+
+        A deque is consumed as it is, so the caller may append to it between results (an archive's members)."""
+        pending = tasks if isinstance(tasks, deque) else deque(tasks)
         idle: list[_Worker] = list(self.workers)  # between calls nothing is in flight
         busy: dict[Connection, tuple[_Worker, Task, float, float]] = {}
         timeout = self.settings.timeout_s
