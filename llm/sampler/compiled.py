@@ -31,7 +31,7 @@ from llm.model import filled_length
 
 CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 # Autotuning writes its timing tables to stderr; the core logs one line of its own instead (llm.sampler.core)
-QUIET = {"autotune_num_choices_displayed": 0}
+QUIET = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 _keys: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int]] = weakref.WeakKeyDictionary()
 _next_key = itertools.count()
