@@ -102,6 +102,28 @@ def test_interactive(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert captured.err.count("> ") == 6 and "> " not in captured.out
 
 
+def test_interactive_chat_keeps_the_conversation(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """chat=true interactive=true: each line is the user's next message; the replies so far go with it."""
+    lines = iter(["hello\n", "and then?\n", "/reset\n", "again\n", "/quit\n"])
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"readline": lambda self: next(lines)})())
+    seen: list[list[dict]] = []
+
+    def spy(model, tokenizer, prompts, **kwargs):
+        seen.append([dict(m) for m in prompts[0]])
+        assert kwargs["chat"].template.name == "plain"  # a checkpoint without a template: the plain transcript
+        return generate(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr(infer, "generate", spy)
+    overrides = ["interactive=true", "chat=true", "max_new_tokens=5", "temperature=0", "stream=false"]
+    infer.infer(compose_infer(f"ckpt_path={checkpoint}", *overrides))
+    out = capsys.readouterr().out.splitlines()
+    assert [[m["role"] for m in c] for c in seen] == [["user"], ["user", "assistant", "user"], ["user"]]
+    assert seen[1][1]["content"] == out[0] and seen[1][2]["content"] == "and then?"  # its own reply went with it
+    assert seen[2] == [{"role": "user", "content": "again"}]  # after /reset
+
+
 def test_a_seeded_interactive_session_is_reproducible_and_its_turns_differ(
     checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
