@@ -474,7 +474,7 @@ async def wait_all(
         try:
             _, kind, _, _ = await asyncio.wait_for(events.get(), min(DISCONNECT_POLL, left))
             remaining -= kind == "done"
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             pass
         if time.monotonic() - checked >= DISCONNECT_POLL:  # text events may keep the queue busy: check anyway
             checked = time.monotonic()
@@ -501,7 +501,7 @@ async def stream_events(
         while remaining:
             try:
                 index, kind, value, count = await asyncio.wait_for(events.get(), max(deadline - time.monotonic(), 0))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
                 yield sse(failure("timeout", None, limits.request_timeout)[1])
                 break
             job, logprobs = jobs[index], None
