@@ -29,10 +29,27 @@ from llm.training.module import token_cross_entropy
 from llm.training.optim import build_optimizer, memory_estimate, optim_preset
 
 QWEN25_05B = dict(
-    vocab_size=151936, n_layer=24, n_head=14, n_kv_head=2, n_embd=896, head_dim=64, mlp="swiglu", mlp_hidden=4864,
-    qkv_bias=True, bias=False, norm="rmsnorm", norm_eps=1e-6, pos="rope", rope_base=1000000.0, qk_norm=False,
-    tie_embeddings=True, attn="sdpa", dropout=0.0, zero_init_proj=False, logit_softcap=None,
-)  # fmt: skip
+    vocab_size=151936,
+    n_layer=24,
+    n_head=14,
+    n_kv_head=2,
+    n_embd=896,
+    head_dim=64,
+    mlp="swiglu",
+    mlp_hidden=4864,
+    qkv_bias=True,
+    bias=False,
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    pos="rope",
+    rope_base=1000000.0,
+    qk_norm=False,
+    tie_embeddings=True,
+    attn="sdpa",
+    dropout=0.0,
+    zero_init_proj=False,
+    logit_softcap=None,
+)
 
 
 def one_step(mode: str, r: int, batch: int, seq: int, device: str) -> dict:

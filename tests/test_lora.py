@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from llm.checkpoint import LORA, add_entries, load_checkpoint, read_checkpoint, write_checkpoint
+from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.lora import A_SUFFIX, B_SUFFIX, LoraConfig, add_adapters, count_parameters, fingerprint, lora_config
 from llm.model import GPT, GPTConfig
@@ -98,11 +99,9 @@ def test_lora_keys_are_checked_by_name(tmp_path, base) -> None:
 
 
 def test_adapters_train_with_adamw_even_under_optim_muon_and_the_memory_is_estimated() -> None:
-    config = GPTConfig(
-        vocab_size=320, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=64, attn="sdpa", pos="rope",
-        norm="rmsnorm", mlp="relu2", bias=False, dropout=0.0, qk_norm=True, zero_init_proj=False,
-        logit_softcap=None, tie_embeddings=True,
-    )  # fmt: skip
+    config = model_preset(
+        "tiny", vocab_size=320, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=64, zero_init_proj=False
+    )
     net = GPT(config)
     full = memory_estimate(net, optim_preset("muon"))
     add_adapters(net, LoraConfig(r=4, alpha=8, dropout=0.0, targets=["attn.qkv", "mlp.proj"]))
