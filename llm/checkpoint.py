@@ -204,16 +204,25 @@ def read_chat_template(path: str | Path) -> ChatTemplate:
     return ChatTemplate.from_dict(read_checkpoint(path).get(CHAT_TEMPLATE))
 
 
-def load(cfg: DictConfig) -> tuple[GPT, Tokenizer, torch.device]:
-    """The model of cfg.ckpt_path (find_checkpoint, under cfg.paths.outputs_root) on cfg.device in cfg.dtype,
-    its tokenizer and the device: what infer.py and serve.py generate with."""
+class Loaded(NamedTuple):
+    """What infer.py, serve.py and llm.evaluate generate with."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    device: torch.device
+    chat_template: ChatTemplate  # the model's (read_chat_template): the plain-text one for a base
+
+
+def load(cfg: DictConfig) -> Loaded:
+    """The model of cfg.ckpt_path (find_checkpoint, under cfg.paths.outputs_root) on cfg.device in cfg.dtype, its
+    tokenizer, the device and its chat template, from one read of the checkpoint."""
     # Here, not at the top: training writes checkpoints through this module and never loads the sampler package
     from llm.sampler.device import resolve_device, resolve_dtype
 
     path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer, _ = load_checkpoint(path)
+    model, tokenizer, ckpt = load_checkpoint(path)
     model.to(device=device, dtype=dtype)
     log.info("loaded %s (%.2fM parameters) on %s", path, model.num_params() / 1e6, device)
-    return model, tokenizer, device
+    return Loaded(model, tokenizer, device, ChatTemplate.from_dict(ckpt.get(CHAT_TEMPLATE)))

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict:
             documents = folder_documents(paths, out / "data", Path(cfg.paths.cache_dir), settings)
         else:
             documents = validation_corpus(run, run_config)
-    model, tokenizer, _ = load(cfg)
+    model, tokenizer, _, _ = load(cfg)
     results = plan.score(model, tokenizer, lambda: documents)
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples") or {}

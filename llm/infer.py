@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from llm.chat_template import ChatTokens
-from llm.checkpoint import find_checkpoint, load, read_chat_template  # serve.py loads the same way
+from llm.checkpoint import load  # serve.py loads the same way
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.model import GPT
@@ -61,10 +61,9 @@ def infer(cfg: DictConfig) -> None:
         stop=read_stop(cfg.stop),
         kv_cache=kv_cache,
     )
-    model, tokenizer, device = load(cfg)
+    model, tokenizer, device, template = load(cfg)
     options["compile"] = resolve_compile(cfg.compile, device, kv_cache)
     if use_chat:
-        template = read_chat_template(find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root))
         options["chat"] = ChatTokens(template, tokenizer)
         log.info("chat: the %s template", template.name)
     if interactive:

@@ -105,8 +105,9 @@ def test_load_gives_the_model_on_the_device_in_the_dtype(parts, tmp_path: Path) 
     cfg = OmegaConf.create(
         {"ckpt_path": str(tmp_path / "run"), "paths": {"outputs_root": "nowhere"}, "device": "cpu", "dtype": "bfloat16"}
     )
-    model, tokenizer, device = load(cfg)
+    model, tokenizer, device, template = load(cfg)
     assert device == torch.device("cpu") and next(model.parameters()).dtype == torch.bfloat16
+    assert template.name == "plain"  # a base that was never fine-tuned on conversations
     assert tokenizer.to_str() == tok.to_str()
     assert find_checkpoint("last", tmp_path) == tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="dtype='float8'"):

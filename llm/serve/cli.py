@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from llm.checkpoint import find_checkpoint, load, read_chat_template
+from llm.checkpoint import load
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.sampler import resolve_compile
@@ -105,7 +105,7 @@ def serve(cfg: DictConfig) -> None:
     from llm.serve.engine import Engine
 
     sock = bind(cfg.host, cfg.port)
-    model, tokenizer, device = load(cfg)
+    model, tokenizer, device, chat_template = load(cfg)
     compile = resolve_compile(cfg.compile, device, kv_cache=True)
     engine = Engine(model, tokenizer, cfg.max_batch, cfg.queue_size, compile)
     if compile:
@@ -126,7 +126,7 @@ def serve(cfg: DictConfig) -> None:
         int(cfg.retry_after),
         cfg.max_request_bytes,
         key,
-        read_chat_template(find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)),
+        chat_template,
     )
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
