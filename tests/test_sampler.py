@@ -144,9 +144,10 @@ def test_no_seed_gives_a_fresh_sample_each_call() -> None:
     assert first != second  # the draw continues the global random stream
     torch.manual_seed(0)
     assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first  # ... which the caller may seed
-    # a seeded call leaves the caller's stream where it was
+    # a seeded call leaves the caller's stream where it was, and so does a greedy one
     torch.manual_seed(0)
     generate_ids(model, PROMPTS, 40, SamplingParams.defaults(temperature=1.0, seed=7))
+    generate_ids(model, PROMPTS, 40, GREEDY)
     assert ids_of(generate_ids(model, PROMPTS, 40, params)) == first
 
 

@@ -144,8 +144,8 @@ class DecodeCore:
         self.settings.set(rows, params)
         index = torch.tensor(rows, device=self.device)
         for row, p, n in zip(rows, params, lengths, strict=True):
-            seed = fresh_seed() if p.seed is None else p.seed
-            self.generators[row] = torch.Generator(self.device).manual_seed(seed) if not p.greedy else None
+            seed = None if p.greedy else fresh_seed() if p.seed is None else p.seed
+            self.generators[row] = None if seed is None else torch.Generator(self.device).manual_seed(seed)
             self.lengths[row] = n
             self.active.add(row)
         T = max(lengths)

@@ -91,7 +91,10 @@ def prepare(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, c
 
 
 def row_params(params: SamplingParams, rows: int) -> list[SamplingParams]:
-    """Each row's settings: seed s + r for row r, or a seed from torch's global stream when params has none."""
+    """Each row's settings: seed s + r for row r, or a seed from torch's global stream when params has none (greedy
+    rows draw nothing: the stream is left as it was)."""
+    if params.greedy:
+        return [params] * rows
     if params.seed is None:
         seeds = torch.randint(0, 2**62, (rows,)).tolist()  # the global CPU stream: torch.manual_seed repeats it
     else:
