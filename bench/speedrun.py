@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
-from llm.config import config_dir, model_preset
+from llm.config import config_dir, model_preset, register_resolvers
 from llm.model import GPT, GPTConfig
 from llm.training.optim import OptimConfig, build_optimizer, optim_preset
 from llm.training.schedule import warmup_cosine
@@ -61,6 +62,7 @@ GPT2_BLOCK = dict(
     logit_softcap=None,
     tie_embeddings=True,
 )
+NANOGPT_BETA2 = (0.95, 0.99)  # config/train_gpt2.py and config/train_shakespeare_char.py
 ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
 # shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep. The conf/optim lrs
 # are the best found for `tiny`; GPT-2's width wants AdamW lrs about 1/8 of them (nanoGPT: 6e-4).
@@ -84,8 +86,10 @@ def default_choices() -> dict[str, str]:
     return {k: v for item in defaults if OmegaConf.is_dict(item) for k, v in item.items()}
 
 
-def recipes(preset: str, vocab_size: int) -> tuple[Recipe, Recipe]:
-    """(nanoGPT, ours) at the size of `preset`, both reading `vocab_size` tokens."""
+def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe]:
+    """(nanoGPT's variants, ours) at the size of `preset`, both reading `vocab_size` tokens.
+
+    nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both."""
     size = dict(vocab_size=vocab_size, dropout=0.0, attn="sdpa")
     shape = model_preset(preset, **size)
     nanogpt = replace(shape, **GPT2_BLOCK, n_kv_head=shape.n_head)
@@ -97,10 +101,9 @@ def recipes(preset: str, vocab_size: int) -> tuple[Recipe, Recipe]:
         ratio = ours_preset.n_head // ours_preset.n_kv_head
         arch = {k: getattr(ours_preset, k) for k in GPT2_BLOCK if k != "mlp_hidden"}
         ours = replace(shape, **arch, mlp_hidden=None, n_kv_head=max(1, shape.n_head // ratio))
-    return (
-        Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), optim_preset("adamw")),
-        Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"])),
-    )
+    adamw = optim_preset("adamw")
+    peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in NANOGPT_BETA2]
+    return peers, Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]))
 
 
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
@@ -127,7 +130,8 @@ def scaled(optim: OptimConfig, scale: float) -> OptimConfig:
 
 
 def lr_label(optim: OptimConfig) -> str:
-    return f"{optim.lr:.2g}" if optim.muon is None else f"{optim.lr:.2g} / muon {optim.muon.lr:.2g}"
+    label = f"{optim.lr:.2g}" if optim.muon is None else f"{optim.lr:.2g} / muon {optim.muon.lr:.2g}"
+    return label if optim.beta2 == 0.95 else f"{label}, β2 {optim.beta2:g}"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -137,6 +141,7 @@ def prepare_corpus(paths: list[str] | None, preset: str, out: Path) -> tuple[Pat
     """Ingest, split and tokenize through the training pipeline (conf/data/default.yaml, cached).
 
     Returns the token folder, its meta.json and the one tokenizer both recipes read."""
+    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose("train", overrides=[f"model={preset}", f"paths.output_dir={out}"])
     if paths:
@@ -275,9 +280,20 @@ class Run:
         return self.steps * self.data.B * self.data.T
 
 
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+LOADS: list[float] = []  # the 1-minute load average, every 10 s of wall time while runs train
 
 
 def train_all(runs: list[Run]) -> None:
@@ -285,7 +301,11 @@ def train_all(runs: list[Run]) -> None:
     for run in runs:
         run.maybe_evaluate()  # at 0 s: the untrained model
     active = list(runs)
+    sampled = 0.0
     while active:
+        if time.perf_counter() - sampled > 10:
+            LOADS.append(os.getloadavg()[0])
+            sampled = time.perf_counter()
         for run in active:
             run.train_step()
             run.maybe_evaluate()
@@ -310,11 +330,17 @@ def first_reach(curve: list[tuple[float, int, float, float]], target: float) -> 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def report(runs: list[Run], a: str, b: str, args, header: list[str]) -> str:
-    best = {}
+def best_runs(runs: list[Run]) -> dict[str, Run]:
+    """The run with the lowest final val bpb of each recipe name (nanoGPT: over both β2)."""
+    best: dict[str, Run] = {}
     for run in runs:
         if run.recipe.name not in best or run.final_bpb < best[run.recipe.name].final_bpb:
             best[run.recipe.name] = run
+    return best
+
+
+def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> str:
+    best, b = best_runs(runs), ours.name
     lines = [
         *header,
         "",
@@ -330,7 +356,7 @@ def report(runs: list[Run], a: str, b: str, args, header: list[str]) -> str:
         )
     edges = [name for name, run in best.items() if _at_sweep_edge(run, runs)]
     if edges:
-        lines += ["", f"best lr at the edge of its sweep (widen --lr-scales): {', '.join(edges)}"]
+        lines += ["", f"best lr at the edge of its sweep (widen --lr-scales): {'; '.join(edges)}"]
     ra, rb = best[a], best[b]
     target, total = ra.final_bpb, ra.curve[-1][0]
     reached = first_reach(rb.curve, target)
@@ -341,17 +367,35 @@ def report(runs: list[Run], a: str, b: str, args, header: list[str]) -> str:
         "| recipe | lr | parameters | val bpb at the end | time to nanoGPT's final val bpb |",
         "| --- | --- | ---: | ---: | ---: |",
         f"| (a) {a} | {lr_label(ra.optim)} | {ra.params:,} | {ra.final_bpb:.4f} | {total:.1f} s (1.00) |",
+        f"| (b) {b} | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | {_when(rb, target, total)} |",
     ]
-    when = "not reached" if reached is None else f"{reached:.1f} s ({reached / total:.2f})"
-    lines.append(f"| (b) {b} | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | {when} |")
     if reached is not None:
         lines += ["", f"{b} reaches {a}'s final val bpb {target:.4f} in {reached / total:.2f}x its time"]
-    for name, run in best.items():
-        if name not in (a, b):
+    ablated = [name for name in best if name not in (a, b)]
+    if ablated:
+        lines += [
+            "",
+            "ablations: ours with one choice changed, at ours' best lr (another optimizer: best of its own sweep); "
+            "Δ is against ours at the same lr, positive is worse:",
+            "",
+            "| ours, changed | lr | parameters | val bpb | Δ val bpb | time to nanoGPT's final val bpb |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+            f"| (none) | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | 0 | {_when(rb, target, total)} |",
+        ]
+        for name in ablated:
+            run = best[name]
+            same = [r for r in runs if r.recipe is ours and r.optim == run.optim]
+            base = same[0] if same else rb
             lines.append(
-                f"ablation: {name} (lr {lr_label(run.optim)}, {run.params:,} parameters): val bpb {run.final_bpb:.4f}"
+                f"| {name.removeprefix('ours, ')} | {lr_label(run.optim)} | {run.params:,} | {run.final_bpb:.4f} | "
+                f"{run.final_bpb - base.final_bpb:+.4f} | {_when(run, target, total)} |"
             )
     return "\n".join(lines)
+
+
+def _when(run: Run, target: float, total: float) -> str:
+    reached = first_reach(run.curve, target)
+    return "not reached" if reached is None else f"{reached:.1f} s ({reached / total:.2f})"
 
 
 def _at_sweep_edge(best: Run, runs: list[Run]) -> bool:
@@ -365,10 +409,7 @@ def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = {}
-    for run in runs:
-        if run.recipe.name not in best or run.final_bpb < best[run.recipe.name].final_bpb:
-            best[run.recipe.name] = run
+    best = best_runs(runs)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     colors = {a: "tab:blue", b: "tab:red"}
     for run in runs:
@@ -448,7 +489,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
-    nanogpt, ours = recipes(settings["preset"], meta["vocab_size"])
+    peers, ours = recipes(settings["preset"], meta["vocab_size"])
     block = ours.model.block_size
     data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
     nbytes = token_bytes(tokenizer)
@@ -457,31 +498,43 @@ def main() -> None:
         raise SystemExit("token byte lengths do not add up to the validation text: bits per byte would be wrong")
 
     scales = [float(s) for s in args.lr_scales.split(",")]
-    chosen = [nanogpt, ours, *(ablations(nanogpt, ours) if args.ablate else [])]
-    runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in chosen for s in scales]
-    pa, pb = runs[0].params, runs[len(scales)].params
+    runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in [*peers, ours] for s in scales]
+    pa, pb = runs[0].params, runs[-1].params
     header = [
         f"corpus: {name} ({', '.join(args.data or ['docs/', 'llm/', 'data/sample/'])}): "
         f"{meta['train_tokens']:,} training tokens, {data.val_y.numel():,} validation tokens "
         f"({runs[0].val_bytes:,} bytes), one byte-level BPE of {meta['vocab_size']:,} tokens for both",
         f"models ({settings['preset']}-sized, T={block}, batch {data.B}): nanoGPT {pa:,} parameters, "
         f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'})",
-        f"each run {args.minutes:g} min of training, lrs x {args.lr_scales}, best vs best; runs interleaved step "
-        f"by step; {device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
-        f"torch {torch.__version__}, lightning {lightning.__version__}",
+        f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} (nanoGPT at β2 "
+        f"{' and '.join(f'{b:g}' for b in NANOGPT_BETA2)}), best vs best; runs interleaved step by step; "
+        f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
+        f"torch {torch.__version__}, lightning {lightning.__version__}, {time.strftime('%Y-%m-%d')}, commit {commit()}",
     ]
     print("\n".join(header), flush=True)
     print(f"training {len(runs)} runs, {len(runs) * args.minutes:g} min of training in all:", flush=True)
     start = time.perf_counter()
     train_all(runs)
+    if args.ablate:  # one choice at a time, at the lrs where ours did best; another optimizer sweeps its own
+        best = min((r for r in runs if r.recipe is ours), key=lambda r: r.final_bpb)
+        at = best.optim.lr / ours.optim.lr
+        extra = [
+            Run(r, scaled(r.optim, s), data, nbytes, args)
+            for r in ablations(peers[0], ours)
+            for s in (scales if r.optim is not ours.optim else [at])
+        ]
+        print(f"ablations: {len(extra)} runs, {len(extra) * args.minutes:g} min of training:", flush=True)
+        train_all(extra)
+        runs += extra
     header.append(
-        f"load average at the end: {os.getloadavg()[0]:.1f}; wall time {(time.perf_counter() - start) / 60:.1f} min"
+        f"load average (1 min) during the runs: mean {np.mean(LOADS):.2f}, max {max(LOADS):.2f} "
+        f"on {os.cpu_count()} cores; wall time {(time.perf_counter() - start) / 60:.1f} min"
     )
-    table = report(runs, nanogpt.name, ours.name, args, header)
+    table = report(runs, peers[0].name, ours, args, header)
     print("\n" + table)
     (out / "speedrun.md").write_text(table + "\n")
     write_csv(runs, out / "speedrun.csv")
-    plot(runs, nanogpt.name, ours.name, out / "speedrun.png", f"{name}: val bpb against training time")
+    plot(runs, peers[0].name, ours.name, out / "speedrun.png", f"{name}: val bpb against training time")
     print(f"\nwrote {out / 'speedrun.md'}, {out / 'speedrun.csv'}, {out / 'speedrun.png'}")
 
 
