@@ -215,7 +215,8 @@ def main() -> None:
             f"random weights | {where}, torch {torch.__version__}"
         )
         bars = [{"label": f"{name}, {d}, batch {b}", "tokens_per_sec": b * t / sec} for name, d, b, t, sec in rows]
-        sys.stdout.write(f"figure: {plot_bench(bars, name=args.plot, title=title)}\n")
+        command = " ".join(["python -m bench.generate_throughput", *sys.argv[1:]])
+        sys.stdout.write(f"figure: {plot_bench(bars, name=args.plot, title=title, command=command)}\n")
 
 
 if __name__ == "__main__":

@@ -30,13 +30,12 @@ import logging
 import math
 import os
 import platform
-import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,6 +44,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
+from llm import provenance
 from llm.config import config_dir, model_preset, register_resolvers
 from llm.model import GPT, GPTConfig
 from llm.training.optim import OptimConfig, build_optimizer, optim_preset
@@ -280,14 +280,6 @@ class Run:
         return self.steps * self.data.B * self.data.T
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -433,7 +425,7 @@ def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
     ax.set_ylim(min(finite) - 0.05, min(max(finite), sorted(finite)[len(finite) // 2] + 1.5))
     ax.set_xlabel("training time (s), evaluation excluded")
     ax.set_ylabel("val bits per byte")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -509,7 +501,7 @@ def main() -> None:
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} (nanoGPT at β2 "
         f"{' and '.join(f'{b:g}' for b in NANOGPT_BETA2)}), best vs best; runs interleaved step by step; "
         f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
-        f"torch {torch.__version__}, lightning {lightning.__version__}, {time.strftime('%Y-%m-%d')}, commit {commit()}",
+        f"{time.strftime('%Y-%m-%d')}, {provenance.describe()}",
     ]
     print("\n".join(header), flush=True)
     print(f"training {len(runs)} runs, {len(runs) * args.minutes:g} min of training in all:", flush=True)
@@ -534,8 +526,13 @@ def main() -> None:
     print("\n" + table)
     (out / "speedrun.md").write_text(table + "\n")
     write_csv(runs, out / "speedrun.csv")
-    plot(runs, peers[0].name, ours.name, out / "speedrun.png", f"{name}: val bpb against training time")
-    print(f"\nwrote {out / 'speedrun.md'}, {out / 'speedrun.csv'}, {out / 'speedrun.png'}")
+    cpu = platform.processor() or platform.machine()
+    where = f"{settings['preset']}-sized, {device.type} ({cpu}, {args.threads} threads)"
+    title = f"{name}: val bpb against training time, {where}\n{time.strftime('%Y-%m-%d')}, {provenance.describe()}"
+    plot(runs, peers[0].name, ours.name, out / "speedrun.png", title)
+    command = " ".join(["python -m bench.speedrun", *sys.argv[1:]])
+    (out / "speedrun.txt").write_text(" | ".join([f"{name}: val bpb against training time", command, *header]) + "\n")
+    print(f"\nwrote {out / 'speedrun.md'}, {out / 'speedrun.csv'}, {out / 'speedrun.png'} and its caption speedrun.txt")
 
 
 if __name__ == "__main__":

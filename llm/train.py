@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from llm import provenance
 from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
@@ -109,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = [build(c, **resume_logger_kwargs(c, ckpt_path)) for c in cfg.get("logger", {}).values()]
     write_text(out / "config.yaml", resolved)
     log.info("config:\n%s", resolved)
+    log.info("code: %s", provenance.describe())
     n = module.net.num_params()
     log.info("model: %s parameters (%.2fM), precision %s", f"{n:,}", n / 1e6, precision)
     trainable, total = count_parameters(module.net)

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from llm import provenance  # noqa: E402
 from llm.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
 from llm.data.discover import DEFAULT_EXCLUDE  # noqa: E402
 
@@ -113,7 +114,27 @@ def describe(run_dir: str | Path, series: dict, hw: str | None = None) -> dict[s
         "preset": preset,
         "steps": f"{steps} steps x {batch:,} tokens{wall}",
         "hardware": hw or hardware(),
+        "command": command(run_dir),
+        "provenance": run_provenance(run_dir),
     }
+
+
+def command(run_dir: Path) -> str:
+    """The command line that made the run, from Hydra's record of its overrides."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    quoted = [o if re.fullmatch(r"[\w.,=/:+-]*", o) else f"'{o}'" for o in overrides]
+    return " ".join(["python train.py", *quoted])
+
+
+def run_provenance(run_dir: Path) -> str:
+    """ "2026-12-06, commit abc1234, python ..., torch ..., lightning ...": the run's date and its `code:` log line
+    (this checkout's commit and versions when the log has none)."""
+    log_text = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
+    day = re.search(r"^\[(\d{4}-\d\d-\d\d) ", log_text, re.M)
+    code = re.search(r"\] - code: (.+)$", log_text, re.M)
+    date = day.group(1) if day else f"{datetime.now():%Y-%m-%d}"
+    return f"{date}, {code.group(1) if code else provenance.describe()}"
 
 
 def _preset_name(model_config) -> str | None:
@@ -136,7 +157,15 @@ def _dataset_meta(run_dir: Path) -> dict | None:
 
 
 def caption(info: dict[str, str]) -> str:
-    return f"{info['corpus']} | {info['preset']} | {info['steps']} | {info['hardware']}"
+    parts = [
+        info["corpus"],
+        info["preset"],
+        info["steps"],
+        info["hardware"],
+        info.get("command"),
+        info.get("provenance"),
+    ]
+    return " | ".join(p for p in parts if p)
 
 
 def _save(fig, out: Path, name: str, what: str, info: dict[str, str]) -> Path:
@@ -198,11 +227,14 @@ def plot_loss(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
 
 def plot_lr(series: dict, out: Path, name: str, info: dict[str, str]) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
-    steps, values = zip(*series["lr"], strict=True)
-    ax.plot(steps, values)
+    for key, label in (("lr", "lr (AdamW: embeddings, gains)"), ("lr_muon", "lr_muon (Muon: hidden matrices)")):
+        if key in series:
+            steps, values = zip(*series[key], strict=True)
+            ax.plot(steps, values, label=label)
     ax.set(xlabel="optimizer step", ylabel="learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, out, f"{name}-lr", "Learning rate: linear warmup, cosine decay (warmup_cosine)", info)
 
 
@@ -278,18 +310,22 @@ def plot_bench(
     out: str | Path = DEFAULT_OUT,
     name: str = "kv-cache",
     title: str = "",
+    command: str = "",
 ) -> Path:
-    """Hook for benchmark scripts: rows of {"label", "tokens_per_sec"} as a bar chart."""
+    """Hook for benchmark scripts: rows of {"label", "tokens_per_sec"} as a bar chart, with NAME.txt beside it:
+    the title, the command that measured it, the date, the commit and the versions."""
     fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
     bars = ax.barh([r["label"] for r in results], [r["tokens_per_sec"] for r in results])
     ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
     ax.set(xlabel="tokens / s")
     ax.margins(x=0.12)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle("\n".join(_wrap(title, 100)), fontsize=8)
+    made = f"{datetime.now():%Y-%m-%d}, {provenance.describe()}"
+    fig.suptitle("\n".join(_wrap(f"{title} | {made}", 100)), fontsize=8)
     path = Path(out) / f"{name}.png"
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    (Path(out) / f"{name}.txt").write_text(" | ".join(p for p in (title, command, made) if p) + "\n")
     return path
 
 

@@ -26,7 +26,8 @@ def every(name: str, value: int) -> int:
 class Throughput(L.Callback):
     """Every `every_n_steps` optimizer steps: tokens/s, MFU (where the GPU's peak is known), peak memory.
 
-    Reads only host-side clocks and counters: no device synchronisation in the training loop.
+    Reads only host-side clocks and counters: no device synchronisation in the training loop. The time spent in
+    validation is left out: tokens/s is the training rate, whatever `trainer.val_check_interval` is.
     """
 
     def __init__(self, every_n_steps: int) -> None:
@@ -34,6 +35,15 @@ class Throughput(L.Callback):
         self._t0: float | None = None
         self._tokens = 0
         self._last_step = 0
+        self._val_start: float | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._t0 is not None and self._val_start is not None:  # move the start past the validation
+            self._t0 += time.perf_counter() - self._val_start
+        self._val_start = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens += batch[0].numel() * trainer.world_size

@@ -138,6 +138,9 @@ class LitGPT(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.log("lr", optimizer.param_groups[0]["lr"])  # AdamW's group comes first under optim=muon too
+        muon = getattr(optimizer, "muon", None)
+        if muon is not None:  # optim=muon: the hidden matrices' rate too
+            self.log("lr_muon", muon.param_groups[0]["lr"])
 
     def configure_optimizers(self):
         o = self.optim
