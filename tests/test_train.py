@@ -40,6 +40,10 @@ def test_training_lowers_val_loss_and_writes_self_sufficient_checkpoints(trained
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(val) == 3 and val[-1] < val[0] - 0.5
     assert any(r.get("train/tokens_per_sec") for r in rows) and any(r.get("lr") for r in rows)
+    # optim=muon: both rates are logged, in the ratio of their peaks (one schedule scales both)
+    pairs = [(float(r["lr"]), float(r["lr_muon"])) for r in rows if r.get("lr") and r.get("lr_muon")]
+    assert pairs and all(m / a == pytest.approx(cfg.optim.muon.lr / cfg.optim.lr) for a, m in pairs)
+    assert "] - code: commit " in (run / "train.log").read_text()  # what produced the run, for its figures
     assert (run / "config.yaml").exists() and (run / "data" / "manifest.jsonl").exists()
 
     last = run / "checkpoints" / "last.ckpt"
