@@ -12,8 +12,9 @@ Both models are llm.model.GPT and both optimizers come from llm.training.optim.b
 measured is what `python train.py` trains. Both read batches from the token files the data pipeline writes,
 in the same order, with one tokenizer.
 
-Each recipe trains at every learning rate of a small sweep (its conf/optim lrs times --lr-scales; under
-Muon both lrs scale together) for --minutes of training time; warmup then cosine to lr x min_lr_ratio
+Each recipe trains at every learning rate of a small sweep (its conf/optim lrs at the model's width, as
+training scales them, times --lr-scales; under Muon both lrs scale together; nanoGPT at β2 0.95 and 0.99,
+the two its configs set) for --minutes of training time; warmup then cosine to lr x min_lr_ratio
 follows each run's own clock. Runs take turns step by step, so a busy machine slows every run alike; each
 run's clock counts only its own steps, and stops while it is evaluated. Every run is scored on the same
 validation windows in bits per byte (cross-entropy in bits / UTF-8 bytes of the predicted text), which does
@@ -64,12 +65,12 @@ GPT2_BLOCK = dict(
 )
 NANOGPT_BETA2 = (0.95, 0.99)  # config/train_gpt2.py and config/train_shakespeare_char.py
 ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
-# shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep. The conf/optim lrs
-# are the best found for `tiny`; GPT-2's width wants AdamW lrs about 1/8 of them (nanoGPT: 6e-4).
+# shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep: times each recipe's
+# lrs at the preset's width (conf/optim's lrs, set for `tiny`, scaled by OptimConfig.for_width)
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
-    "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.25,0.5,1"),
-    "gpu": dict(preset="gpt2-124m", minutes=10.0, batch=32, val_windows=128, evals=20, lr_scales="0.125,0.25,0.5"),
+    "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
+    "gpu": dict(preset="gpt2-124m", minutes=10.0, batch=32, val_windows=128, evals=20, lr_scales="0.5,1,2"),
 }
 
 
@@ -101,9 +102,10 @@ def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe]:
         ratio = ours_preset.n_head // ours_preset.n_kv_head
         arch = {k: getattr(ours_preset, k) for k in GPT2_BLOCK if k != "mlp_hidden"}
         ours = replace(shape, **arch, mlp_hidden=None, n_kv_head=max(1, shape.n_head // ratio))
-    adamw = optim_preset("adamw")
+    # each optimizer at its lrs for this width (OptimConfig.for_width), as train.py builds it
+    adamw = optim_preset("adamw").for_width(shape.n_embd)
     peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in NANOGPT_BETA2]
-    return peers, Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]))
+    return peers, Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
 
 
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:

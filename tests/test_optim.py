@@ -223,3 +223,30 @@ def test_killed_muon_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, corpu
     assert a.keys() == c.keys()
     for name in a:
         assert torch.equal(a[name], c[name]), name
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_wider_models_train_at_lower_rates(name):
+    """Both peaks scale by (base_width / n_embd) ** width_power above base_width; narrower models keep them."""
+    config = optim_preset(name, lr=4e-3, base_width=64, width_power=0.5)
+    for width, scale in ((32, 1.0), (64, 1.0), (256, 0.5)):
+        opt = build_optimizer(tiny_model(n_embd=width), config)
+        expected = [4e-3 * scale] * 2 + ([config.muon.lr * scale] if config.muon else [])
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(expected)
+    unscaled = build_optimizer(tiny_model(n_embd=256), optim_preset(name, lr=4e-3, base_width=None))
+    assert unscaled.param_groups[0]["lr"] == 4e-3
+
+
+def test_fine_tuning_keeps_its_learning_rate_at_any_width():
+    from omegaconf import OmegaConf
+
+    from llm.config import config_dir
+
+    for name in ("finetune", "sft"):
+        assert OmegaConf.load(config_dir() / "experiment" / f"{name}.yaml").optim.base_width is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "wide"])
+def test_a_bad_base_width_is_named(value):
+    with pytest.raises(ConfigError, match="optim.base_width"):
+        optim_preset("muon", base_width=value)

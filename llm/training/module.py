@@ -86,14 +86,18 @@ class LitGPT(L.LightningModule):
 
     def on_fit_start(self) -> None:
         o = self.optim  # one line per rank: shows that every rank of a job trains the same hyperparameters
+        width = self.net.config.n_embd
+        peak = o.for_width(width)
         muon = "" if o.muon is None else f" muon.lr={o.muon.lr:g}"
+        scaled = "" if peak.lr == o.lr else f" (x{o.width_scale(width):.3g} at width {width}: peaks {lr_text(peak)})"
         log.info(
-            "rank %d/%d: optim.lr=%g weight_decay=%g%s",
+            "rank %d/%d: optim.lr=%g weight_decay=%g%s%s",
             self.global_rank,
             self.trainer.world_size,
             o.lr,
             o.weight_decay,
             muon,
+            scaled,
         )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -171,3 +175,7 @@ class LitGPT(L.LightningModule):
         chat = template.to_dict() if template is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         add_entries(checkpoint, self.net.config, tokenizer, self.run_config, chat, self.lora)
+
+
+def lr_text(o: OptimConfig) -> str:
+    return f"lr {o.lr:.3g}" + ("" if o.muon is None else f", muon.lr {o.muon.lr:.3g}")

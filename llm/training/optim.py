@@ -10,7 +10,7 @@ import logging
 import math
 from collections import ChainMap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from omegaconf import OmegaConf
@@ -44,6 +44,8 @@ class OptimConfig:
     warmup_steps: int  # optimizer steps
     min_lr_ratio: float  # the cosine ends at lr * min_lr_ratio
     muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
+    base_width: int | None  # the width (n_embd) lr and muon.lr are for; None: every width trains at them as given
+    width_power: float  # a wider model, w > base_width, trains at lr * (base_width / w) ** width_power, muon.lr alike
 
     def __post_init__(self) -> None:
         if isinstance(self.muon, Mapping):
@@ -58,8 +60,24 @@ class OptimConfig:
             "eps": _positive,
             "warmup_steps": _whole,
             "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "width_power": _non_negative,
         }
         _check("optim", self, rules)
+        if self.base_width is not None and (
+            isinstance(self.base_width, bool) or not isinstance(self.base_width, int) or self.base_width < 1
+        ):
+            raise ConfigError(f"optim.base_width={self.base_width!r} must be null or a whole number of at least 1")
+
+    def width_scale(self, width: int) -> float:
+        """What both peak learning rates are multiplied by for a model `width` wide (n_embd): the lrs were set
+        for base_width; wider models take smaller steps, narrower ones the same (docs/training.md, presets)."""
+        return 1.0 if self.base_width is None else min(1.0, self.base_width / width) ** self.width_power
+
+    def for_width(self, width: int) -> OptimConfig:
+        """This config with lr and muon.lr at `width`: what the optimizer is built with; base_width None."""
+        scale = self.width_scale(width)
+        muon = None if self.muon is None else replace(self.muon, lr=self.muon.lr * scale)
+        return replace(self, lr=self.lr * scale, muon=muon, base_width=None)
 
 
 def make_config(cls: type, node: Mapping, key: str):
@@ -204,7 +222,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW over GPT.param_groups, or MuonWithAdamW when optim.muon is set. fused: AdamW's one-kernel CUDA step."""
+    """AdamW over GPT.param_groups, or MuonWithAdamW when optim.muon is set, at the lrs for the net's width
+    (`OptimConfig.for_width`). fused: AdamW's one-kernel CUDA step."""
+    optim = optim.for_width(net.config.n_embd)
     adamw_kwargs = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
     groups = net.param_groups(optim.weight_decay)
     hidden = hidden_matrices(net) if optim.muon is not None else []
