@@ -16,9 +16,10 @@ TOKENS = ["Hello", " World", "!"]
 TOKEN_LABELS = [repr(t) for t in TOKENS]
 
 
-def attention_config(n_kv_head: int = 2) -> GPTConfig:
+def attention_config(n_kv_head: int = 2, qk_norm: bool = False) -> GPTConfig:
     """4 channels, 2 heads of size 2. Learned positions: Attention gets rope=None, so it shows attention alone."""
     return toy_config(
+        qk_norm=qk_norm,
         vocab_size=64,
         block_size=3,
         n_layer=1,
@@ -147,6 +148,62 @@ def render_gqa() -> str:
     return table(header, rows) + "\n\n" + text(shapes, repeat)
 
 
+def qk_norm_example(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The worked example's head 0 with qk_norm=True: q and k after Attention.project (RMSNorm per head, gains
+    at their initial 1), the scores from them, and the largest score with the input scaled, with and without."""
+    plain = attention_example(seed)
+    attn = Attention(attention_config(qk_norm=True)).eval()
+    hs = attn.head_size
+    with torch.no_grad():
+        attn.qkv.weight.copy_(torch.cat([plain["W_q"], plain["W_k"], plain["W_v"]]))
+
+        def head0(x: torch.Tensor, norm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if norm:
+                q, k, _ = attn.project(x[None], None)  # (1, nh, T, hs): the model's own QK-norm
+                q, k = q[0, 0], k[0, 0]
+            else:
+                q, k = (x @ plain["W_q"].T)[:, :hs], (x @ plain["W_k"].T)[:, :hs]
+            return q, k, q @ k.T / math.sqrt(hs)
+
+        ex = {}
+        ex["q"], ex["k"], ex["scores"] = head0(plain["x"], True)
+        causal = torch.ones(len(TOKENS), len(TOKENS), dtype=torch.bool).tril()
+        ex["weights"] = F.softmax(ex["scores"].masked_fill(~causal, float("-inf")), dim=-1)
+        for scale in (1, 10, 100):
+            for norm in (False, True):
+                scores = head0(plain["x"] * scale, norm)[2]
+                ex[f"max_{scale}_{int(norm)}"] = scores.masked_fill(~causal, 0).abs().max()
+        ex["bound"] = torch.tensor(math.sqrt(hs))
+    return ex
+
+
+def render_qk_norm() -> str:
+    ex = qk_norm_example()
+    tok, d = TOKEN_LABELS, labels("d", 2)
+    rows = [[f"x × {s}", number(float(ex[f"max_{s}_0"]), 2), number(float(ex[f"max_{s}_1"]), 2)] for s in (1, 10, 100)]
+    header = ["input", "largest unmasked score in absolute value, head 0, qk_norm=false", "with qk_norm=true"]
+    presets = [(name, model_preset(name)) for name in PRESETS]
+    sizes = [(name, c.head_size) for name, c in presets if c.qk_norm]
+    bounds = ", ".join(f"`{name}` (head size {hs}) ±{number(math.sqrt(hs), 2)}" for name, hs in sizes)
+    worked = text(
+        "head 0, qk_norm=true: q and k of each token divided by their RMS over the head's 2 channels (gains 1)\n"
+        + matrix(ex["q"], tok, d)
+        + "\n\n"
+        + matrix(ex["k"], tok, d),
+        "scores = q kᵀ / √2, every one within ±√2 = "
+        + number(float(ex["bound"]), 2)
+        + "\n"
+        + matrix(ex["scores"], tok, tok),
+        "softmax over each row, after the causal mask\n" + matrix(ex["weights"], tok, tok),
+    )
+    return (
+        worked
+        + "\n\n"
+        + table(header, rows)
+        + f"\n\nThe bound √(head size) with gains 1, in the presets with `qk_norm: true`: {bounds}."
+    )
+
+
 def weighted_sum_by_hand(h: int = 0, query: int = 2) -> str:
     """The prose's Step 5 line: out_h[query] as weights times values, from the printed (rounded) numbers."""
     ex = attention_example()
@@ -164,4 +221,5 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "attention-out": render_attention_out,
     "softmax": render_softmax,
     "gqa": render_gqa,
+    "qk-norm": render_qk_norm,
 }

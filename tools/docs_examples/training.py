@@ -1,4 +1,5 @@
-"""docs/training.md: the loss, the learning-rate schedule, gradient accumulation and number formats."""
+"""docs/training.md: the loss, the learning-rate schedule, gradient accumulation and number formats;
+docs/scaling.md: what each model preset costs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from llm.config import config_dir, model_preset
 from llm.model import GPT
 from llm.training.precision import resolve_precision
 from llm.training.schedule import warmup_cosine
-from tools.docs_examples.printing import PRESETS, number, numbers, table, text, toy_config
+from tools.docs_examples.printing import PRESETS, number, numbers, on_meta, table, text, toy_config
 
 CONF_DIR = config_dir()
 
@@ -142,7 +143,61 @@ def render_precision() -> str:
     return formats + "\n\n" + text("\n".join(lines))
 
 
+CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (arXiv:2203.15556): compute-optimal rule of thumb
+
+
+def render_scaling_presets() -> str:
+    """conf/model/*.yaml: shape, parameters, FLOPs per token, memory besides activations, tokens per parameter."""
+    from llm.training.optim import memory_estimate, optim_preset  # Lightning is heavy: import on use
+
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    choice = next(item["optim"] for item in train.defaults if OmegaConf.is_dict(item) and "optim" in item)
+    d = train_defaults()
+    shapes, costs = [], []
+    for name in PRESETS:
+        c = model_preset(name)
+        net = on_meta(c)
+        n = net.num_params(non_embedding=False)
+        heads = f"{c.n_head}" if c.n_kv_head == c.n_head else f"{c.n_head} ({c.n_kv_head} K/V)"
+        shapes.append(
+            [f"`{name}`", c.n_layer, c.n_embd, heads, c.block_size, f"{c.vocab_size:,}", f"{n:,} ({n / 1e6:.1f}M)"]
+        )
+        flops = net.flops_per_token(c.block_size)
+        memory = sum(memory_estimate(net, optim_preset(choice)).values())
+        per_step = d["batch_size"] * c.block_size * d["accumulate"]
+        default_run = d["max_steps"] * per_step
+        optimal = CHINCHILLA_TOKENS_PER_PARAM * n
+        costs.append(
+            [
+                f"`{name}`",
+                f"{flops / 1e6:,.1f}M ({flops / n:.2f} × N)",
+                f"{memory / 2**20:,.0f} MiB",
+                f"{per_step:,}",
+                f"{default_run / 1e6:.2f}M ({default_run / n:.2f})",
+                f"{optimal / 1e6:,.0f}M",
+                f"{optimal / per_step:,.0f}",
+                f"{flops * optimal:.1e}",
+            ]
+        )
+    shape = table(["preset", "n_layer", "n_embd", "n_head", "block_size", "vocab_size", "parameters N"], shapes)
+    cost = table(
+        [
+            "preset",
+            "training FLOPs per token",
+            f"weights + gradients + optimizer state (float32, optim={choice})",
+            f"tokens per step (data.batch_size={d['batch_size']})",
+            f"tokens of a {d['max_steps']}-step run (per parameter)",
+            f"{CHINCHILLA_TOKENS_PER_PARAM} tokens per parameter",
+            "steps for that",
+            "training FLOPs for that",
+        ],
+        costs,
+    )
+    return shape + "\n\n" + cost
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "scaling-presets": render_scaling_presets,
     "loss": render_loss,
     "schedule": render_schedule,
     "accumulation": render_accumulation,
