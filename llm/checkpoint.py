@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -163,7 +164,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint; LoRA adapters merged into the
     weights of the base they were trained on."""
     ckpt = read_checkpoint(path, map_location)
-    model = GPT(GPTConfig(**ckpt[MODEL_CONFIG]))
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(ckpt[MODEL_CONFIG]) - known)
+    try:
+        model = GPT(GPTConfig(**ckpt[MODEL_CONFIG]))
+    except (TypeError, ValueError, ConfigError) as e:
+        what = f"keys this version does not know: {unknown}" if unknown else str(e)
+        raise ConfigError(
+            f"ckpt_path={path}: its model config does not fit this version's model ({what}); load it with the "
+            "version that wrote it, or train again"
+        ) from e
     # net.<name>; a network compiled as a wrapper saves net._orig_mod.<name>
     state = {}
     for key, value in ckpt[STATE_DICT].items():
@@ -171,7 +181,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state[key.removeprefix(WEIGHTS_PREFIX).removeprefix("_orig_mod.")] = value
     lora = ckpt.get(LORA)
     if lora is None:
-        model.load_state_dict(state)
+        try:
+            mismatch = model.load_state_dict(state, strict=False)
+            problem = mismatch.missing_keys or mismatch.unexpected_keys
+            detail = f"missing {mismatch.missing_keys[:3]}, unexpected {mismatch.unexpected_keys[:3]}"
+        except RuntimeError as e:  # a weight of another shape
+            problem, detail = True, str(e).strip().splitlines()[-1].strip()
+        if problem:
+            raise ConfigError(
+                f"ckpt_path={path}: its weights do not match the model its config describes ({detail}): it was "
+                "written by another version of llm/model.py; load it with that version, or train again"
+            )
     else:
         load_base(model, lora["base"], path)
         merge(model, state, lora["alpha"] / lora["r"])

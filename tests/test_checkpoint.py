@@ -112,3 +112,25 @@ def test_load_gives_the_model_on_the_device_in_the_dtype(parts, tmp_path: Path) 
     assert find_checkpoint("last", tmp_path) == tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="dtype='float8'"):
         load(OmegaConf.merge(cfg, {"dtype": "float8"}))
+
+
+def test_a_checkpoint_of_another_model_version_is_refused_by_name(parts, tmp_path: Path) -> None:
+    """A config key this version does not know, a renamed weight, a weight of another shape: one clear line each."""
+    net, tok = parts
+    good = saved_by_the_module(net, tok, None)
+    cases = {
+        "unknown": ({**good, MODEL_CONFIG: {**good[MODEL_CONFIG], "n_layers": 2}}, r"does not know: \['n_layers'\]"),
+        "renamed": (
+            {**good, "state_dict": {k.replace("wte", "tok_emb"): v for k, v in good["state_dict"].items()}},
+            r"weights do not match .*missing \['wte.weight'\]",
+        ),
+        "reshaped": (
+            {**good, "state_dict": {k: (v[:-1] if "wte" in k else v) for k, v in good["state_dict"].items()}},
+            r"weights do not match .*size mismatch",
+        ),
+    }
+    for name, (checkpoint, message) in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        write_checkpoint(checkpoint, path)
+        with pytest.raises(ConfigError, match=rf"ckpt_path={path}: .*{message}"):
+            load_checkpoint(path)

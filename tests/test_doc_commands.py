@@ -16,6 +16,17 @@ same ones. Then:
   trained run where it looks.
   A line that matches NOT_IN_CI is composed only, for the reason given there.
 
+A command in the prose, an inline code span (`...`, outside fenced blocks, a span may wrap onto the next line)
+whose text starts with `python `, `make ` or `llm-` and that names this project's program, goes through the
+same shells and the same composition, and is never run: it is prose. `llm-X` is the installed entry point
+(pyproject.toml's [project.scripts]), composed as `python -m` its module. `make TARGET` must expand; its
+recipe's project lines compose (a target such as `make install` or `make clean` runs none of them, and may).
+A span that is only a program's name (`python -m llm.ingest`, `llm-eval`) names the program, which may need
+arguments the sentence does not give: it is checked as `NAME --help` (argparse's help; Hydra's, the default
+config composed). A program without argparse (it reads sys.argv itself) is not started for a span: it must
+exist. A span that is a template rather than a command is skipped, with the reason shown: it holds a
+`<placeholder>` or an ellipsis (`...` or `…`).
+
 `~` is a temporary HOME holding a small folder for every ~/... path the docs name; each line runs in a
 folder of its own (the repository's files linked in, outputs/ its own), and /tmp/... paths go under it.
 """
@@ -55,11 +66,20 @@ from tests.conftest import DOC_COMMANDS, TINY
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"^```(bash|sh|shell|console|zsh)[ \t]*\n(.*?)^```", re.M | re.S)
+# the installed commands (llm-train: llm.train) and the module each runs
+SCRIPTS = re.search(r"^\[project\.scripts\]\n(.*?)(?:^\[|\Z)", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
+ENTRY_POINTS = dict(re.findall(r'^([\w-]+)\s*=\s*"([\w.]+):\w+"', SCRIPTS[1], re.M))  # (tomllib: Python 3.11+)
 # a command line of this project, after any VAR=value prefixes
 PROJECT = re.compile(
     r"^(?:\w+=\S*\s+)*(?:python (?:train\.py|infer\.py|serve\.py|bench/|-m (?:llm|tools|bench)\b)|make\b|bash bench/"
-    r"|torchrun\b)"
+    rf"|torchrun\b|(?:{'|'.join(map(re.escape, ENTRY_POINTS))})(?!\S))"
 )
+FENCE = re.compile(r"^ {0,3}(```|~~~).*$", re.M)
+# an inline code span: a run of backticks, the text, the same run; within one paragraph (no blank line)
+INLINE_SPAN = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
+INLINE_COMMAND = re.compile(r"^(?:python |make |llm-)")
+NAME_ALONE = re.compile(rf"^(?:python (?:-m \S+|\S+\.py)|{'|'.join(map(re.escape, ENTRY_POINTS))})$")
+TEMPLATE = re.compile(r"<[^<>\s][^<>]*>|\.\.\.|…")  # outputs/<task>/<timestamp>, data.paths=…
 HOME_PATH = re.compile(r"(?:~|\$HOME|\$\{HOME\})/([\w.-]+(?:/[\w.-]+)*)")
 
 # Lines that cannot run here, by pattern, with the reason; they are still composed. First match wins.
@@ -96,6 +116,7 @@ class Line:
     doc: str  # README.md, docs/scaling.md
     lineno: int
     text: str  # as the shell gets it: continuation lines included, comment and all
+    column: int | None = None  # an inline code span of the prose: where it starts on its line (composed only)
 
     @property
     def command(self) -> str:
@@ -104,8 +125,12 @@ class Line:
         return re.sub(r"\s+#\s.*$", "", joined).strip()
 
     @property
+    def inline(self) -> bool:
+        return self.column is not None
+
+    @property
     def id(self) -> str:
-        return f"{self.doc}:{self.lineno}"
+        return f"{self.doc}:{self.lineno}" if self.column is None else f"{self.doc}:{self.lineno}:{self.column}"
 
 
 def doc_lines() -> list[Line]:
@@ -131,7 +156,31 @@ def doc_lines() -> list[Line]:
     return lines
 
 
+def inline_lines() -> list[Line]:
+    """The commands written in the prose: inline code spans outside fenced blocks that start with `python `,
+    `make ` or `llm-` and name this project's program."""
+    spans = []
+    for path in DOC_FILES:
+        text = path.read_text()
+        prose, fence = [], None  # fenced blocks blanked out, the line numbers kept
+        for row in text.split("\n"):
+            found = FENCE.match(row)
+            if found and (fence is None or row.lstrip().startswith(fence)):
+                fence = found[1] if fence is None else None
+                row = ""
+            prose.append("" if fence is not None else row)
+        prose_text = "\n".join(prose)
+        for span in INLINE_SPAN.finditer(prose_text):
+            command = re.sub(r"\s*\n\s*", " ", span[2]).strip()  # markdown: a line break in a span is a space
+            if INLINE_COMMAND.match(command) and PROJECT.match(command):
+                lineno = prose_text.count("\n", 0, span.start()) + 1
+                column = span.start() - (prose_text.rfind("\n", 0, span.start()) + 1) + 1
+                spans.append(Line(str(path.relative_to(ROOT)), lineno, command, column))
+    return spans
+
+
 LINES = doc_lines()
+INLINE = inline_lines()
 
 
 def not_in_ci(command: str) -> str | None:
@@ -150,8 +199,10 @@ if os.environ["DOCS_SHIM"] == "capture":  # record the arguments the shell gave
 # run: the real program, with the test's arguments after the docs' own
 path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != os.path.dirname(sys.argv[0]))
 real = sys.executable if name == "python" else shutil.which(name, path=path)
+entry = {entry_points!r}.get(name)  # an installed command (llm-train): its module, with this interpreter
+first = [sys.executable, "-m", entry] if entry else [real]
 extra = json.loads(os.environ.get("DOCS_EXTRA", "[]"))
-os.execv(real, [real, *sys.argv[1:], *extra])
+os.execv(first[0], [*first, *sys.argv[1:], *extra])
 """
 
 
@@ -216,9 +267,9 @@ def world(tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("docs")
     home, bin_dir = root / "home", root / "bin"
     bin_dir.mkdir()
-    for name in ("python", "torchrun", "make", "bash"):
+    for name in ("python", "torchrun", "make", "bash", *ENTRY_POINTS):
         shim = bin_dir / name
-        shim.write_text(SHIM.format(python=sys.executable))
+        shim.write_text(SHIM.format(python=sys.executable, entry_points=ENTRY_POINTS))
         shim.chmod(0o755)
     for rel in sorted({m for line in LINES for m in HOME_PATH.findall(line.text)}):  # the docs' own ~/ paths
         write_documents(home / rel, rel.replace("/", "-"))
@@ -375,6 +426,8 @@ def parse_only(args: list[str], cwd: Path) -> None:
         except Parsed:
             return
         except SystemExit as e:
+            if e.code == 0 and rest == ["--help"]:  # a program named alone in the prose: its help
+                return
             pytest.fail(f"{target} refused its arguments: {err.getvalue().strip() or e}")
     pytest.fail(f"{target} never parsed its arguments with argparse")
 
@@ -406,9 +459,11 @@ class Plan:
     serves: bool = False  # a server: started, asked for /health and /v1/models, stopped
 
 
-def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Plan | None:
-    """Compose one program's command line; return how to run it, or None when it only prints."""
+def check_program(argv: list[str], command: str, cwd: Path, world: World, compose_only: bool = False) -> Plan | None:
+    """Compose one program's command line; return how to run it, or None when it only prints or is not to run."""
     name, args = argv[0], argv[1:]
+    if name in ENTRY_POINTS:  # llm-train ...: python -m llm.train ...
+        name, args = "python", ["-m", ENTRY_POINTS[name], *args]
     if name == "torchrun":
         flags = torchrun_args_parser().parse_args(args)
         fixed_rank = any(a.startswith(("--node-rank", "--node_rank")) for a in args)
@@ -420,17 +475,33 @@ def check_program(argv: list[str], command: str, cwd: Path, world: World) -> Pla
     if name == "bash":
         proc = subprocess.run(["bash", "-n", args[0]], cwd=cwd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        return Plan([])
+        return None if compose_only else Plan([])
     assert name == "python", argv
     script = hydra_script(cwd / args[0]) if args[0] != "-m" else hydra_module(args[1])
     if script is not None:
         rest = args[2:] if args[0] == "-m" else args[1:]
         configs, flags = compose_hydra(script, rest)
+        if compose_only:
+            return None
         if flags.cfg or flags.help or flags.hydra_help or flags.info:
             return Plan([], prints=True)  # prints and exits: runs in full
         return hydra_plan(configs, rest, bool(flags.multirun), cwd, world)
+    source = program_file(args, cwd)
+    if compose_only and "argparse" not in source.read_text():  # it would run to find its arguments: it is there
+        return None
     parse_only(args, cwd)
-    return Plan([])
+    return None if compose_only else Plan([])
+
+
+def program_file(args: list[str], cwd: Path) -> Path:
+    """The file `python ARGS` runs: the script, or the module's file (its __main__.py for a package)."""
+    if args[0] != "-m":
+        path = cwd / args[0]
+    else:
+        path = ROOT.joinpath(*args[1].split("."))
+        path = path / "__main__.py" if path.is_dir() else path.with_suffix(".py")
+    assert path.is_file(), f"python {' '.join(args[:2])}: no such program"
+    return path
 
 
 def hydra_plan(configs: list[DictConfig], args: list[str], multirun: bool, cwd: Path, world: World) -> Plan:
@@ -503,7 +574,8 @@ class Checked:
 
 
 def check_line(line: Line, world: World) -> Checked:
-    """Through the shells, then composed: in this process, one line after the other."""
+    """Through the shells, then composed: in this process, one line after the other. An inline span of the prose
+    is composed only: no plans, nothing prepared for a run."""
     checked = Checked(line, line_folder(world, line.id), reason=not_in_ci(line.command))
     text = shell_text(world, line.text)
     bash = world.shells[0]
@@ -516,10 +588,10 @@ def check_line(line: Line, world: World) -> Checked:
         if started[bash][0][0] == "make":  # the recipe's command lines, each like a line of the docs
             recipe = make_recipe(started[bash][0][1:], checked.cwd, world)
             rows = [(row, capture(world, bash, row, checked.cwd)) for row in recipe]
-            assert rows or checked.reason, f"`{line.command}` runs none of the project's commands"
+            assert rows or checked.reason or line.inline, f"`{line.command}` runs none of the project's commands"
         for row, argvs in rows:
             for argv in argvs:
-                plan = check_program(argv, line.command, checked.cwd, world)
+                plan = check_program(argv, line.command, checked.cwd, world, compose_only=line.inline)
                 if plan is not None:
                     checked.plans.append((row, plan))
     except (Exception, pytest.fail.Exception) as e:
@@ -582,9 +654,28 @@ def written_checkpoints(cwd: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in found}
 
 
+@pytest.mark.parametrize("span", INLINE, ids=lambda span: span.id)
+def test_doc_inline_command_composes(span: Line, world: World) -> None:
+    """A command in the prose goes through bash and zsh to the same arguments, and composes; it is never run."""
+    template = TEMPLATE.search(span.command)
+    if template:
+        pytest.skip(f"{span.id}: a template, not a command ({template[0]!r} in {span.command!r})")
+    if NAME_ALONE.match(span.command):
+        span = Line(span.doc, span.lineno, f"{span.command} --help", span.column)
+    checked = check_line(span, world)
+    if checked.error is not None:
+        raise AssertionError(f"{span.id}: `{span.command}`: {checked.error}") from checked.error
+    assert not checked.plans, "an inline command is composed only"
+
+
 def test_every_rule_is_used_and_the_docs_have_commands() -> None:
     assert len(LINES) >= 20, [line.id for line in LINES]
     commands = [line.command for line in LINES]
     for pattern in NOT_IN_CI:
         assert any(re.search(pattern, c) for c in commands), f"NOT_IN_CI rule {pattern!r} matches no docs line"
     assert any(c.startswith("python train.py") and "data.paths=" in c for c in commands)
+    spans = [span.command for span in INLINE]
+    assert len(spans) >= 20, spans
+    for start in ("python ", "make ", "llm-"):
+        assert any(c.startswith(start) for c in spans), f"no inline command starts with {start!r}"
+    assert any(TEMPLATE.search(c) for c in spans), "the template rule skips no inline span"

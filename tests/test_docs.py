@@ -8,6 +8,7 @@ import io
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_every_block_is_used_and_docs_exist() -> None:
 
 def test_docs_index_links_every_doc() -> None:
     index = (DOCS / "README.md").read_text()
-    for name in LINKED:
+    for name in sorted({*LINKED, *(p.name for p in DOC_FILES if p.name != "README.md")}):
         assert f"({name})" in index, f"docs/README.md does not link {name}"
 
 
@@ -77,6 +78,145 @@ def test_relative_links_and_images_resolve() -> None:
             if "://" in target or target.startswith("mailto:"):
                 continue
             assert (path.parent / target).exists(), f"{path.name} links {target}, which does not exist"
+
+
+FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+HTML_ANCHOR_RE = re.compile(r"""<a\s[^>]*?\b(?:id|name)\s*=\s*["']?([^"'\s>]+)""", re.I)
+# [text](target) and [label]: target, the target a .md file with an #anchor or an #anchor of the same file
+MD_LINK_RE = re.compile(r"\]\(\s*<?([^)\s>]*#[^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S*#\S*)")
+CONF_LINK_RE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)#([\w-]+)")  # in a YAML comment
+
+
+def _prose_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of a markdown file outside its fenced code blocks."""
+    lines, fence = [], None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        found = FENCE_RE.match(line)
+        if found and (fence is None or found[1] == fence):
+            fence = found[1] if fence is None else None
+        elif fence is None:
+            lines.append((lineno, line))
+    return lines
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text as rendered (no code backticks, a link's text, no HTML tags),
+    lowercased, every character but letters, digits, marks, underscores, hyphens and spaces dropped, each space a
+    hyphen."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "").lower()
+    keep = ("L", "M", "Nd", "Nl", "Pc")
+    text = "".join(c for c in text if c in " -" or unicodedata.category(c).startswith(keep))
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor a link into this markdown file may name: its headings' slugs (a repeated one gets -1, -2, ...)
+    and explicit <a id=...> / <a name=...> anchors."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    for _, line in _prose_lines(path.read_text()):
+        found.update(HTML_ANCHOR_RE.findall(line))
+        heading = HEADING_RE.match(line)
+        if heading:
+            slug = github_slug(heading[2])
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def _anchor_links() -> list[tuple[str, int, Path, str]]:
+    """(where, line, target file, anchor) of every link to a heading: in README.md and docs/*.md (outside code, in
+    prose and tables) and in the comments of conf/**/*.yaml (docs/training.md#anchor or training.md#anchor)."""
+    links = []
+    for path in [ROOT / "README.md", *DOC_FILES]:
+        for lineno, line in _prose_lines(path.read_text()):
+            line = re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", line)  # inline code: not a link
+            for found in MD_LINK_RE.finditer(line):
+                target = found[1] or found[2]
+                if "://" in target or target.startswith("mailto:"):
+                    continue
+                file, _, anchor = target.partition("#")
+                if file and not file.endswith(".md"):
+                    continue
+                links.append((str(path.relative_to(ROOT)), lineno, path.parent / file if file else path, anchor))
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            _, hash_, comment = line.partition("#")
+            for file, anchor in CONF_LINK_RE.findall(comment if hash_ else ""):
+                target = ROOT / file if (ROOT / file).is_file() else DOCS / file
+                links.append((str(path.relative_to(ROOT)), lineno, target, anchor))
+    return links
+
+
+def test_github_slug_rules() -> None:
+    assert github_slug("The recipe, and what each choice gains") == "the-recipe-and-what-each-choice-gains"
+    assert github_slug("`python -m llm.evaluate` (conf/evaluate.yaml)") == "python--m-llmevaluate-confevaluateyaml"
+    assert github_slug("LoRA: fine-tune a few matrices") == "lora-fine-tune-a-few-matrices"
+    assert github_slug("`__init__` and ReLU² in [a link](x.md)") == "__init__-and-relu-in-a-link"
+    assert github_slug("Résumé — 2 × 3") == "résumé--2--3"
+
+
+def test_caption_rules() -> None:
+    assert CAPTION_DATE_RE.search("made 2025-01-31 at commit 1234567") and CAPTION_COMMIT_RE.search("commit 1234567")
+    assert CAPTION_COMMIT_RE.search("(ef503cb)") and not CAPTION_COMMIT_RE.search("2,531,338 tokens, 2531338 bytes")
+    assert not CAPTION_COMMIT_RE.search("a defaced facade") and not CAPTION_DATE_RE.search("300 steps x 2,048 tokens")
+
+
+def test_anchors_of_a_file(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text('# Notes\n## Notes\n```bash\n# not a heading\n```\n## Notes\n<a id="here"></a>\n## Why? ##\n')
+    assert anchors(doc) == {"notes", "notes-1", "notes-2", "here", "why"}
+
+
+def test_anchor_link_forms() -> None:
+    line = '[a](#x), [b](other.md#y "title"), [c](<../README.md#z>), [d](plain.md), [e](https://h.io/p#q)'
+    assert [m[1] for m in MD_LINK_RE.finditer(line)] == ["#x", "other.md#y", "../README.md#z", "https://h.io/p#q"]
+    assert MD_LINK_RE.search("[ref]: docs/a.md#w")[2] == "docs/a.md#w"
+    comment = " mlp: relu2  # see docs/training.md#the-recipe or training.md#lr (and docs/data.md)"
+    assert CONF_LINK_RE.findall(comment) == [("docs/training.md", "the-recipe"), ("training.md", "lr")]
+
+
+def test_intra_doc_link_anchors_resolve() -> None:
+    """Every link to file.md#anchor or #anchor (the docs, the README, the configs' comments) names an existing
+    heading (GitHub's slug) or <a id>/<a name> anchor of that file."""
+    links = _anchor_links()
+    assert len(links) >= 20, links  # the parser still finds the docs' links
+    known: dict[Path, set[str]] = {}
+    dangling = []
+    for where, lineno, target, anchor in links:
+        target = target.resolve()
+        if not target.is_file():
+            continue  # test_relative_links_and_images_resolve reports a missing file
+        if target not in known:
+            known[target] = anchors(target)
+        if anchor not in known[target]:
+            dangling.append(f"{where}:{lineno} -> {target.relative_to(ROOT)}#{anchor}")
+    assert not dangling, "links to headings that do not exist:\n" + "\n".join(dangling)
+
+
+CAPTION_DATE_RE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+# "commit 1a2b3c4", or a bare sha: 7-40 hex digits with a letter and a digit (not a number, not a word)
+CAPTION_COMMIT_RE = re.compile(
+    r"\bcommit:?\s+[0-9a-f]{7,40}\b|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b", re.I
+)
+
+
+@pytest.mark.parametrize("png", sorted((DOCS / "images").glob("*.png")), ids=lambda p: p.name)
+def test_every_figure_has_a_caption_with_date_and_commit(png: Path) -> None:
+    """docs/images/X.png has docs/images/X.txt beside it that says when (YYYY-MM-DD) and from which commit (a 7-40
+    hex sha, e.g. "commit 1a2b3c4") the figure was made."""
+    caption = png.with_suffix(".txt")
+    assert caption.is_file(), f"docs/images/{png.name} has no caption docs/images/{caption.name}"
+    text = caption.read_text()
+    missing = [
+        what
+        for what, rule in (("a date YYYY-MM-DD", CAPTION_DATE_RE), ("a commit sha", CAPTION_COMMIT_RE))
+        if not rule.search(text)
+    ]
+    assert not missing, f"docs/images/{caption.name} lacks {' and '.join(missing)}"
 
 
 def _imported_modules(path: Path) -> set[str]:
