@@ -333,7 +333,7 @@ def best_runs(runs: list[Run]) -> dict[str, Run]:
     return best
 
 
-def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> str:
+def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> str:  # noqa: C901
     best, b = best_runs(runs), ours.name
     lines = [
         *header,
@@ -369,13 +369,18 @@ def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> st
     if ablated:
         lines += [
             "",
-            "ablations: ours with one choice changed, at ours' best lr (another optimizer: best of its own sweep); "
-            "Δ is against ours at the same lr, positive is worse:",
+            "ablations: ours with one choice changed, at ours' conf lrs (another optimizer: best of its own sweep), "
+            "trained in the same round robin; Δ is against ours at the same lr, positive is worse:",
             "",
             "| ours, changed | lr | parameters | val bpb | Δ val bpb | time to nanoGPT's final val bpb |",
             "| --- | --- | ---: | ---: | ---: | ---: |",
-            f"| (none) | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | 0 | {_when(rb, target, total)} |",
         ]
+        at_conf = [r for r in runs if r.recipe is ours and r.optim == ours.optim]
+        for run in at_conf[:1] or [rb]:
+            lines.append(
+                f"| (none) | {lr_label(run.optim)} | {run.params:,} | {run.final_bpb:.4f} | 0 | "
+                f"{_when(run, target, total)} |"
+            )
         for name in ablated:
             run = best[name]
             same = [r for r in runs if r.recipe is ours and r.optim == run.optim]
@@ -460,6 +465,7 @@ def main() -> None:
     parser.add_argument("--name", help="names the corpus in the outputs (default: builtin, or the folder's name)")
     parser.add_argument("--minutes", type=float, help="training time of each (recipe, lr) run")
     parser.add_argument("--lr-scales", help="each recipe's conf/optim lrs times these (default: 0.5,1,2 with --quick)")
+    parser.add_argument("--peer-lr-scales", help="nanoGPT's lrs times these instead (default: --lr-scales)")
     parser.add_argument("--ablate", action="store_true", help="also ours with one choice replaced by nanoGPT's")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
     parser.add_argument("--batch", type=int, help="sequences per step")
@@ -492,15 +498,26 @@ def main() -> None:
         raise SystemExit("token byte lengths do not add up to the validation text: bits per byte would be wrong")
 
     scales = [float(s) for s in args.lr_scales.split(",")]
-    runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in [*peers, ours] for s in scales]
-    pa, pb = runs[0].params, runs[-1].params
+    peer_scales = [float(s) for s in (args.peer_lr_scales or args.lr_scales).split(",")]
+    runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in peers for s in peer_scales]
+    runs += [Run(ours, scaled(ours.optim, s), data, nbytes, args) for s in scales]
+    if args.ablate:  # one choice at a time at ours' lrs (another optimizer sweeps its own), in the same round robin
+        if 1.0 not in scales:
+            raise SystemExit("--ablate compares with ours at its own lrs: --lr-scales must include 1")
+        runs += [
+            Run(r, scaled(r.optim, s), data, nbytes, args)
+            for r in ablations(peers[0], ours)
+            for s in (scales if r.optim is not ours.optim else [1.0])
+        ]
+    pa, pb = runs[0].params, runs[len(peers) * len(peer_scales)].params
     header = [
         f"corpus: {name} ({', '.join(args.data or ['docs/', 'llm/', 'data/sample/'])}): "
         f"{meta['train_tokens']:,} training tokens, {data.val_y.numel():,} validation tokens "
         f"({runs[0].val_bytes:,} bytes), one byte-level BPE of {meta['vocab_size']:,} tokens for both",
         f"models ({settings['preset']}-sized, T={block}, batch {data.B}): nanoGPT {pa:,} parameters, "
         f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'})",
-        f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} (nanoGPT at β2 "
+        f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
+        f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
         f"{' and '.join(f'{b:g}' for b in NANOGPT_BETA2)}), best vs best; runs interleaved step by step; "
         f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
         f"{time.strftime('%Y-%m-%d')}, {provenance.describe()}",
@@ -509,17 +526,6 @@ def main() -> None:
     print(f"training {len(runs)} runs, {len(runs) * args.minutes:g} min of training in all:", flush=True)
     start = time.perf_counter()
     train_all(runs)
-    if args.ablate:  # one choice at a time, at the lrs where ours did best; another optimizer sweeps its own
-        best = min((r for r in runs if r.recipe is ours), key=lambda r: r.final_bpb)
-        at = best.optim.lr / ours.optim.lr
-        extra = [
-            Run(r, scaled(r.optim, s), data, nbytes, args)
-            for r in ablations(peers[0], ours)
-            for s in (scales if r.optim is not ours.optim else [at])
-        ]
-        print(f"ablations: {len(extra)} runs, {len(extra) * args.minutes:g} min of training:", flush=True)
-        train_all(extra)
-        runs += extra
     header.append(
         f"load average (1 min) during the runs: mean {np.mean(LOADS):.2f}, max {max(LOADS):.2f} "
         f"on {os.cpu_count()} cores; wall time {(time.perf_counter() - start) / 60:.1f} min"
