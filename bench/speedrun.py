@@ -411,13 +411,12 @@ def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
     best = best_runs(runs)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     colors = {a: "tab:blue", b: "tab:red"}
+    runs = [run for run in runs if run.recipe.name in colors]  # the ablations are in the table, not here
     for run in runs:
         t = [p[0] for p in run.curve]
         bpb = [p[3] for p in run.curve]
         is_best = best[run.recipe.name] is run
-        color = colors.get(run.recipe.name, "tab:gray")
-        if run.recipe.name not in colors and not is_best:
-            continue
+        color = colors[run.recipe.name]
         label = f"{run.recipe.name}, lr {lr_label(run.optim)}" if is_best else None
         ax.plot(t, bpb, color=color, lw=2 if is_best else 0.8, alpha=1 if is_best else 0.35, label=label)
     target = best[a].final_bpb
@@ -443,13 +442,23 @@ def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
 def write_csv(runs: list[Run], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["recipe", "lr", "muon_lr", "train_seconds", "step", "tokens", "val_loss", "val_bpb"])
+        w.writerow(["recipe", "lr", "muon_lr", "beta2", "train_seconds", "step", "tokens", "val_loss", "val_bpb"])
         for run in runs:
             muon = run.optim.muon.lr if run.optim.muon else ""
             for t, steps, loss, bpb in run.curve:
                 tokens = steps * run.data.B * run.data.T
                 w.writerow(
-                    [run.recipe.name, run.optim.lr, muon, f"{t:.3f}", steps, tokens, f"{loss:.5f}", f"{bpb:.5f}"]
+                    [
+                        run.recipe.name,
+                        run.optim.lr,
+                        muon,
+                        run.optim.beta2,
+                        f"{t:.3f}",
+                        steps,
+                        tokens,
+                        f"{loss:.5f}",
+                        f"{bpb:.5f}",
+                    ]
                 )
 
 
