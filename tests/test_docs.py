@@ -469,3 +469,13 @@ def test_plots_from_a_run_folder(tmp_path: Path, bpb: bool) -> None:
     assert ("bits per byte" in caption) == bpb
     width, height = _png_size(out / "t-loss.png")
     assert width == 700 and height == (600 if bpb else 400)  # a second panel for val/bpb
+
+
+def test_readme_gives_model_py_its_length() -> None:
+    """The README says how long llm/model.py is, as `wc -l` counts it: the number must follow the file."""
+    lines = (ROOT / "llm" / "model.py").read_text().count("\n")
+    readme = (ROOT / "README.md").read_text()
+    said = re.search(r"\[`llm/model\.py`\]\(llm/model\.py\), (\d+) lines \(`wc -l llm/model\.py`\)", readme)
+    assert said and int(said.group(1)) == lines, (
+        f"README.md gives llm/model.py {said and said.group(1)} lines; it has {lines}"
+    )
