@@ -17,7 +17,6 @@ from llm.training import LitGPT
 from llm.training.optim import (
     Muon,
     MuonWithAdamW,
-    OptimConfig,
     build_optimizer,
     hidden_matrices,
     newton_schulz,
@@ -258,15 +257,3 @@ def test_fine_tuning_keeps_its_learning_rate_at_any_width():
 def test_a_bad_base_width_is_named(value):
     with pytest.raises(ConfigError, match="optim.base_width"):
         optim_preset("muon", base_width=value)
-
-
-def test_a_run_saved_before_the_width_keys_resumes_at_its_own_rates():
-    """An optim node without base_width / width_power (a checkpoint's config from before they existed) is valid and
-    trains at its lrs as given, at any width, as it did."""
-    from llm.training.optim import make_config
-
-    node = {k: v for k, v in vars(optim_preset("muon")).items() if k not in ("base_width", "width_power")}
-    config = make_config(OptimConfig, {**node, "muon": vars(node["muon"])}, "optim")
-    assert config.base_width is None and config.for_width(768).lr == config.lr
-    with pytest.raises(ConfigError, match="lacks the key 'lr'"):
-        make_config(OptimConfig, {k: v for k, v in node.items() if k != "lr"}, "optim")

@@ -10,7 +10,7 @@ import logging
 import math
 from collections import ChainMap
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from omegaconf import OmegaConf
@@ -44,10 +44,8 @@ class OptimConfig:
     warmup_steps: int  # optimizer steps
     min_lr_ratio: float  # the cosine ends at lr * min_lr_ratio
     muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
-    # base_width: the width (n_embd) lr and muon.lr are for; None (also a run saved before the key): as given at
-    # every width. width_power: a wider model, w > base_width, trains at both lrs * (base_width / w) ** width_power
-    base_width: int | None = None
-    width_power: float = 0.0
+    base_width: int | None  # the width (n_embd) lr and muon.lr are for; None: every width trains at them as given
+    width_power: float  # a wider model, w > base_width, trains at both lrs * (base_width / w) ** width_power
 
     def __post_init__(self) -> None:
         if isinstance(self.muon, Mapping):
@@ -86,8 +84,7 @@ def make_config(cls: type, node: Mapping, key: str):
     """cls(**node), with a missing or unknown key reported as a ConfigError that names it."""
     allowed = [f.name for f in fields(cls)]
     unknown = [k for k in node if k not in allowed]
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    missing = [k for k in required if k not in node]  # a key with a default may be left out (older configs)
+    missing = [k for k in allowed if k not in node]
     if unknown or missing:
         problem = f"has no key {unknown[0]!r}" if unknown else f"lacks the key {missing[0]!r}"
         raise ConfigError(f"{key} {problem}: its keys are {allowed}")
