@@ -337,8 +337,8 @@ def test_a_body_over_max_request_bytes_is_413(serve_checkpoint: Path) -> None:  
 
 
 def test_a_huge_prompt_holds_up_nobody(serve_checkpoint: Path) -> None:  # noqa: F811
-    """While one client sends a 20 MB prompt, /health and another client's completion answer within a second; the
-    huge prompt is refused as longer than the context without being tokenized."""
+    """While one client sends a 20 MB prompt, /health and another client's completion keep answering (typically in
+    well under half a second); the huge prompt is refused as longer than the context without being tokenized."""
     with served(serve_checkpoint, max_request_bytes=32 * 2**20) as s:
         body = json.dumps({"model": "llm", "prompt": "The lazy dog. " * 1_500_000, "max_tokens": 1}).encode()
         assert len(body) > 20_000_000
@@ -365,7 +365,9 @@ def test_a_huge_prompt_holds_up_nobody(serve_checkpoint: Path) -> None:  # noqa:
         response = result["response"]
         assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
         assert "bytes" in response.json()["error"]["message"]  # refused by its size, before tokenizing
-        assert len(latencies) > 3 and max(latencies) < 1.0, latencies
+        # answered all along: many round trips during the upload, the typical one far shorter than the upload (a
+        # server that stopped to read or tokenize the prompt would answer once, after it); bounds with slack for CI
+        assert len(latencies) > 3 and sorted(latencies)[len(latencies) // 2] < 0.5 and max(latencies) < 5, latencies
 
 
 def test_an_engine_not_running_is_503_at_once(serve_checkpoint: Path) -> None:  # noqa: F811
