@@ -1,20 +1,23 @@
-"""Speedrun: our default recipe against nanoGPT's, on the same documents, tokenizer, model size and clock.
+"""Speedrun: our default recipe against nanoGPT's and modded-nanogpt's, on the same documents, tokenizer, model
+size and clock.
 
     python -m bench.speedrun --quick                        # CPU: tiny-sized models, the built-in corpus
     python -m bench.speedrun --quick --data ~/notes ~/code  # any folders
-    python -m bench.speedrun --quick --ablate               # also ours with one choice undone at a time
+    python -m bench.speedrun --quick --ablate               # also ours with one choice changed at a time
+    python -m bench.speedrun --quick --ablate unet_skips    # only the changes whose names contain unet_skips
     python -m bench.speedrun --gpu                          # one GPU: gpt2-124m-sized models, bf16, compiled
 
 (a) nanoGPT's recipe: the GPT-2 block (learned positions, LayerNorm, GELU, biases, tied embeddings) with
 AdamW β 0.9/0.95, weight decay 0.1 and clipping 1.0 (conf/optim/adamw.yaml). (b) ours: the `tiny` preset
-(`--quick`) or its architecture at GPT-2's size (`--gpu`) with the default optimizer of conf/train.yaml.
-Both models are llm.model.GPT and both optimizers come from llm.training.optim.build_optimizer: what is
-measured is what `python train.py` trains. Both read batches from the token files the data pipeline writes,
-in the same order, with one tokenizer.
+(`--quick`), or its architecture at the `small` size (`--cpu`) or GPT-2's (`--gpu`), with the default optimizer
+of conf/train.yaml. (c) modded-nanogpt's speedrun recipe as far as llm.model and build_optimizer express it
+(MODDED; what it leaves out is listed there). Every model is llm.model.GPT and every optimizer comes from
+llm.training.optim.build_optimizer: what is measured is what `python train.py` trains. All read batches
+from the token files the data pipeline writes, in the same order, with one tokenizer.
 
 Each recipe trains at every learning rate of a small sweep (its conf/optim lrs at the model's width, as
 training scales them, times --lr-scales; under Muon both lrs scale together; nanoGPT at β2 0.95 and 0.99,
-the two its configs set) for --minutes of training time; warmup then cosine to lr x min_lr_ratio
+the two its configs set) for --minutes of training time; each recipe's schedule (optim.schedule) to lr x min_lr_ratio
 follows each run's own clock. Runs take turns step by step, so a busy machine slows every run alike; each
 run's clock counts only its own steps, and stops while it is evaluated. Every run is scored on the same
 validation windows in bits per byte (cross-entropy in bits / UTF-8 bytes of the predicted text), which does
@@ -49,7 +52,7 @@ from llm import provenance
 from llm.config import config_dir, model_preset, register_resolvers
 from llm.model import GPT, GPTConfig
 from llm.training.optim import OptimConfig, build_optimizer, optim_preset
-from llm.training.schedule import warmup_cosine
+from llm.training.schedule import lr_schedule
 
 # nanoGPT's GPT-2 block at any size: the keys a preset must have to be GPT-2, next to the size keys
 GPT2_BLOCK = dict(
@@ -67,6 +70,16 @@ NANOGPT_BETA2 = (0.95, 0.99)  # config/train_gpt2.py and config/train_shakespear
 ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
 # shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep: times each recipe's
 # lrs at the preset's width (conf/optim's lrs, set for `tiny`, scaled by OptimConfig.for_width)
+# modded-nanogpt's record recipe (github.com/KellerJordan/modded-nanogpt, train_gpt.py) on our block, which already
+# has its rotary positions, QK-norm, ReLU², zero-initialised projections and Muon on the hidden matrices. Left out,
+# because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows;
+# the batch-size and sequence-length schedules; multi-token prediction; tying the head early and untying it late
+# (the head is untied from the start); NorMuon and Polar Express (plain Muon: Newton-Schulz's quintic); one AdamW lr
+# for the embeddings, head and scalars where it sets three; its x0 residual mix, smear gate and attention gates;
+# Muon's momentum warmup. Its untied head is zero-initialised; here it starts at std 0.02.
+MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False)  # None: L // 4
+MODDED_OPTIM = dict(beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4)
+MODDED_MUON_LR = 0.05
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
     "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
@@ -81,14 +94,19 @@ class Recipe:
     optim: OptimConfig
 
 
+def value_embed_tables(n_layer: int) -> int:
+    """modded-nanogpt's share: 3 tables for 12 layers (its first three and last three), at least one."""
+    return max(1, n_layer // 4)
+
+
 def default_choices() -> dict[str, str]:
     """The model preset and optimizer that `python train.py` uses, from conf/train.yaml's defaults list."""
     defaults = OmegaConf.load(config_dir() / "train.yaml").defaults
     return {k: v for item in defaults if OmegaConf.is_dict(item) for k, v in item.items()}
 
 
-def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe]:
-    """(nanoGPT's variants, ours) at the size of `preset`, both reading `vocab_size` tokens.
+def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe, Recipe]:
+    """(nanoGPT's variants, ours, modded-nanogpt's) at the size of `preset`, all reading `vocab_size` tokens.
 
     nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both."""
     size = dict(vocab_size=vocab_size, dropout=0.0, attn="sdpa")
@@ -105,17 +123,33 @@ def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe]:
     # each optimizer at its lrs for this width (OptimConfig.for_width), as train.py builds it
     adamw = optim_preset("adamw").for_width(shape.n_embd)
     peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in NANOGPT_BETA2]
-    return peers, Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
+    ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
+    return peers, ours, modded(ours)
+
+
+def modded(ours: Recipe) -> Recipe:
+    """modded-nanogpt's recipe at ours' size: its additions to our block (MODDED_MODEL, one K/V head per query
+    head), Muon at its lr and AdamW at its betas, eps and no decay, its schedule (MODDED_OPTIM)."""
+    m = ours.model
+    keys = {**MODDED_MODEL, "value_embeds": value_embed_tables(m.n_layer), "n_kv_head": m.n_head}
+    muon = replace(ours.optim.muon, lr=MODDED_MUON_LR * ours.optim.width_scale(m.n_embd))
+    return Recipe(
+        "modded-nanogpt", GPTConfig(**{**m.to_dict(), **keys}), replace(ours.optim, **MODDED_OPTIM, muon=muon)
+    )
 
 
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
-    choices ours does not make (SwiGLU, a soft-cap, a separate output layer), one at a time."""
+    choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
+    U-net skips and warmup-stable-decay schedule), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
+    if ours.optim.schedule != "wsd":
+        out.append(Recipe("ours, schedule=wsd", ours.model, replace(ours.optim, schedule="wsd")))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
     changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("tie_embeddings", False), ("qk_norm", True)]
+    changes += [("value_embeds", value_embed_tables(ours.model.n_layer)), ("unet_skips", True)]
     seen = set()
     for key, value in changes:
         if getattr(ours.model, key) == value or (key, value) in seen:
@@ -222,14 +256,14 @@ class Run:
         return self.clock >= self.budget
 
     def expected_steps(self) -> int:
-        """Steps this run will make in its budget, from its rate so far: where the cosine schedule ends."""
+        """Steps this run will make in its budget, from its rate so far: where the schedule ends."""
         if self.timed_steps < 3:
             return 10**9  # the first steps: warmup, before any rate is known
         return max(self.steps + 1, round(self.timed_steps / self.clock * self.budget))
 
     def _step(self) -> None:
         o = self.optim
-        m = warmup_cosine(self.steps, o.warmup_steps, self.expected_steps(), o.min_lr_ratio)
+        m = lr_schedule(o.schedule, o.warmup_steps, self.expected_steps(), o.min_lr_ratio, o.cooldown_frac)(self.steps)
         for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
             group["lr"] = peak * m
         x, y = next(self.batches)
@@ -333,7 +367,16 @@ def best_runs(runs: list[Run]) -> dict[str, Run]:
     return best
 
 
-def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> str:  # noqa: C901
+def other_optimizer(recipe: Recipe, ours: Recipe) -> bool:
+    """An ablation that swaps the optimizer sweeps its own lrs; one that changes anything else trains at ours'."""
+    return (recipe.optim.muon is None) != (ours.optim.muon is None)
+
+
+def same_lrs(a: OptimConfig, b: OptimConfig) -> bool:
+    return a.lr == b.lr and (a.muon and a.muon.lr) == (b.muon and b.muon.lr)
+
+
+def report(runs: list[Run], a: str, ours: Recipe, c: str, args, header: list[str]) -> str:  # noqa: C901
     best, b = best_runs(runs), ours.name
     lines = [
         *header,
@@ -363,9 +406,22 @@ def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> st
         f"| (a) {a} | {lr_label(ra.optim)} | {ra.params:,} | {ra.final_bpb:.4f} | {total:.1f} s (1.00) |",
         f"| (b) {b} | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | {_when(rb, target, total)} |",
     ]
+    if c in best:
+        rc = best[c]
+        lines.append(
+            f"| (c) {c} | {lr_label(rc.optim)} | {rc.params:,} | {rc.final_bpb:.4f} | {_when(rc, target, total)} |"
+        )
     if reached is not None:
         lines += ["", f"{b} reaches {a}'s final val bpb {target:.4f} in {reached / total:.2f}x its time"]
-    ablated = [name for name in best if name not in (a, b)]
+    if c in best:
+        rc = best[c]
+        versus = first_reach(rb.curve, rc.final_bpb)
+        lines += [
+            f"{b} against {c}: final val bpb {rb.final_bpb:.4f} against {rc.final_bpb:.4f} "
+            f"({rb.final_bpb - rc.final_bpb:+.4f})"
+            + ("" if versus is None else f"; {b} reaches {c}'s final in {versus / rc.curve[-1][0]:.2f}x its time")
+        ]
+    ablated = [name for name in best if name not in (a, b, c)]
     if ablated:
         lines += [
             "",
@@ -383,7 +439,7 @@ def report(runs: list[Run], a: str, ours: Recipe, args, header: list[str]) -> st
             )
         for name in ablated:
             run = best[name]
-            same = [r for r in runs if r.recipe is ours and r.optim == run.optim]
+            same = [r for r in runs if r.recipe is ours and same_lrs(r.optim, run.optim)]
             base = same[0] if same else rb
             lines.append(
                 f"| {name.removeprefix('ours, ')} | {lr_label(run.optim)} | {run.params:,} | {run.final_bpb:.4f} | "
@@ -402,7 +458,7 @@ def _at_sweep_edge(best: Run, runs: list[Run]) -> bool:
     return len(lrs) > 2 and best.optim.lr in (lrs[0], lrs[-1])
 
 
-def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
+def plot(runs: list[Run], a: str, b: str, c: str, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -410,7 +466,7 @@ def plot(runs: list[Run], a: str, b: str, path: Path, title: str) -> None:
 
     best = best_runs(runs)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    colors = {a: "tab:blue", b: "tab:red"}
+    colors = {a: "tab:blue", b: "tab:red", c: "tab:green"}
     runs = [run for run in runs if run.recipe.name in colors]  # the ablations are in the table, not here
     for run in runs:
         t = [p[0] for p in run.curve]
@@ -475,7 +531,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="training time of each (recipe, lr) run")
     parser.add_argument("--lr-scales", help="each recipe's conf/optim lrs times these (default: 0.5,1,2 with --quick)")
     parser.add_argument("--peer-lr-scales", help="nanoGPT's lrs times these instead (default: --lr-scales)")
-    parser.add_argument("--ablate", action="store_true", help="also ours with one choice replaced by nanoGPT's")
+    parser.add_argument(
+        "--ablate",
+        nargs="*",
+        metavar="NAME",
+        help="also ours with one choice changed at a time; names given: only the changes that contain one of them",
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
     parser.add_argument("--batch", type=int, help="sequences per step")
     parser.add_argument("--seed", type=int, default=1337)
@@ -498,7 +559,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
-    peers, ours = recipes(settings["preset"], meta["vocab_size"])
+    peers, ours, third = recipes(settings["preset"], meta["vocab_size"])
     block = ours.model.block_size
     data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
     nbytes = token_bytes(tokenizer)
@@ -510,21 +571,28 @@ def main() -> None:
     peer_scales = [float(s) for s in (args.peer_lr_scales or args.lr_scales).split(",")]
     runs = [Run(r, scaled(r.optim, s), data, nbytes, args) for r in peers for s in peer_scales]
     runs += [Run(ours, scaled(ours.optim, s), data, nbytes, args) for s in scales]
-    if args.ablate:  # one choice at a time at ours' lrs (another optimizer sweeps its own), in the same round robin
+    runs += [Run(third, scaled(third.optim, s), data, nbytes, args) for s in scales]
+    if args.ablate is not None:  # one choice at a time at ours' lrs (another optimizer sweeps its own)
         if 1.0 not in scales:
             raise SystemExit("--ablate compares with ours at its own lrs: --lr-scales must include 1")
+        chosen = [r for r in ablations(peers[0], ours) if not args.ablate or any(n in r.name for n in args.ablate)]
+        if not chosen:
+            names = [r.name.removeprefix("ours, ") for r in ablations(peers[0], ours)]
+            raise SystemExit(f"--ablate {' '.join(args.ablate)}: no change has that name; the changes: {names}")
         runs += [
             Run(r, scaled(r.optim, s), data, nbytes, args)
-            for r in ablations(peers[0], ours)
-            for s in (scales if r.optim is not ours.optim else [1.0])
+            for r in chosen
+            for s in (scales if other_optimizer(r, ours) else [1.0])
         ]
     pa, pb = runs[0].params, runs[len(peers) * len(peer_scales)].params
+    pc = runs[len(peers) * len(peer_scales) + len(scales)].params
     header = [
         f"corpus: {name} ({', '.join(args.data or ['docs/', 'llm/', 'data/sample/'])}): "
         f"{meta['train_tokens']:,} training tokens, {data.val_y.numel():,} validation tokens "
         f"({runs[0].val_bytes:,} bytes), one byte-level BPE of {meta['vocab_size']:,} tokens for both",
         f"models ({settings['preset']}-sized, T={block}, batch {data.B}): nanoGPT {pa:,} parameters, "
-        f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'})",
+        f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'}), "
+        f"modded-nanogpt {pc:,} ({pc / pa - 1:+.1%}: its untied head and value embeddings)",
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
         f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
         f"{' and '.join(f'{b:g}' for b in NANOGPT_BETA2)}), best vs best; runs interleaved step by step; "
@@ -539,14 +607,14 @@ def main() -> None:
         f"load average (1 min) during the runs: mean {np.mean(LOADS):.2f}, max {max(LOADS):.2f} "
         f"on {os.cpu_count()} cores; wall time {(time.perf_counter() - start) / 60:.1f} min"
     )
-    table = report(runs, peers[0].name, ours, args, header)
+    table = report(runs, peers[0].name, ours, third.name, args, header)
     print("\n" + table)
     (out / "speedrun.md").write_text(table + "\n")
     write_csv(runs, out / "speedrun.csv")
     cpu = platform.processor() or platform.machine()
     where = f"{settings['preset']}-sized, {device.type} ({cpu}, {args.threads} threads)"
     title = f"{name}: val bpb against training time, {where}\n{time.strftime('%Y-%m-%d')}, {provenance.describe()}"
-    plot(runs, peers[0].name, ours.name, out / "speedrun.png", title)
+    plot(runs, peers[0].name, ours.name, third.name, out / "speedrun.png", title)
     command = " ".join(["python -m bench.speedrun", *sys.argv[1:]])
     (out / "speedrun.txt").write_text(" | ".join([f"{name}: val bpb against training time", command, *header]) + "\n")
     print(f"\nwrote {out / 'speedrun.md'}, {out / 'speedrun.csv'}, {out / 'speedrun.png'} and its caption speedrun.txt")

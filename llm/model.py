@@ -52,13 +52,16 @@ class GPTConfig:
     # Shape keys a pretrained base may fix (llm/interop/hf.py): defaults here, so checkpoints without them load
     qkv_bias: bool = False  # biases on q, k and v only, not on the output projection (Qwen2); bias=true has them all
     head_dim: int | None = None  # None: C / nh; set, the heads are wider or narrower than that (Qwen3: 128 at C=1024)
+    # modded-nanogpt's additions (bench/speedrun.py measures them; docs/training.md, the recipe): off unless set
+    value_embeds: int = 0  # tables of value embeddings: table i mixes into V of layers i and n_layer - 1 - i
+    unet_skips: bool = False  # layer n_layer - 1 - i adds the output of layer i (i < n_layer // 2), learned weight
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"model.config.{key}={value!r} is not one of {list(allowed)}")
-        for key in ("qk_norm", "zero_init_proj", "tie_embeddings", "bias", "qkv_bias"):
+        for key in ("qk_norm", "zero_init_proj", "tie_embeddings", "bias", "qkv_bias", "unet_skips"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.config.{key}={getattr(self, key)!r} is not one of [true, false]")
         cap = self.logit_softcap
@@ -87,6 +90,11 @@ class GPTConfig:
             )
         if self.pos == "rope" and self.head_size % 2:
             raise ConfigError(f"rotary embedding needs an even head size, got {self.head_size}")
+        ve = self.value_embeds
+        if isinstance(ve, bool) or not isinstance(ve, int) or not 0 <= ve <= self.n_layer // 2:
+            raise ConfigError(
+                f"model.config.value_embeds={ve!r} must be a whole number from 0 to n_layer // 2 = {self.n_layer // 2}"
+            )
         if self.mlp_hidden is None:
             if self.mlp != "swiglu":
                 self.mlp_hidden = 4 * self.n_embd
@@ -235,13 +243,22 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(config.head_size, config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None  # set by GPT.setup_caches for decoding, never in training
+        self.ve_lambdas: nn.Parameter | None = None  # GPT gives a layer with a value embedding its two mixing weights
+
+    def mix_values(self) -> None:
+        """Give this layer a value embedding: v = λ0 v + λ1 ve, λ learned from (0.5, 0.5) (modded-nanogpt)."""
+        self.ve_lambdas = nn.Parameter(torch.full((2,), 0.5))
 
     def project(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, ve: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> q (B, nh, T, hs), k and v (B, n_kv, T, hs); q and k rotated when rope is given."""
+        """x (B, T, C) -> q (B, nh, T, hs), k and v (B, n_kv, T, hs); q and k rotated when rope is given.
+
+        ve (B, T, n_kv * hs): the value embedding of x's tokens, mixed into v when this layer has one."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if ve is not None and self.ve_lambdas is not None:  # a token's own vector, straight into what it passes on
+            v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, n_kv, T, hs)
@@ -259,9 +276,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         attn_impl: str | None = None,
         cache_rows: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.project(x, rope)
+        q, k, v = self.project(x, rope, ve)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v, cache_rows)  # (B, n_kv, S, hs): every position so far
             if mask is not None:  # only the first S' <= S positions the mask covers: those filled so far
@@ -316,8 +334,8 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, input_pos=None, mask=None, attn_impl=None, cache_rows=None):
-        x = x + self.attn(self.norm1(x), rope, input_pos, mask, attn_impl, cache_rows)
+    def forward(self, x, rope, input_pos=None, mask=None, attn_impl=None, cache_rows=None, ve=None):
+        x = x + self.attn(self.norm1(x), rope, input_pos, mask, attn_impl, cache_rows, ve)
         return x + self.mlp(self.norm2(x))
 
     def attention_weights(self, x, rope):
@@ -333,6 +351,16 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        # Value embeddings: a table per pair of layers (i, n_layer - 1 - i), vectors as wide as the K/V heads
+        kv_size = config.n_kv_head * config.head_size
+        self.value_embeds = nn.ModuleList(
+            nn.Embedding(config.padded_vocab_size, kv_size) for _ in range(config.value_embeds)
+        )
+        for i in range(config.value_embeds):
+            self.blocks[i].attn.mix_values()
+            self.blocks[config.n_layer - 1 - i].attn.mix_values()
+        # U-net skips: the second half's layer n_layer - 1 - i reads the first half's layer i, weighted from 1
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet_skips else None
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
@@ -383,8 +411,7 @@ class GPT(nn.Module):
         the output layer, the largest product of a small model, runs on B vectors instead of B * T.
         """
         x, rope = self._embed(idx, input_pos)
-        for block in self.blocks:
-            x = block(x, rope, input_pos, mask, attn_impl, cache_rows)
+        x = self._run_blocks(x, idx, rope, input_pos, mask, attn_impl, cache_rows)
         if logits_at is not None:
             x = x[torch.arange(x.size(0), device=x.device), logits_at][:, None]  # (B, 1, C)
         logits = self.lm_head(self.norm(x))
@@ -392,6 +419,23 @@ class GPT(nn.Module):
         if cap is not None:  # smoothly into (-cap, cap), in float32: tanh saturates coarsely in bfloat16
             logits = (cap * torch.tanh(logits.float() / cap)).type_as(logits)
         return logits
+
+    def _run_blocks(self, x, idx, rope, input_pos=None, mask=None, attn_impl=None, cache_rows=None, before=None):
+        """The residual stream x (B, T, C) through every block, with the value embeddings of idx (B, T) and the
+        U-net skips where the config has them. before(i, x): called with each block's input (attention maps)."""
+        L, n_ve = self.config.n_layer, len(self.value_embeds)
+        ves = [table(idx) for table in self.value_embeds]  # (B, T, n_kv * hs) each
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if self.skip_weights is not None and i >= L - len(self.skip_weights):
+                x = x + self.skip_weights[L - 1 - i] * skips.pop()  # the output of layer L - 1 - i
+            if before is not None:
+                before(i, x)
+            ve = ves[i] if i < n_ve else ves[L - 1 - i] if i >= L - n_ve else None
+            x = block(x, rope, input_pos, mask, attn_impl, cache_rows, ve)
+            if self.skip_weights is not None and i < len(self.skip_weights):
+                skips.append(x)
+        return x
 
     def _embed(
         self, idx: torch.Tensor, input_pos: torch.Tensor | None = None
@@ -423,9 +467,7 @@ class GPT(nn.Module):
         """
         x, rope = self._embed(idx)
         maps = []
-        for block in self.blocks:
-            maps.append(block.attention_weights(x, rope))
-            x = block(x, rope)
+        self._run_blocks(x, idx, rope, before=lambda i, h: maps.append(self.blocks[i].attention_weights(h, rope)))
         return maps
 
     def setup_caches(self, batch: int, length: int, dtype: torch.dtype | None = None) -> bool:
@@ -479,10 +521,11 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 N plus attention's 12 L (nh hs) T (PaLM, appendix B).
 
-        N counts the matrices a token is multiplied by: an untied input embedding is a lookup, not a matmul."""
+        N counts the matrices a token is multiplied by: an untied input embedding and value embeddings are lookups."""
         T = seq_len or self.config.block_size
         c = self.config
         n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())
+        n -= sum(table.weight.numel() for table in self.value_embeds)  # lookups too
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * T
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -495,7 +538,8 @@ class GPT(nn.Module):
             if not p.requires_grad:
                 continue
             owner = name.rsplit(".", 2)[-2] if "." in name else ""  # norm1, norm2, norm, q_norm, k_norm: gains
-            (no_decay if name.endswith("bias") or "norm" in owner else decay).append(p)
+            scalar = name.endswith(("bias", "ve_lambdas", "skip_weights"))  # mixing weights decay no more than gains
+            (no_decay if scalar or "norm" in owner else decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

@@ -173,7 +173,11 @@ REQUIRES = {
     "llama": ROTARY,
     "qwen2": ROTARY,
     "qwen3": [*ROTARY, ("qkv_bias", False, "Qwen3's attention biases, attention_bias, are on o_proj too")],
-    "all": [("logit_softcap", None, "no layout caps logits")],
+    "all": [
+        ("logit_softcap", None, "no layout caps logits"),
+        ("value_embeds", 0, "no layout has value embeddings"),
+        ("unet_skips", False, "no layout adds one layer's output to another's input"),
+    ],
 }
 NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from functools import partial
 
 import lightning as L
 import torch
@@ -18,7 +17,7 @@ from llm.errors import ConfigError
 from llm.model import GPT
 from llm.tokenizer import IGNORE
 from llm.training.optim import OptimConfig, build_optimizer, make_config
-from llm.training.schedule import warmup_cosine
+from llm.training.schedule import lr_schedule
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class LitGPT(L.LightningModule):
         # the one schedule.
         opt = build_optimizer(self.net, o, fused=self.device.type == "cuda")
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = partial(warmup_cosine, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=o.min_lr_ratio)
+        schedule = lr_schedule(o.schedule, o.warmup_steps, total, o.min_lr_ratio, o.cooldown_frac)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

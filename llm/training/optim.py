@@ -20,6 +20,7 @@ from llm.config import config_dir
 from llm.errors import ConfigError
 from llm.lora import ADAPTER
 from llm.model import GPT
+from llm.training.schedule import SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class OptimConfig:
     beta2: float
     eps: float
     warmup_steps: int  # optimizer steps
-    min_lr_ratio: float  # the cosine ends at lr * min_lr_ratio
+    min_lr_ratio: float  # the schedule ends at lr * min_lr_ratio
+    schedule: str  # cosine: warmup, then cosine decay; wsd: warmup, constant, then a linear cooldown
+    cooldown_frac: float  # wsd: the last fraction of the steps that decays linearly to lr * min_lr_ratio
     muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
     base_width: int | None  # the width (n_embd) lr and muon.lr are for; None: every width trains at them as given
     width_power: float  # a wider model, w > base_width, trains at both lrs * (base_width / w) ** width_power
@@ -61,8 +64,11 @@ class OptimConfig:
             "warmup_steps": _whole,
             "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
             "width_power": _non_negative,
+            "cooldown_frac": (lambda v: 0 < v <= 1, "in (0, 1]"),
         }
         _check("optim", self, rules)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.base_width is not None and (
             isinstance(self.base_width, bool) or not isinstance(self.base_width, int) or self.base_width < 1
         ):
