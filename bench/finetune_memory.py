@@ -49,6 +49,8 @@ QWEN25_05B = dict(
     dropout=0.0,
     zero_init_proj=False,
     logit_softcap=None,
+    value_embeds=0,
+    unet_skips=False,
 )
 
 

@@ -65,6 +65,8 @@ GPT2_BLOCK = dict(
     zero_init_proj=False,
     logit_softcap=None,
     tie_embeddings=True,
+    value_embeds=0,
+    unet_skips=False,
 )
 NANOGPT_BETA2 = (0.95, 0.99)  # config/train_gpt2.py and config/train_shakespeare_char.py
 ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
@@ -74,12 +76,13 @@ ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside it
 # has its rotary positions, QK-norm, ReLU², zero-initialised projections and Muon on the hidden matrices. Left out,
 # because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows;
 # the batch-size and sequence-length schedules; multi-token prediction; tying the head early and untying it late
-# (the head is untied from the start); NorMuon and Polar Express (plain Muon: Newton-Schulz's quintic); one AdamW lr
-# for the embeddings, head and scalars where it sets three; its x0 residual mix, smear gate and attention gates;
-# Muon's momentum warmup. Its untied head is zero-initialised; here it starts at std 0.02.
-MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False)  # None: L // 4
+# (the head is untied from the start); one AdamW lr for the embeddings, head and scalars where it sets three; its x0
+# residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay. Its untied head is
+# zero-initialised; here it starts at std 0.02.
+# its block: value embeddings (None: L // 4 tables), U-net skips, a soft-cap of 15, an untied head, RMSNorm
+MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False, norm="rmsnorm")
 MODDED_OPTIM = dict(beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4)
-MODDED_MUON_LR = 0.05
+MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
     "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
@@ -105,7 +108,9 @@ def default_choices() -> dict[str, str]:
     return {k: v for item in defaults if OmegaConf.is_dict(item) for k, v in item.items()}
 
 
-def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe, Recipe]:
+def recipes(
+    preset: str, vocab_size: int, peer_beta2: tuple[float, ...] = NANOGPT_BETA2
+) -> tuple[list[Recipe], Recipe, Recipe]:
     """(nanoGPT's variants, ours, modded-nanogpt's) at the size of `preset`, all reading `vocab_size` tokens.
 
     nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both."""
@@ -122,7 +127,7 @@ def recipes(preset: str, vocab_size: int) -> tuple[list[Recipe], Recipe, Recipe]
         ours = replace(shape, **arch, mlp_hidden=None, n_kv_head=max(1, shape.n_head // ratio))
     # each optimizer at its lrs for this width (OptimConfig.for_width), as train.py builds it
     adamw = optim_preset("adamw").for_width(shape.n_embd)
-    peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in NANOGPT_BETA2]
+    peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in peer_beta2]
     ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
     return peers, ours, modded(ours)
 
@@ -132,7 +137,7 @@ def modded(ours: Recipe) -> Recipe:
     head), Muon at its lr and AdamW at its betas, eps and no decay, its schedule (MODDED_OPTIM)."""
     m = ours.model
     keys = {**MODDED_MODEL, "value_embeds": value_embed_tables(m.n_layer), "n_kv_head": m.n_head}
-    muon = replace(ours.optim.muon, lr=MODDED_MUON_LR * ours.optim.width_scale(m.n_embd))
+    muon = replace(ours.optim.muon, **{**MODDED_MUON, "lr": MODDED_MUON["lr"] * ours.optim.width_scale(m.n_embd)})
     return Recipe(
         "modded-nanogpt", GPTConfig(**{**m.to_dict(), **keys}), replace(ours.optim, **MODDED_OPTIM, muon=muon)
     )
@@ -141,15 +146,20 @@ def modded(ours: Recipe) -> Recipe:
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
     choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
-    U-net skips and warmup-stable-decay schedule), one at a time."""
+    U-net skips, warmup-stable-decay schedule, Polar Express and NorMuon), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
-    if ours.optim.schedule != "wsd":
-        out.append(Recipe("ours, schedule=wsd", ours.model, replace(ours.optim, schedule="wsd")))
+    other = "cosine" if ours.optim.schedule == "wsd" else "wsd"
+    out.append(Recipe(f"ours, schedule={other}", ours.model, replace(ours.optim, schedule=other)))
+    if ours.optim.muon is not None:  # modded-nanogpt's Muon variants, one at a time
+        for key, value in (("ns", "polar_express"), ("normuon_beta2", 0.95)):
+            if getattr(ours.optim.muon, key) != value:
+                muon = replace(ours.optim.muon, **{key: value})
+                out.append(Recipe(f"ours, muon.{key}={value}", ours.model, replace(ours.optim, muon=muon)))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
     changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("tie_embeddings", False), ("qk_norm", True)]
-    changes += [("value_embeds", value_embed_tables(ours.model.n_layer)), ("unet_skips", True)]
+    changes += [("value_embeds", value_embed_tables(ours.model.n_layer)), ("unet_skips", True), ("norm", "rmsnorm")]
     seen = set()
     for key, value in changes:
         if getattr(ours.model, key) == value or (key, value) in seen:
@@ -532,6 +542,12 @@ def main() -> None:
     parser.add_argument("--lr-scales", help="each recipe's conf/optim lrs times these (default: 0.5,1,2 with --quick)")
     parser.add_argument("--peer-lr-scales", help="nanoGPT's lrs times these instead (default: --lr-scales)")
     parser.add_argument(
+        "--peer-beta2",
+        type=lambda text: tuple(float(b) for b in text.split(",")),
+        default=NANOGPT_BETA2,
+        help="nanoGPT's β2 values (default: 0.95,0.99, both that its configs set)",
+    )
+    parser.add_argument(
         "--ablate",
         nargs="*",
         metavar="NAME",
@@ -559,7 +575,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
-    peers, ours, third = recipes(settings["preset"], meta["vocab_size"])
+    peers, ours, third = recipes(settings["preset"], meta["vocab_size"], args.peer_beta2)
     block = ours.model.block_size
     data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
     nbytes = token_bytes(tokenizer)
@@ -595,7 +611,7 @@ def main() -> None:
         f"modded-nanogpt {pc:,} ({pc / pa - 1:+.1%}: its untied head and value embeddings)",
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
         f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
-        f"{' and '.join(f'{b:g}' for b in NANOGPT_BETA2)}), best vs best; runs interleaved step by step; "
+        f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}), best vs best; runs interleaved step by step; "
         f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
         f"{time.strftime('%Y-%m-%d')}, {provenance.describe()}",
     ]

@@ -34,7 +34,7 @@ from llm.atomic import atomic_open
 from llm.chat_template import ChatTemplate
 from llm.errors import ConfigError
 from llm.lora import fingerprint, merge
-from llm.model import GPT, GPTConfig
+from llm.model import ADDED_SWITCHES, GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -160,6 +160,11 @@ def read_resume_state(path: str | Path) -> ResumeState:
     return ResumeState(int(ckpt[GLOBAL_STEP]), ckpt.get(WANDB_RUN_ID))
 
 
+def saved_model_config(ckpt: dict) -> dict:
+    """The checkpoint's GPTConfig keys, with the switches added since it was written at the value it had then."""
+    return {**ADDED_SWITCHES, **ckpt[MODEL_CONFIG]}
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
     """(model in eval mode, tokenizer, raw checkpoint) from a training checkpoint; LoRA adapters merged into the
     weights of the base they were trained on."""
@@ -167,7 +172,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     known = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(ckpt[MODEL_CONFIG]) - known)
     try:
-        model = GPT(GPTConfig(**ckpt[MODEL_CONFIG]))
+        model = GPT(GPTConfig(**saved_model_config(ckpt)))
     except (TypeError, ValueError, ConfigError) as e:
         what = f"keys this version does not know: {unknown}" if unknown else str(e)
         raise ConfigError(

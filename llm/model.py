@@ -18,6 +18,10 @@ from torch import nn
 
 from llm.errors import ConfigError
 
+# Switches added after checkpoints were written: a saved config without one had it off (llm/checkpoint.py reads
+# them so); a new run's preset names each, like every other switch.
+ADDED_SWITCHES = {"value_embeds": 0, "unet_skips": False}
+
 CHOICES = {
     "attn": ("explicit", "sdpa"),
     "pos": ("rope", "learned"),
@@ -46,15 +50,14 @@ class GPTConfig:
     zero_init_proj: bool  # attention and MLP output projections start at 0: each block starts as identity
     logit_softcap: float | None  # logits = cap * tanh(logits / cap); None: raw logits
     tie_embeddings: bool  # lm_head reuses the token embedding (GPT-2); false: a separate output matrix
+    value_embeds: int  # tables of value embeddings: table i mixes into V of layers i and n_layer - 1 - i (0: none)
+    unet_skips: bool  # layer n_layer - 1 - i adds the output of layer i (i < n_layer // 2), learned weight
     mlp_hidden: int | None = None  # None: 4*C for GELU and ReLU², ~8/3*C (multiple of 64) for SwiGLU
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     # Shape keys a pretrained base may fix (llm/interop/hf.py): defaults here, so checkpoints without them load
     qkv_bias: bool = False  # biases on q, k and v only, not on the output projection (Qwen2); bias=true has them all
     head_dim: int | None = None  # None: C / nh; set, the heads are wider or narrower than that (Qwen3: 128 at C=1024)
-    # modded-nanogpt's additions (bench/speedrun.py measures them; docs/training.md, the recipe): off unless set
-    value_embeds: int = 0  # tables of value embeddings: table i mixes into V of layers i and n_layer - 1 - i
-    unet_skips: bool = False  # layer n_layer - 1 - i adds the output of layer i (i < n_layer // 2), learned weight
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():

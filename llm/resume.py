@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from llm.checkpoint import CONFIG, MODEL_CONFIG, find_checkpoint, read_checkpoint, read_resume_state, run_folder
+from llm.checkpoint import CONFIG, find_checkpoint, read_checkpoint, read_resume_state, run_folder, saved_model_config
 from llm.errors import ConfigError
 from llm.model import GPTConfig
 
@@ -75,7 +75,7 @@ def check_resume(path: str | Path, cfg: Mapping) -> None:
     ckpt = read_checkpoint(path)
     node = {k: v for k, v in OmegaConf.to_container(cfg["model"]["config"], resolve=True).items() if k != "_target_"}
     ours = GPTConfig(**node).to_dict()
-    theirs = GPTConfig(**ckpt[MODEL_CONFIG]).to_dict()  # a key added since the checkpoint was written: its default
+    theirs = GPTConfig(**saved_model_config(ckpt)).to_dict()  # a key added since it was written: its value then
     for key, value in ours.items():
         if key not in MUTABLE_MODEL_KEYS and theirs.get(key) != value:
             raise ConfigError(

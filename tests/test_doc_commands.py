@@ -556,6 +556,7 @@ def write_gpt2_folder(folder: Path, world: World) -> None:
     tok = train_tokenizer(texts, 320)
     keys = dict(block_size=1024, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, attn="sdpa", pos="learned")
     keys |= dict(norm="layernorm", mlp="gelu", bias=True, dropout=0.0, qk_norm=False, zero_init_proj=False)
+    keys |= dict(value_embeds=0, unet_skips=False)
     model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), logit_softcap=None, tie_embeddings=True, **keys))
     save_pretrained(model, folder, eod_id(tok), eod_id(tok))
     save_hf_tokenizer(tok, folder, 1024)

@@ -91,6 +91,9 @@ HF_MODELS = {
 }
 
 
+ROTARY = dict(norm="rmsnorm", value_embeds=0)  # what tiny has that no rotary layout computes, besides its MLP
+
+
 def _random_hf(kind: str, folder: Path):
     torch.manual_seed(0)
     model = HF_MODELS[kind]().eval()
@@ -168,17 +171,31 @@ def test_an_unsupported_base_is_refused_before_its_weights_are_read(tmp_path: Pa
 def test_export_refuses_what_no_layout_computes_and_names_the_fix() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"^cannot export to the qwen3 layout \(Qwen3ForCausalLM\): model.config.mlp=relu2 \(Qwen3's MLP is "
-        r"SwiGLU\). Train with model.config.mlp=swiglu$",
+        match=r"^cannot export to the qwen3 layout \(Qwen3ForCausalLM\): model.config.norm=layernorm \(Qwen3 uses "
+        r"RMSNorm\); model.config.mlp=relu2 \(Qwen3's MLP is SwiGLU\); model.config.value_embeds=1 \(no layout "
+        r"has value embeddings\). Train with model.config.norm=rmsnorm model.config.mlp=swiglu "
+        r"model.config.value_embeds=0$",
     ):
-        export_layout(model_preset("tiny"))  # the default recipe: QK-norm is Qwen3's, ReLU² no layout's
-    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, zero_init_proj=True)) == "llama"
+        export_layout(
+            model_preset("tiny")
+        )  # the default recipe: QK-norm is Qwen3's; LayerNorm, ReLU², value embeddings no layout's
+    assert export_layout(model_preset("tiny", **ROTARY, mlp="swiglu", qk_norm=False, zero_init_proj=True)) == "llama"
     with pytest.raises(ConfigError, match=r"model.config.logit_softcap=30.0 \(no layout caps logits\)"):
-        export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, logit_softcap=30.0))
+        export_layout(model_preset("tiny", **ROTARY, mlp="swiglu", qk_norm=False, logit_softcap=30.0))
     assert export_layout(model_preset("gpt2-124m", tie_embeddings=False)) == "gpt2"
+    llama = dict(ROTARY, mlp="swiglu", qk_norm=False)
+    with pytest.raises(ConfigError, match=r"model.config.value_embeds=2 \(no layout has value embeddings\)"):
+        export_layout(model_preset("tiny", **{**llama, "value_embeds": 2}))
+    with pytest.raises(ConfigError, match=r"model.config.unet_skips=true \(no layout adds one layer's output"):
+        export_layout(model_preset("tiny", **llama, unet_skips=True))
 
 
-LLAMA_LAYOUT = ["model.config.mlp=swiglu", "model.config.qk_norm=false"]  # tiny's switches that Llama lacks
+LLAMA_LAYOUT = [  # tiny's switches that Llama lacks
+    "model.config.mlp=swiglu",
+    "model.config.qk_norm=false",
+    "model.config.norm=rmsnorm",
+    "model.config.value_embeds=0",
+]
 GPT2_SHRUNK = ["model=gpt2-124m"]  # conftest's TINY shrinks it: 2 layers x 32, 1 K/V head (expanded on export)
 
 
@@ -341,7 +358,7 @@ def test_export_cli_refuses_the_default_recipe_by_name(tmp_path) -> None:
     torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, ckpt)
     with pytest.raises(
         ConfigError,
-        match=r"mlp=relu2 \(Qwen3's MLP is SwiGLU\)\. Train with model.config.mlp=swiglu$",
+        match=r"mlp=relu2 \(Qwen3's MLP is SwiGLU\);.* Train with model.config.norm=rmsnorm model.config.mlp=swiglu",
     ):
         export(ckpt, "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -593,11 +610,11 @@ def test_export_dtype_is_checked_before_anything_is_read(tmp_path: Path) -> None
 
 def test_our_own_models_export_in_the_layout_that_computes_them() -> None:
     """QK-norm is Qwen3's, q/k/v biases alone Qwen2's; what none has is refused with the fix."""
-    assert export_layout(model_preset("tiny", mlp="swiglu")) == "qwen3"
-    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, qkv_bias=True)) == "qwen2"
-    assert export_layout(model_preset("tiny", mlp="swiglu", qk_norm=False, head_dim=64)) == "llama"
+    assert export_layout(model_preset("tiny", **ROTARY, mlp="swiglu")) == "qwen3"
+    assert export_layout(model_preset("tiny", **ROTARY, mlp="swiglu", qk_norm=False, qkv_bias=True)) == "qwen2"
+    assert export_layout(model_preset("tiny", **ROTARY, mlp="swiglu", qk_norm=False, head_dim=64)) == "llama"
     with pytest.raises(ConfigError, match=r"model.config.qkv_bias=true \(Qwen3's attention biases, attention_bias"):
-        export_layout(model_preset("tiny", mlp="swiglu", qkv_bias=True))
+        export_layout(model_preset("tiny", **ROTARY, mlp="swiglu", qkv_bias=True))
     with pytest.raises(ConfigError, match=r"model.config.head_dim=32 \(GPT-2's heads are n_embd / n_head wide\)"):
         export_layout(model_preset("gpt2-124m", head_dim=32))
 

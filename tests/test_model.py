@@ -6,7 +6,9 @@ from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.model import GPT, MLP, GPTConfig, KVCache, apply_rope, filled_length, repeat_kv
 
-SWITCHES_OFF = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+SWITCHES_OFF = dict(
+    qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True, value_embeds=0, unet_skips=False
+)
 VARIANTS = {
     "rope-rms-swiglu-gqa": dict(n_kv_head=2),
     "gpt2-style": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),
@@ -21,6 +23,7 @@ VARIANTS = {
     "qwen2-qkv-bias": dict(n_kv_head=2, qkv_bias=True),  # biases on q, k, v only
     "qwen3-head-dim": dict(n_kv_head=2, qk_norm=True, head_dim=12, tie_embeddings=False),  # heads 4 x 12 = 48 != 32
     "head-dim-narrow": dict(head_dim=4),  # heads 4 x 4 = 16 < 32
+    "value-embeds-unet-gqa": dict(n_kv_head=2, value_embeds=1, unet_skips=True),  # modded-nanogpt's additions
 }
 ROTARY_VARIANTS = {k: v for k, v in VARIANTS.items() if v.get("pos", "rope") == "rope"}
 
@@ -156,6 +159,9 @@ def test_param_groups_decay_matrices_only(kw):
         (dict(head_dim="64"), "model.config.head_dim='64' must be an integer >= 1, or null for n_embd / n_head"),
         (dict(head_dim=5), "rotary embedding needs an even head size, got 5"),
         (dict(n_head=3, head_dim=None), "must be divisible by model.config.n_head=3, or model.config.head_dim set"),
+        (dict(value_embeds=2), "model.config.value_embeds=2 must be a whole number from 0 to n_layer // 2 = 1"),
+        (dict(value_embeds=True), "model.config.value_embeds=True must be a whole number from 0 to n_layer // 2"),
+        (dict(unet_skips="yes"), "model.config.unet_skips='yes' is not one of [true, false]"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(kw, message):
@@ -267,7 +273,9 @@ def test_every_preset_names_every_switch(name):
     from llm.config import config_dir
 
     node = OmegaConf.load(config_dir() / "model" / f"{name}.yaml").config
-    assert {"qk_norm", "zero_init_proj", "logit_softcap", "tie_embeddings", "mlp"} <= set(node)
+    assert {"qk_norm", "zero_init_proj", "logit_softcap", "tie_embeddings", "mlp", "value_embeds", "unet_skips"} <= set(
+        node
+    )
 
 
 @pytest.mark.parametrize("attn", ["explicit", "sdpa"])
@@ -290,7 +298,7 @@ def test_attention_weights_are_the_ones_attention_uses(attn, kw):
     idx = torch.randint(0, 100, (2, 7))
     seen = []  # each layer's attention input and output during model(idx)
     hooks = [
-        block.attn.register_forward_hook(lambda module, args, out: seen.append((args[0], args[1], out)))
+        block.attn.register_forward_hook(lambda module, args, out: seen.append((args[0], args[1], args[6], out)))
         for block in model.blocks
     ]
     model(idx)
@@ -298,13 +306,13 @@ def test_attention_weights_are_the_ones_attention_uses(attn, kw):
         h.remove()
     maps = model.attention_weights(idx)
     assert len(maps) == 2
-    for block, w, (x, rope, out) in zip(model.blocks, maps, seen, strict=True):
+    for block, w, (x, rope, ve, out) in zip(model.blocks, maps, seen, strict=True):
         attn_layer = block.attn
         assert w.shape == (2, 4, 7, 7) and w.dtype == torch.float32 and not w.requires_grad
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 7))
         assert torch.all(w.triu(diagonal=1) == 0), "a token attends to a later token"
         assert torch.all(w[:, :, 0, 0] == 1)  # the first token can only look at itself
-        _, _, v = attn_layer.project(x, rope)
+        _, _, v = attn_layer.project(x, rope, ve)  # ve: the layer's value embedding, where it has one
         y = w @ repeat_kv(v, attn_layer.n_head // attn_layer.n_kv_head)  # (B, nh, T, hs)
         y = attn_layer.proj(y.transpose(1, 2).reshape(2, 7, -1))
         torch.testing.assert_close(y, out, rtol=1e-5, atol=1e-6)  # weights @ V is the layer's output, either impl
@@ -438,3 +446,53 @@ def test_cached_decoding_equals_recomputing(attn, kw):
             pos = torch.full((2, 1), t)
             steps.append(model(idx[:, t : t + 1], pos, model.cache_mask(pos, t + 1)))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_value_embeddings_pair_layers_from_both_ends_and_mix_into_v():
+    """Table i feeds layers i and n_layer - 1 - i; each such layer mixes v = λ0 v + λ1 ve, λ from (0.5, 0.5)."""
+    model = GPT(tiny(n_layer=6, n_kv_head=2, value_embeds=2))
+    mixing = [i for i, block in enumerate(model.blocks) if block.attn.ve_lambdas is not None]
+    assert mixing == [0, 1, 4, 5]
+    assert [tuple(t.weight.shape) for t in model.value_embeds] == [(128, 16)] * 2  # padded vocab x (n_kv * hs)
+    assert model.blocks[0].attn.ve_lambdas.tolist() == [0.5, 0.5]
+    # the tables are lookups: parameters, but no FLOPs; the mixing weights never decay
+    plain = GPT(tiny(n_layer=6, n_kv_head=2))
+    assert model.num_params() == plain.num_params() + 2 * 128 * 16 + 4 * 2
+    assert model.flops_per_token() == plain.flops_per_token() + 4 * 2 * 6
+    _, no_decay = model.param_groups(0.1)
+    assert any(p is model.blocks[5].attn.ve_lambdas for p in no_decay["params"])
+
+
+def test_value_embeddings_at_lambda_1_0_and_unet_skips_at_weight_0_are_the_plain_model():
+    """With its mixing weights at (1, 0) and its skip weights at 0, the model computes what the plain one does;
+    at their initial values it does not: the additions are where the code says they are, and only there."""
+    torch.manual_seed(0)
+    plain = GPT(tiny(n_layer=4, value_embeds=0, unet_skips=False)).eval()
+    randomise_zero_weights(plain)
+    added = GPT(tiny(n_layer=4, value_embeds=2, unet_skips=True)).eval()
+    missing, unexpected = added.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == sorted(
+        ["skip_weights", "value_embeds.0.weight", "value_embeds.1.weight"]
+        + [f"blocks.{i}.attn.ve_lambdas" for i in range(4)]
+    )
+    x = torch.randint(0, 100, (2, 16))
+    assert not torch.allclose(added(x), plain(x), atol=1e-4)
+    with torch.no_grad():
+        for block in added.blocks:
+            block.attn.ve_lambdas.copy_(torch.tensor([1.0, 0.0]))
+        assert not torch.allclose(added(x), plain(x), atol=1e-4)  # the skips still add
+        added.skip_weights.zero_()
+    torch.testing.assert_close(added(x), plain(x))
+
+
+def test_unet_skips_add_the_first_halfs_outputs_to_the_second_halfs_inputs_in_reverse():
+    """Layer n_layer - 1 - i reads the output of layer i: with every block the identity (zero-initialised
+    projections), layer 3 of 4 gets x + w1 x (from layer 1's output, also x), then + w0 (x + w1 x)."""
+    model = GPT(tiny(n_layer=4, unet_skips=True, zero_init_proj=True)).eval()
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.tensor([2.0, 3.0]))
+    seen = []
+    model._run_blocks(
+        torch.ones(1, 1, 32), torch.zeros(1, 1, dtype=torch.long), None, before=lambda i, h: seen.append(h)
+    )
+    assert [float(h[0, 0, 0]) for h in seen] == [1.0, 1.0, 4.0, 6.0]  # 1, 1, 1 + 3 * 1, 4 + 2 * 1

@@ -15,6 +15,8 @@ from llm.errors import ConfigError
 from llm.model import GPT
 from llm.training import LitGPT
 from llm.training.optim import (
+    NS_COEFFICIENTS,
+    NS_NORM_SCALE,
     Muon,
     MuonWithAdamW,
     build_optimizer,
@@ -27,6 +29,7 @@ from tests.conftest import compose_train
 from tests.test_scale import final_weights, run_train
 
 HIDDEN = {"attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"}
+MUON = dict(lr=0.02, momentum=0.95, weight_decay=0.0, ns="quintic", normuon_beta2=None)  # conf/optim/muon.yaml's keys
 
 
 def tiny_model(seed: int = 0, **kw) -> GPT:
@@ -60,7 +63,7 @@ def test_adamw_is_one_adamw_over_the_decay_groups():
 @pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, pos="learned", norm="layernorm", bias=True)])
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(kw):
     net = tiny_model(**kw)
-    opt = build_optimizer(net, optim_preset("muon", lr=3e-3, muon=dict(lr=0.05, momentum=0.9, weight_decay=0.01)))
+    opt = build_optimizer(net, optim_preset("muon", lr=3e-3, muon=dict(MUON, lr=0.05, momentum=0.9, weight_decay=0.01)))
     assert isinstance(opt, MuonWithAdamW)
     names = {id(p): n for n, p in net.named_parameters()}
     muon = [names[id(p)] for g in opt.muon.param_groups for p in g["params"]]
@@ -114,10 +117,38 @@ def test_newton_schulz_is_torchs_in_bfloat16_and_orthogonalises_in_float32():
 
     g = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
     coefficients = (3.4445, -4.775, 2.0315)
-    ours = newton_schulz(g, coefficients, 5, 1e-7, torch.bfloat16)
+    ours = newton_schulz(g, [coefficients] * 5, 1e-7, torch.bfloat16)
     assert torch.equal(ours, _zeropower_via_newtonschulz(g, coefficients, 5, 1e-7))
-    singular = torch.linalg.svdvals(newton_schulz(g, coefficients, 5, 1e-7, torch.float32))
+    singular = torch.linalg.svdvals(newton_schulz(g, [coefficients] * 5, 1e-7, torch.float32))
     assert singular.min() > 0.5 and singular.max() < 1.3  # U V' up to the quintic's deliberate slack
+
+
+def test_polar_express_is_closer_to_orthogonal_in_the_same_five_steps():
+    """Polar Express's per-step polynomials (NS_COEFFICIENTS) leave the singular values nearer 1 than the quintic,
+    most of all the small ones a gradient of low effective rank has."""
+    g = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    g = g @ torch.diag(torch.logspace(0, -3, 32))  # singular values spread over three decades
+    spread = {}
+    for ns in ("quintic", "polar_express"):
+        x = newton_schulz(g, NS_COEFFICIENTS[ns], 1e-7, torch.float32, NS_NORM_SCALE[ns])
+        spread[ns] = (torch.linalg.svdvals(x) - 1).abs().mean().item()
+    assert spread["polar_express"] < 0.7 * spread["quintic"]
+
+
+def test_normuon_evens_out_the_rows_of_the_update_and_keeps_its_norm():
+    net = tiny_model()
+    muon = dict(lr=0.02, momentum=0.95, weight_decay=0.0, ns="polar_express", normuon_beta2=0.95)
+    opt = build_optimizer(net, optim_preset("muon", muon=muon))
+    assert {(g["ns"], g["normuon_beta2"]) for g in opt.muon.param_groups} == {("polar_express", 0.95)}
+    update = torch.randn(8, 16) * torch.linspace(0.1, 3, 8)[:, None]  # rows of very different sizes
+    state: dict = {}
+    out = Muon._normalise_rows(state, update, 0.0, 1e-7)  # beta2 0: this step's row RMS alone
+    rms = out.square().mean(dim=1)
+    assert torch.allclose(rms, rms.mean().expand(8), rtol=1e-4)  # every row the same RMS
+    assert out.norm().item() == pytest.approx(update.norm().item(), rel=1e-5)  # the whole keeps its norm
+    assert state["row_second_moment"].shape == (8, 1)
+    train_steps(net, opt, range(2))
+    assert all(opt.muon.state[p]["row_second_moment"].shape == (p.size(0), 1) for p in hidden_matrices(net))
 
 
 def test_muon_steps_like_torchs_with_the_same_state():
@@ -132,6 +163,7 @@ def test_muon_steps_like_torchs_with_the_same_state():
     for a, b in zip(hidden_matrices(nets[0]), hidden_matrices(nets[1]), strict=True):
         assert torch.equal(a, b)
     mine, theirs = ours.state_dict(), torchs.state_dict()
+    assert [(g.pop("ns"), g.pop("normuon_beta2")) for g in mine["param_groups"]] == [("quintic", None)]
     assert mine["param_groups"] == theirs["param_groups"]
     assert all(
         torch.equal(mine["state"][k]["momentum_buffer"], v["momentum_buffer"]) for k, v in theirs["state"].items()
@@ -152,11 +184,13 @@ def test_flat_parameters_are_refused_by_muon():
         (dict(lr=0.0), "optim.lr=0.0 must be > 0"),
         (dict(beta2=1.0), "optim.beta2=1.0 must be in [0, 1)"),
         (dict(warmup_steps=2.5), "optim.warmup_steps=2.5 must be a whole number >= 0"),
-        (dict(muon=dict(lr=-1, momentum=0.95, weight_decay=0.0)), "optim.muon.lr=-1 must be > 0"),
-        (dict(muon=dict(lr=0.02, momentum=1.0, weight_decay=0.0)), "optim.muon.momentum=1.0 must be in [0, 1)"),
+        (dict(muon=dict(MUON, lr=-1)), "optim.muon.lr=-1 must be > 0"),
+        (dict(muon=dict(MUON, momentum=1.0)), "optim.muon.momentum=1.0 must be in [0, 1)"),
+        (dict(muon=dict(MUON, ns="cubic")), "optim.muon.ns='cubic' is not one of ['quintic', 'polar_express']"),
+        (dict(muon=dict(MUON, normuon_beta2=1)), "optim.muon.normuon_beta2=1 must be in [0, 1), or null for plain"),
         (dict(muon=dict(lr=0.02, momentum=0.9)), "optim.muon lacks the key 'weight_decay'"),
-        (dict(muon=dict(lr=0.02, momentum=0.9, weight_decay=0, nesterov=True)), "optim.muon has no key 'nesterov'"),
-        (dict(muon="yes"), "optim.muon='yes' must be null or a node with keys lr, momentum, weight_decay"),
+        (dict(muon=dict(MUON, nesterov=True)), "optim.muon has no key 'nesterov'"),
+        (dict(muon="yes"), "optim.muon='yes' must be null or a node with keys lr, momentum, weight_decay, ns, normuon"),
         (dict(betas=(0.9, 0.9)), "optim has no key 'betas'"),
     ],
 )
@@ -257,3 +291,30 @@ def test_fine_tuning_keeps_its_learning_rate_at_any_width():
 def test_a_bad_base_width_is_named(value):
     with pytest.raises(ConfigError, match="optim.base_width"):
         optim_preset("muon", base_width=value)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_cools_down_linearly():
+    from llm.training.schedule import lr_schedule, warmup_stable_decay
+
+    m = [warmup_stable_decay(step, 2, 20, 0.1, 0.25) for step in range(22)]
+    assert m[:2] == pytest.approx([1 / 3, 2 / 3])  # warmup, as the cosine's
+    assert m[2:15] == [1.0] * 13  # stable until the last 25% of 20 steps
+    assert m[15:20] == pytest.approx([0.1 + 0.9 * k / 5 for k in (5, 4, 3, 2, 1)])  # linear, 1 -> 0.1
+    assert m[20:] == [0.1, 0.1]  # the floor after the end
+    assert lr_schedule("wsd", 2, 20, 0.1, 0.25)(16) == m[16]
+    assert lr_schedule("cosine", 2, 20, 0.1, 0.25)(16) == warmup_cosine(16, 2, 20, 0.1)
+    cosine = [warmup_cosine(step, 2, 20, 0.1) for step in range(20)]
+    assert sum(m[:20]) > sum(cosine)  # more of the run at the peak
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schedule": "linear"}, "optim.schedule='linear' is not one of ['cosine', 'wsd']"),
+        ({"cooldown_frac": 0.0}, "optim.cooldown_frac=0.0 must be in (0, 1]"),
+    ],
+)
+def test_a_bad_schedule_names_the_key_and_the_allowed_values(change, message):
+    with pytest.raises(ConfigError) as e:
+        optim_preset("muon", **change)
+    assert str(e.value) == message

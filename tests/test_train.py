@@ -119,6 +119,31 @@ def test_resume_continues_from_last_checkpoint(trained, train_cfg):
     assert ckpt["global_step"] == 28
 
 
+def test_modded_nanogpt_switches_train_and_resume(train_cfg):
+    """Value embeddings, U-net skips and the warmup-stable-decay schedule through train.py: trained, saved,
+    resumed with their weights and the schedule's step, and loaded for inference."""
+    keys = (
+        "+model.config.value_embeds=1",
+        "+model.config.unet_skips=true",
+        "optim.schedule=wsd",
+        "optim.warmup_steps=2",
+    )
+    cfg = train_cfg(*keys, "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    lr = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("lr")}
+    assert [lr[step] for step in (2, 3, 4, 5)] == pytest.approx([cfg.optim.lr] * 4)  # stable at the peak
+    assert lr[6] > lr[7] > lr[8] > lr[9]  # then the cooldown of the last 40%
+    resumed = train_cfg(*keys, "trainer.max_steps=14", "trainer.val_check_interval=5", f"ckpt_path={run}")
+    train(resumed)
+    last = Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 14
+    model, _, _ = load_checkpoint(last)
+    assert model.config.value_embeds == 1 and model.skip_weights is not None
+    assert any(k.endswith("value_embeds.0.weight") for k in ckpt["state_dict"])
+
+
 def test_resuming_on_another_corpus_is_a_clear_error(trained, tmp_path, corpus):
     cfg, _ = trained
     other = tmp_path / "other"

@@ -127,6 +127,8 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
             qk_norm=False,
             logit_softcap=None,
             tie_embeddings=hf.get("tie_word_embeddings", True),
+            value_embeds=0,
+            unet_skips=False,
             mlp_hidden=hf.get("n_inner") or 4 * n_embd,
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         )
@@ -148,6 +150,8 @@ def config_from_hf(hf: dict, source: str = "DIR") -> dict:
         qk_norm=kind == "qwen3",  # Qwen3's q_norm, k_norm: one gain of head_dim per layer, before rope, as ours
         logit_softcap=None,
         tie_embeddings=hf.get("tie_word_embeddings", False),
+        value_embeds=0,
+        unet_skips=False,
         mlp_hidden=hf["intermediate_size"],
         rope_base=_rope_theta(hf, []),
         norm_eps=hf.get("rms_norm_eps", 1e-6),

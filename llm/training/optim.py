@@ -25,14 +25,38 @@ from llm.training.schedule import SCHEDULES
 log = logging.getLogger(__name__)
 
 
+# Newton-Schulz's polynomial a x + b x³ + c x⁵ at each of its five steps. quintic: Muon's one polynomial, five
+# times (Jordan et al. 2024). polar_express: a polynomial per step, each the best for the singular values that the
+# steps before leave (Amsel et al. 2025, "The Polar Express", for 5 steps, safety factor 0.02 and cushion 2; the
+# modded-nanogpt speedrun's): closer to orthogonal in the same five steps.
+NS_COEFFICIENTS = {
+    "quintic": [(3.4445, -4.7750, 2.0315)] * 5,
+    "polar_express": [
+        (8.156554524902461, -22.48329292557795, 15.878769915207462),
+        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+    ],
+}
+NS_NORM_SCALE = {"quintic": 1.0, "polar_express": 1.02}  # the input is divided by its Frobenius norm times this
+
+
 @dataclass
 class MuonConfig:
     lr: float  # peak learning rate of the hidden matrices
     momentum: float  # Nesterov momentum of the gradient that Newton-Schulz orthogonalises
     weight_decay: float  # decoupled: each step multiplies the matrices by 1 - lr * weight_decay
+    ns: str  # Newton-Schulz's coefficients: quintic (Muon's) or polar_express (NS_COEFFICIENTS)
+    normuon_beta2: float | None  # NorMuon: each output row of the update divided by its running RMS; None: off
 
     def __post_init__(self) -> None:
         _check("optim.muon", self, {"lr": _positive, "momentum": _fraction, "weight_decay": _non_negative})
+        if self.ns not in NS_COEFFICIENTS:
+            raise ConfigError(f"optim.muon.ns={self.ns!r} is not one of {list(NS_COEFFICIENTS)}")
+        b2 = self.normuon_beta2
+        if b2 is not None and (isinstance(b2, bool) or not isinstance(b2, int | float) or not 0 <= b2 < 1):
+            raise ConfigError(f"optim.muon.normuon_beta2={b2!r} must be in [0, 1), or null for plain Muon")
 
 
 @dataclass
@@ -54,7 +78,8 @@ class OptimConfig:
         if isinstance(self.muon, Mapping):
             self.muon = make_config(MuonConfig, self.muon, "optim.muon")
         elif self.muon is not None and not isinstance(self.muon, MuonConfig):
-            raise ConfigError(f"optim.muon={self.muon!r} must be null or a node with keys lr, momentum, weight_decay")
+            keys = ", ".join(f.name for f in fields(MuonConfig))
+            raise ConfigError(f"optim.muon={self.muon!r} must be null or a node with keys {keys}")
         rules = {
             "lr": _positive,
             "weight_decay": _non_negative,
@@ -125,18 +150,22 @@ def hidden_matrices(net: GPT) -> list[nn.Parameter]:
 
 
 def newton_schulz(
-    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+    g: torch.Tensor,
+    coefficients: list[tuple[float, float, float]],
+    eps: float,
+    dtype: torch.dtype,
+    norm_scale: float = 1.0,
 ):
-    """An approximately orthogonal matrix U V' near the (rows, cols) matrix g = U S V' (Muon's quintic iteration).
+    """An approximately orthogonal matrix U V' near the (rows, cols) matrix g = U S V': one step of
+    x <- a x + b (x x') x + c (x x')² x per (a, b, c) of coefficients (NS_COEFFICIENTS).
 
-    The same sequence of operations as torch.optim.Muon's, in `dtype`: bfloat16 there always, here only where
-    matmuls are fast in it (GPUs); CPUs without native bfloat16 run it ~20x slower than float32."""
-    a, b, c = coefficients
+    With quintic's, the same sequence of operations as torch.optim.Muon's, in `dtype`: bfloat16 there always, here
+    only where matmuls are fast in it (GPUs); CPUs without native bfloat16 run it ~20x slower than float32."""
     x = g.to(dtype)
     if g.size(0) > g.size(1):
         x = x.T  # (short, long): the Gram matrix x x' is the smaller square
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    x = x / (x.norm() * norm_scale).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for a, b, c in coefficients:
         gram = x @ x.T
         poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G²
         x = torch.addmm(x, poly, x, beta=a)  # a x + (b G + c G²) x
@@ -146,9 +175,17 @@ def newton_schulz(
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon (same arguments, same state, same update) with Newton-Schulz in float32 on CPUs."""
+    """torch.optim.Muon (same arguments, same state, same update) with Newton-Schulz in float32 on CPUs; and,
+    where asked, Polar Express's coefficients (ns="polar_express") and NorMuon's row normalisation
+    (normuon_beta2, Li et al. 2025): each output row of the orthogonalised update divided by its running RMS,
+    then the whole rescaled to the norm it had, so rows that Newton-Schulz left large stop dominating."""
 
     ns_dtype: torch.dtype | None = None  # None: bfloat16 on GPUs, float32 elsewhere
+
+    def __init__(self, params, *, ns: str = "quintic", normuon_beta2: float | None = None, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        for group in self.param_groups:  # saved with the groups: a resumed run keeps them
+            group.update(ns=ns, normuon_beta2=normuon_beta2)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -168,10 +205,26 @@ class Muon(torch.optim.Muon):
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
                 dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
-                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                ns = group["ns"]
+                coefficients = (
+                    NS_COEFFICIENTS[ns] if ns != "quintic" else [group["ns_coefficients"]] * group["ns_steps"]
+                )
+                update = newton_schulz(update, coefficients, group["eps"], dtype, NS_NORM_SCALE[ns])
+                if group["normuon_beta2"] is not None:
+                    update = self._normalise_rows(state, update.float(), group["normuon_beta2"], group["eps"])
                 p.mul_(1 - lr * decay)
                 p.add_(update, alpha=-lr * _muon_lr_scale(group["adjust_lr_fn"], p.shape))
         return loss
+
+    @staticmethod
+    def _normalise_rows(state: dict, update: torch.Tensor, beta2: float, eps: float) -> torch.Tensor:
+        """NorMuon: update / sqrt(v), v the running mean square of each output row, rescaled to update's norm."""
+        if "row_second_moment" not in state:
+            state["row_second_moment"] = torch.zeros(update.size(0), 1, device=update.device)
+        v = state["row_second_moment"]
+        v.lerp_(update.square().mean(dim=1, keepdim=True), 1 - beta2)
+        normed = update / (v.sqrt() + eps)
+        return normed * (update.norm() / normed.norm().clamp(min=eps))
 
 
 def _muon_lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
@@ -247,17 +300,22 @@ def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.
     ids = {id(p) for p in hidden}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
     m = optim.muon
-    muon = Muon(hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
+    muon = Muon(
+        hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay, ns=m.ns, normuon_beta2=m.normuon_beta2
+    )
     return MuonWithAdamW(muon, torch.optim.AdamW([g for g in rest if g["params"]], **adamw_kwargs))
 
 
 def memory_estimate(net: GPT, optim: OptimConfig) -> dict[str, int]:
     """Bytes a training step keeps besides activations: the weights, the gradients of those that train, and the
-    optimizer's state (AdamW: two moments per parameter; Muon: one momentum per hidden-matrix entry)."""
+    optimizer's state (AdamW: two moments per parameter; Muon: one momentum per hidden-matrix entry, and under
+    NorMuon one second moment per row)."""
     params = list(net.parameters())  # a tied matrix once
     trainable = [p for p in params if p.requires_grad]
     muon = {id(p) for p in hidden_matrices(net)} if optim.muon is not None else set()
     states = sum((1 if id(p) in muon else 2) * p.numel() * p.element_size() for p in trainable)
+    if optim.muon is not None and optim.muon.normuon_beta2 is not None:
+        states += sum(4 * p.size(0) for p in trainable if id(p) in muon)  # float32
     return {
         "weights": sum(p.numel() * p.element_size() for p in params),
         "gradients": sum(p.numel() * p.element_size() for p in trainable),

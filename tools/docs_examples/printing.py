@@ -12,7 +12,7 @@ from llm.model import GPT, GPTConfig
 
 PRESETS = ("tiny", "small", "gpt2-124m")
 # The worked examples show the plain transformer: no QK-norm or soft-cap, tied embeddings, scaled init.
-PLAIN = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True)
+PLAIN = dict(qk_norm=False, zero_init_proj=False, logit_softcap=None, tie_embeddings=True, value_embeds=0)
 
 
 def toy_config(**overrides) -> GPTConfig:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from llm.config import config_dir, model_preset
 from llm.model import GPT
 from llm.training.precision import resolve_precision
-from llm.training.schedule import warmup_cosine
+from llm.training.schedule import lr_schedule
 from tools.docs_examples.printing import PRESETS, number, numbers, on_meta, table, text, toy_config
 
 CONF_DIR = config_dir()
@@ -69,12 +69,20 @@ def render_schedule() -> str:
     o = d["optim"]
     total = d["max_steps"]
     w = o["warmup_steps"]
-    # through the warmup, along the cosine, and its end
-    steps = sorted({0, w // 5, w // 2, w - 1, w, *(w + (total - w) * k // 4 for k in (1, 2, 3)), total - 1, total})
+    if o["schedule"] == "wsd":  # through the warmup, the plateau, the cooldown, and its end
+        cool = total - max(1, round(o["cooldown_frac"] * total))
+        middle = (w + (cool - w) // 2, cool - 1, cool, cool + (total - cool) // 2)
+        call = f"warmup_stable_decay(step, warmup_steps={w}, total_steps={total}, min_lr_ratio={o['min_lr_ratio']}, "
+        call += f"cooldown_frac={o['cooldown_frac']})"
+    else:  # through the warmup, along the cosine, and its end
+        middle = tuple(w + (total - w) * k // 4 for k in (1, 2, 3))
+        call = f"warmup_cosine(step, warmup_steps={w}, total_steps={total}, min_lr_ratio={o['min_lr_ratio']})"
+    steps = sorted({0, w // 5, w // 2, max(0, w - 1), w, *middle, total - 1, total})
+    multiplier = lr_schedule(o["schedule"], w, total, o["min_lr_ratio"], o["cooldown_frac"])
     muon = o.get("muon")  # optim=muon: the hidden matrices' own peak, on the same schedule
     rows = []
     for step in steps:
-        m = warmup_cosine(step, w, total, o["min_lr_ratio"])
+        m = multiplier(step)
         row = [step, number(m, 4), f"{m * o['lr']:.2e}"]
         rows.append([*row, f"{m * muon['lr']:.2e}"] if muon else row)
     peaks = f"`optim.lr={o['lr']}`"
@@ -82,8 +90,7 @@ def render_schedule() -> str:
     if muon:
         peaks += f" (AdamW) and `optim.muon.lr={muon['lr']}` (Muon)"
         columns.append("muon lr")
-    schedule = f"warmup_cosine(step, warmup_steps={w}, total_steps={total}, min_lr_ratio={o['min_lr_ratio']})"
-    return f"`{schedule}` times {peaks}:\n\n" + table(columns, rows)
+    return f"`{call}` times {peaks}:\n\n" + table(columns, rows)
 
 
 def accumulation_example(micro: int = 4, seed: int = 0) -> dict[str, float]:
