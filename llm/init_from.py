@@ -93,10 +93,12 @@ class Start:
 
 
 def _fit_rows(state: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:
-    """state with its embedding and output rows grown to model's (a vocabulary that grew): new rows at the mean."""
+    """state with its embedding, value-embedding and output rows grown to model's (a vocabulary that grew): new
+    rows at the mean."""
     own = model.state_dict()
     fitted = dict(state)
-    for name in ("wte.weight", "lm_head.weight"):
+    tables = [f"value_embeds.{i}.weight" for i in range(len(model.value_embeds))]
+    for name in ("wte.weight", "lm_head.weight", *tables):
         if name in state and state[name].shape[0] < own[name].shape[0]:
             old = state[name]
             grown = old.mean(0, keepdim=True).expand(own[name].shape[0] - old.shape[0], -1)

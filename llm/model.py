@@ -94,9 +94,10 @@ class GPTConfig:
         if self.pos == "rope" and self.head_size % 2:
             raise ConfigError(f"rotary embedding needs an even head size, got {self.head_size}")
         ve = self.value_embeds
-        if isinstance(ve, bool) or not isinstance(ve, int) or not 0 <= ve <= self.n_layer // 2:
+        most = (self.n_layer + 1) // 2  # one table per pair of layers from both ends (the middle layer: its own)
+        if isinstance(ve, bool) or not isinstance(ve, int) or not 0 <= ve <= most:
             raise ConfigError(
-                f"model.config.value_embeds={ve!r} must be a whole number from 0 to n_layer // 2 = {self.n_layer // 2}"
+                f"model.config.value_embeds={ve!r} must be a whole number from 0 to (n_layer + 1) // 2 = {most}"
             )
         if self.mlp_hidden is None:
             if self.mlp != "swiglu":

@@ -149,6 +149,11 @@ def test_conversations_not_lines_are_split() -> None:
 # ---------------------------------------------------------------------------------------------- end to end
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "zo", "pe", "ni", "sa", "do", "gu"]
+EXPORTABLE = [
+    "model.config.mlp=swiglu",
+    "model.config.norm=rmsnorm",
+    "model.config.value_embeds=0",
+]  # experiment=exportable's
 SHAPE = [
     "model.config.n_layer=2",
     "model.config.n_embd=64",
@@ -156,7 +161,7 @@ SHAPE = [
     "model.config.n_kv_head=2",
     "model.config.block_size=128",
     "model.config.vocab_size=512",
-    "model.config.mlp=swiglu",  # with QK-norm: Qwen3's layout, so the tuned model exports (docs/export.md)
+    *EXPORTABLE,  # with QK-norm: Qwen3's layout, so the tuned model exports (docs/export.md)
     "trainer.accelerator=cpu",
     "data.batch_size=8",
 ]

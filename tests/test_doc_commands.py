@@ -224,7 +224,7 @@ class World:
     @property
     def exportable(self) -> Path:
         """The same in the Llama layout (docs/export.md): what an export line reads. Made once."""
-        return self.reference_run("exportable", ["model.config.mlp=swiglu", "model.config.qk_norm=false"])
+        return self.reference_run("exportable", ["experiment=exportable", "model.config.qk_norm=false"])  # Llama's
 
     def reference_run(self, name: str, overrides: list[str]) -> Path:
         run_dir = self.root / name

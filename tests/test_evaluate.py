@@ -28,7 +28,13 @@ from tests.conftest import compose_train  # noqa: E402
 pytest.importorskip("lm_eval")
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPORTABLE = ["model.config.mlp=swiglu", "model.config.qk_norm=false"]  # the Llama layout: format=hf exports it
+# experiment=exportable's keys and no QK-norm: the Llama layout, so format=hf exports it
+EXPORTABLE = [
+    "model.config.mlp=swiglu",
+    "model.config.norm=rmsnorm",
+    "model.config.value_embeds=0",
+    "model.config.qk_norm=false",
+]
 WORDS = "the quick brown fox jumps over a lazy dog while seven small red birds sing in the old oak tree".split()
 
 

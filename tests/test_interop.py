@@ -22,7 +22,7 @@ from llm.export import export  # noqa: E402
 from llm.interop.gguf import permute_rotary  # noqa: E402
 from llm.interop.hf import config_from_hf, export_layout, load_pretrained  # noqa: E402
 from llm.interop.tokenizer import save_hf_tokenizer  # noqa: E402
-from llm.model import GPT, apply_rope, rope_cache  # noqa: E402
+from llm.model import GPT, GPTConfig, apply_rope, rope_cache  # noqa: E402
 from llm.sampler import SamplingParams, generate_ids  # noqa: E402
 from llm.tokenizer import EOD, load_tokenizer, train_tokenizer  # noqa: E402
 from tests.conftest import compose_train  # noqa: E402
@@ -190,12 +190,7 @@ def test_export_refuses_what_no_layout_computes_and_names_the_fix() -> None:
         export_layout(model_preset("tiny", **llama, unet_skips=True))
 
 
-LLAMA_LAYOUT = [  # tiny's switches that Llama lacks
-    "model.config.mlp=swiglu",
-    "model.config.qk_norm=false",
-    "model.config.norm=rmsnorm",
-    "model.config.value_embeds=0",
-]
+LLAMA_LAYOUT = ["experiment=exportable", "model.config.qk_norm=false"]  # tiny's switches that Llama lacks
 GPT2_SHRUNK = ["model=gpt2-124m"]  # conftest's TINY shrinks it: 2 layers x 32, 1 K/V head (expanded on export)
 
 
@@ -643,3 +638,14 @@ def test_finetune_a_qwen3_base_with_its_tokenizer_and_export_it_again(tmp_path: 
     fields, tensors = _read_gguf(export(ckpt, "gguf", tmp_path / "m.gguf", dtype="q8_0"))
     assert fields["general.architecture"] == "qwen3" and fields["tokenizer.ggml.pre"] == "qwen2"
     assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0 and "blk.1.attn_k_norm.weight" in tensors
+
+
+@pytest.mark.parametrize(("extra", "layout"), [([], "qwen3"), (["model.config.qk_norm=false"], "llama")])
+def test_experiment_exportable_is_the_default_recipe_in_a_layout_export_writes(tmp_path, extra, layout) -> None:
+    """experiment=exportable changes only what no layout computes: the rest is the default recipe."""
+    default = compose_train(tmp_path, [], tiny=False).model.config
+    exportable = compose_train(tmp_path, ["experiment=exportable", *extra], tiny=False).model.config
+    config = GPTConfig(**{k: v for k, v in exportable.items() if k != "_target_"})
+    assert export_layout(config) == layout
+    changed = {k for k in default if default[k] != exportable[k]}
+    assert changed == {"mlp", "norm", "value_embeds"} | ({"qk_norm"} if extra else set())

@@ -24,7 +24,8 @@ from tests.conftest import compose_train
 from tests.test_scale import ROOT, run_train
 
 NO_EVAL = ["callbacks.evaluate.tasks=[]"]
-EXPORTABLE = ["model.config.mlp=swiglu"]  # with QK-norm: the Qwen3 layout, so the merged model exports
+# experiment=exportable's keys: with QK-norm the Qwen3 layout, so the merged model exports
+EXPORTABLE = ["model.config.mlp=swiglu", "model.config.norm=rmsnorm", "model.config.value_embeds=0"]
 
 
 class SaveParameters(L.Callback):

@@ -159,8 +159,8 @@ def test_param_groups_decay_matrices_only(kw):
         (dict(head_dim="64"), "model.config.head_dim='64' must be an integer >= 1, or null for n_embd / n_head"),
         (dict(head_dim=5), "rotary embedding needs an even head size, got 5"),
         (dict(n_head=3, head_dim=None), "must be divisible by model.config.n_head=3, or model.config.head_dim set"),
-        (dict(value_embeds=2), "model.config.value_embeds=2 must be a whole number from 0 to n_layer // 2 = 1"),
-        (dict(value_embeds=True), "model.config.value_embeds=True must be a whole number from 0 to n_layer // 2"),
+        (dict(value_embeds=2), "model.config.value_embeds=2 must be a whole number from 0 to (n_layer + 1) // 2 = 1"),
+        (dict(value_embeds=True), "model.config.value_embeds=True must be a whole number from 0 to (n_layer + 1) // 2"),
         (dict(unet_skips="yes"), "model.config.unet_skips='yes' is not one of [true, false]"),
     ],
 )

@@ -123,8 +123,8 @@ def test_modded_nanogpt_switches_train_and_resume(train_cfg):
     """Value embeddings, U-net skips and the warmup-stable-decay schedule through train.py: trained, saved,
     resumed with their weights and the schedule's step, and loaded for inference."""
     keys = (
-        "+model.config.value_embeds=1",
-        "+model.config.unet_skips=true",
+        "model.config.value_embeds=1",
+        "model.config.unet_skips=true",
         "optim.schedule=wsd",
         "optim.warmup_steps=2",
     )
@@ -192,7 +192,8 @@ def test_compiled_training_matches_eager() -> None:
         assert hasattr(module._cross_entropy, "_torchdynamo_orig_callable") == compile  # the loss compiled too
         weights[compile] = dict(module.net.named_parameters())  # names unchanged by compiling
     for name, eager in weights[False].items():
-        torch.testing.assert_close(weights[True][name], eager, rtol=1e-4, atol=1e-5)
+        # the compiled LayerNorm rounds differently from eager's: a few 1e-5 after three AdamW steps of 1e-2
+        torch.testing.assert_close(weights[True][name], eager, rtol=1e-3, atol=1e-4)
     torch.manual_seed(0)
     init = GPT(config).state_dict()
     assert all((p != init[n]).any() for n, p in weights[False].items())  # every weight moved
