@@ -66,7 +66,11 @@ def layout(model: GPT) -> str:
     c = model.config
     heads = f"{c.n_head} heads" + (f" ({c.n_kv_head} K/V)" if c.n_kv_head != c.n_head else "")
     parts = [f"{c.n_layer} layers × {c.n_embd}", heads, f"context {c.block_size}", f"vocab {c.vocab_size:,}"]
-    parts += [c.pos, c.norm, c.mlp] + (["QK-norm"] if c.qk_norm else []) + (["tied"] if c.tie_embeddings else [])
+    parts += [c.pos, c.norm, c.mlp] + (["QK-norm"] if c.qk_norm else [])
+    parts += ([f"value embeddings × {c.value_embeds}"] if c.value_embeds else []) + (
+        ["U-net skips"] if c.unet_skips else []
+    )
+    parts += ["tied"] if c.tie_embeddings else []
     return ", ".join(parts)
 
 
