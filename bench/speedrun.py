@@ -109,11 +109,12 @@ def default_choices() -> dict[str, str]:
 
 
 def recipes(
-    preset: str, vocab_size: int, peer_beta2: tuple[float, ...] = NANOGPT_BETA2
+    preset: str, vocab_size: int, peer_beta2: tuple[float, ...] = NANOGPT_BETA2, peer_warmup: int | None = None
 ) -> tuple[list[Recipe], Recipe, Recipe]:
     """(nanoGPT's variants, ours, modded-nanogpt's) at the size of `preset`, all reading `vocab_size` tokens.
 
-    nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both."""
+    nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both. Its warmup is
+    conf/optim/adamw.yaml's steps unless `peer_warmup` says otherwise (a short run spends much of itself there)."""
     size = dict(vocab_size=vocab_size, dropout=0.0, attn="sdpa")
     shape = model_preset(preset, **size)
     nanogpt = replace(shape, **GPT2_BLOCK, n_kv_head=shape.n_head)
@@ -127,6 +128,8 @@ def recipes(
         ours = replace(shape, **arch, mlp_hidden=None, n_kv_head=max(1, shape.n_head // ratio))
     # each optimizer at its lrs for this width (OptimConfig.for_width), as train.py builds it
     adamw = optim_preset("adamw").for_width(shape.n_embd)
+    if peer_warmup is not None:
+        adamw = replace(adamw, warmup_steps=peer_warmup)
     peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in peer_beta2]
     ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
     return peers, ours, modded(ours)
@@ -548,6 +551,11 @@ def main() -> None:
         help="nanoGPT's β2 values (default: 0.95,0.99, both that its configs set)",
     )
     parser.add_argument(
+        "--peer-warmup",
+        type=int,
+        help="nanoGPT's warmup in optimizer steps (default: conf/optim/adamw.yaml's; a short run may want fewer)",
+    )
+    parser.add_argument(
         "--ablate",
         nargs="*",
         metavar="NAME",
@@ -575,7 +583,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
-    peers, ours, third = recipes(settings["preset"], meta["vocab_size"], args.peer_beta2)
+    peers, ours, third = recipes(settings["preset"], meta["vocab_size"], args.peer_beta2, args.peer_warmup)
     block = ours.model.block_size
     data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
     nbytes = token_bytes(tokenizer)
@@ -611,7 +619,9 @@ def main() -> None:
         f"modded-nanogpt {pc:,} ({pc / pa - 1:+.1%}: its untied head and value embeddings)",
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
         f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
-        f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}), best vs best; runs interleaved step by step; "
+        f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}, warmup {peers[0].optim.warmup_steps} steps; ours "
+        f"{ours.optim.warmup_steps}, modded-nanogpt {third.optim.warmup_steps}), best vs best; "
+        "runs interleaved step by step; "
         f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
         f"{time.strftime('%Y-%m-%d')}, {provenance.describe()}",
     ]

@@ -1,5 +1,7 @@
 """bench/speedrun.py's recipes: the rows it compares are the configs train.py would build, changed where it says."""
 
+from dataclasses import replace
+
 import pytest
 
 from bench.speedrun import MODDED_MUON, ablations, other_optimizer, recipes
@@ -23,6 +25,15 @@ def test_the_three_recipes_are_nanogpt_ours_and_modded_nanogpt_at_one_size(prese
     assert (o.schedule, o.warmup_steps, o.beta1, o.weight_decay) == ("wsd", 0, 0.8, 0.0)
     assert o.muon.lr == pytest.approx(MODDED_MUON["lr"] * ours.optim.muon.lr / optim_preset("muon").muon.lr)
     assert (o.muon.ns, o.muon.normuon_beta2) == ("polar_express", 0.95)
+    assert all(p.optim.warmup_steps == optim_preset("adamw").warmup_steps for p in peers)
+
+
+def test_peer_warmup_changes_only_nanogpts_warmup():
+    peers, ours, modded = recipes("small", vocab_size=2048)
+    short, ours2, modded2 = recipes("small", vocab_size=2048, peer_warmup=7)
+    assert [p.optim.warmup_steps for p in short] == [7, 7]
+    assert [replace(p.optim, warmup_steps=0) for p in short] == [replace(p.optim, warmup_steps=0) for p in peers]
+    assert (ours2, modded2) == (ours, modded)
 
 
 def test_ablations_change_one_thing_each_and_only_an_optimizer_swap_sweeps_its_own_lrs():
