@@ -51,6 +51,7 @@ from tokenizers import Tokenizer
 from llm import provenance
 from llm.config import config_dir, model_preset, register_resolvers
 from llm.model import GPT, GPTConfig
+from llm.training.objective import mtp_weights_at, multi_token_losses
 from llm.training.optim import OptimConfig, build_optimizer, optim_preset
 from llm.training.schedule import lr_schedule
 
@@ -83,6 +84,7 @@ ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside it
 MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False, norm="rmsnorm")
 MODDED_OPTIM = dict(beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4)
 MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
+MODDED_MTP = (0.5, 0.25)  # multi-token prediction's weights of tokens t+2 and t+3, at 0 by 2/3 of the run
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
     "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
@@ -149,7 +151,7 @@ def modded(ours: Recipe) -> Recipe:
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
     choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
-    U-net skips, warmup-stable-decay schedule, Polar Express and NorMuon), one at a time."""
+    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon and multi-token prediction), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
@@ -160,6 +162,9 @@ def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
             if getattr(ours.optim.muon, key) != value:
                 muon = replace(ours.optim.muon, **{key: value})
                 out.append(Recipe(f"ours, muon.{key}={value}", ours.model, replace(ours.optim, muon=muon)))
+    if not ours.optim.mtp_weights:  # modded-nanogpt's multi-token prediction, decayed to next-token by 2/3
+        mtp = replace(ours.optim, mtp_weights=MODDED_MTP)
+        out.append(Recipe(f"ours, mtp_weights={list(MODDED_MTP)}", ours.model, mtp))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
     changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("tie_embeddings", False), ("qk_norm", True)]
     changes += [("value_embeds", value_embed_tables(ours.model.n_layer)), ("unet_skips", True), ("norm", "rmsnorm")]
@@ -282,7 +287,8 @@ class Run:
         x, y = next(self.batches)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
             logits = self.net(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        weights = mtp_weights_at(o.mtp_weights, self.steps, self.expected_steps(), o.mtp_decay_frac)
+        loss = multi_token_losses(logits, y, weights)[1]  # the next-token loss alone unless optim.mtp_weights
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)

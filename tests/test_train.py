@@ -120,13 +120,15 @@ def test_resume_continues_from_last_checkpoint(trained, train_cfg):
 
 
 def test_modded_nanogpt_switches_train_and_resume(train_cfg):
-    """Value embeddings, U-net skips and the warmup-stable-decay schedule through train.py: trained, saved,
-    resumed with their weights and the schedule's step, and loaded for inference."""
+    """Value embeddings, U-net skips, the warmup-stable-decay schedule and multi-token prediction through train.py:
+    trained, saved, resumed with their weights and the schedule's step, and loaded for inference."""
     keys = (
         "model.config.value_embeds=1",
         "model.config.unet_skips=true",
         "optim.schedule=wsd",
         "optim.warmup_steps=2",
+        "optim.mtp_weights=[0.5,0.25]",
+        "optim.mtp_decay_frac=0.5",
     )
     cfg = train_cfg(*keys, "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1")
     train(cfg)
@@ -134,6 +136,9 @@ def test_modded_nanogpt_switches_train_and_resume(train_cfg):
     lr = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("lr")}
     assert [lr[step] for step in (2, 3, 4, 5)] == pytest.approx([cfg.optim.lr] * 4)  # stable at the peak
     assert lr[6] > lr[7] > lr[8] > lr[9]  # then the cooldown of the last 40%
+    rows = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("train/mtp_objective")]
+    gap = {int(r["step"]): float(r["train/mtp_objective"]) - float(r["train/loss"]) for r in rows}
+    assert gap[0] != 0 and all(gap[step] == 0 for step in gap if step >= 5)  # next-token alone from half-way
     resumed = train_cfg(*keys, "trainer.max_steps=14", "trainer.val_check_interval=5", f"ckpt_path={run}")
     train(resumed)
     last = Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt"

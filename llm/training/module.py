@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, Metric
 
@@ -16,6 +15,7 @@ from llm.checkpoint import TOKENIZER, add_entries
 from llm.errors import ConfigError
 from llm.model import GPT
 from llm.tokenizer import IGNORE
+from llm.training.objective import mtp_weights_at, multi_token_losses, token_cross_entropy
 from llm.training.optim import OptimConfig, build_optimizer, make_config
 from llm.training.schedule import lr_schedule
 
@@ -46,14 +46,6 @@ class BitsPerByte(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.nats / math.log(2) / self.bytes
-
-
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the tokens of (B, T, V) logits, in float32 whatever their dtype.
-
-    Targets equal to IGNORE (the padding of a short window) are left out.
-    """
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 class LitGPT(L.LightningModule):
@@ -116,9 +108,18 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss(self.net(x), y)
+        o = self.optim
+        if o is None or not o.mtp_weights:
+            loss = self.loss(self.net(x), y)
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+        # multi-token prediction: train/loss stays the next-token loss, comparable with val/loss
+        total = int(self.trainer.estimated_stepping_batches)
+        weights = mtp_weights_at(o.mtp_weights, self.trainer.global_step, total, o.mtp_decay_frac)
+        loss, objective = multi_token_losses(self.net(x), y, weights, self._cross_entropy)
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        self.log("train/mtp_objective", objective)
+        return objective
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # The last step: ask Lightning to stop, which makes it validate now if the last validation was

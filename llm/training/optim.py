@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -70,6 +70,8 @@ class OptimConfig:
     min_lr_ratio: float  # the schedule ends at lr * min_lr_ratio
     schedule: str  # cosine: warmup, then cosine decay; wsd: warmup, constant, then a linear cooldown
     cooldown_frac: float  # wsd: the last fraction of the steps that decays linearly to lr * min_lr_ratio
+    mtp_weights: tuple[float, ...]  # multi-token prediction: the tokens after the next one, their loss weights
+    mtp_decay_frac: float  # those weights have fallen to 0 at this fraction of the steps (llm/training/objective.py)
     muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
     base_width: int | None  # the width (n_embd) lr and muon.lr are for; None: every width trains at them as given
     width_power: float  # a wider model, w > base_width, trains at both lrs * (base_width / w) ** width_power
@@ -90,8 +92,20 @@ class OptimConfig:
             "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
             "width_power": _non_negative,
             "cooldown_frac": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "mtp_decay_frac": (lambda v: 0 < v <= 1, "in (0, 1]"),
         }
         _check("optim", self, rules)
+        weights = self.mtp_weights
+        if (
+            isinstance(weights, str | bytes | Mapping)
+            or not isinstance(weights, Sequence)
+            or not all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights)
+        ):
+            raise ConfigError(
+                f"optim.mtp_weights={weights!r} must be a list of weights >= 0, one per token after the next "
+                "([] for next-token prediction alone, [0.5, 0.25] for two more)"
+            )
+        self.mtp_weights = tuple(float(w) for w in weights)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.base_width is not None and (
