@@ -52,7 +52,7 @@ from llm import provenance
 from llm.config import config_dir, model_preset, register_resolvers
 from llm.model import GPT, GPTConfig
 from llm.training.objective import mtp_weights_at, multi_token_losses
-from llm.training.optim import OptimConfig, build_optimizer, optim_preset
+from llm.training.optim import OptimConfig, build_optimizer, optim_preset, untie_head, untie_step
 from llm.training.schedule import lr_schedule
 
 # nanoGPT's GPT-2 block at any size: the keys a preset must have to be GPT-2, next to the size keys
@@ -76,15 +76,17 @@ ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside it
 # modded-nanogpt's record recipe (github.com/KellerJordan/modded-nanogpt, train_gpt.py) on our block, which already
 # has its rotary positions, QK-norm, ReLU², zero-initialised projections and Muon on the hidden matrices. Left out,
 # because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows;
-# the batch-size and sequence-length schedules; multi-token prediction; tying the head early and untying it late
-# (the head is untied from the start); one AdamW lr for the embeddings, head and scalars where it sets three; its x0
-# residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay. Its untied head is
-# zero-initialised; here it starts at std 0.02.
+# the batch-size and sequence-length schedules; one AdamW lr for the embeddings, head and scalars where it sets
+# three; its x0 residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay. Its
+# untied head is zero-initialised; here it starts at std 0.02. Expressible since the row was measured, and measured
+# as ablations of ours instead (MODDED_MTP, MODDED_UNTIE): multi-token prediction, and tying the head early and
+# untying it late (here the head is untied from the start).
 # its block: value embeddings (None: L // 4 tables), U-net skips, a soft-cap of 15, an untied head, RMSNorm
 MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False, norm="rmsnorm")
 MODDED_OPTIM = dict(beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4)
 MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
 MODDED_MTP = (0.5, 0.25)  # multi-token prediction's weights of tokens t+2 and t+3, at 0 by 2/3 of the run
+MODDED_UNTIE = 2 / 3  # its head starts tied to the embedding and gets its own matrix at 2/3 of the run
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
     "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
@@ -151,7 +153,8 @@ def modded(ours: Recipe) -> Recipe:
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
     choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
-    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon and multi-token prediction), one at a time."""
+    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon, multi-token prediction, late untying), one at
+    a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
@@ -165,6 +168,8 @@ def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     if not ours.optim.mtp_weights:  # modded-nanogpt's multi-token prediction, decayed to next-token by 2/3
         mtp = replace(ours.optim, mtp_weights=MODDED_MTP)
         out.append(Recipe(f"ours, mtp_weights={list(MODDED_MTP)}", ours.model, mtp))
+    if ours.model.tie_embeddings and ours.optim.untie_at is None:  # modded-nanogpt's late untying of the head
+        out.append(Recipe(f"ours, untie_at={MODDED_UNTIE:.2f}", ours.model, replace(ours.optim, untie_at=MODDED_UNTIE)))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
     changes += [("mlp", "swiglu"), ("logit_softcap", 15.0), ("tie_embeddings", False), ("qk_norm", True)]
     changes += [("value_embeds", value_embed_tables(ours.model.n_layer)), ("unet_skips", True), ("norm", "rmsnorm")]
@@ -287,6 +292,9 @@ class Run:
         x, y = next(self.batches)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
             logits = self.net(x)
+        untie = untie_step(o, self.net, self.expected_steps())
+        if untie is not None and self.steps >= untie:  # optim.untie_at, as LitGPT does it
+            untie_head(self.net, self.opt)
         weights = mtp_weights_at(o.mtp_weights, self.steps, self.expected_steps(), o.mtp_decay_frac)
         loss = multi_token_losses(logits, y, weights)[1]  # the next-token loss alone unless optim.mtp_weights
         self.opt.zero_grad(set_to_none=True)

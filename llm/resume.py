@@ -76,7 +76,10 @@ def check_resume(path: str | Path, cfg: Mapping) -> None:
     node = {k: v for k, v in OmegaConf.to_container(cfg["model"]["config"], resolve=True).items() if k != "_target_"}
     ours = GPTConfig(**node).to_dict()
     theirs = GPTConfig(**saved_model_config(ckpt)).to_dict()  # a key added since it was written: its value then
+    untied = OmegaConf.select(OmegaConf.create(cfg), "optim.untie_at") is not None  # a head untied in the run
     for key, value in ours.items():
+        if key == "tie_embeddings" and untied and value and theirs.get(key) is False:
+            continue  # saved after optim.untie_at gave the head its own matrix: the resume unties it too
         if key not in MUTABLE_MODEL_KEYS and theirs.get(key) != value:
             raise ConfigError(
                 f"model.config.{key}={value!r} but the checkpoint {path} has {theirs.get(key)!r}: "

@@ -318,3 +318,47 @@ def test_a_bad_schedule_names_the_key_and_the_allowed_values(change, message):
     with pytest.raises(ConfigError) as e:
         optim_preset("muon", **change)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("optim", ["muon", "adamw"])
+def test_untying_keeps_the_logits_then_trains_the_head_apart_and_a_rebuilt_optimizer_lines_up(optim):
+    from llm.training.optim import untie_head, untie_step
+
+    o = optim_preset(optim, untie_at=0.5)
+    net = tiny_model(seed=3)
+    opt = build_optimizer(net, o)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+
+    step()
+    assert untie_step(o, net, 10) == 5 and untie_step(optim_preset(optim), net, 10) is None
+    before = net(x).detach()
+    head = untie_head(net, opt)
+    assert torch.equal(net(x).detach(), before)  # untying alone changes nothing the model computes
+    assert net.lm_head.weight is head and head is not net.wte.weight and not net.config.tie_embeddings
+    assert untie_step(o, net, 10) is None  # once
+    step()
+    assert not torch.equal(net.lm_head.weight, net.wte.weight)  # each its own gradient now
+    assert opt.state[head]["exp_avg"].shape == head.shape  # AdamW trains the new matrix
+    rebuilt = build_optimizer(net, o)  # as a resumed run builds it for the untied model
+    rebuilt.load_state_dict(opt.state_dict())
+    for p in net.parameters():  # every state back on its own parameter: the head's is not the embedding's
+        saved, loaded = opt.state[p], rebuilt.state[p]
+        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    with pytest.raises(ConfigError, match="already untied"):
+        untie_head(net, opt)
+
+
+@pytest.mark.parametrize("value", [1.0, 0, "half"])
+def test_a_bad_untie_at_is_named(value):
+    with pytest.raises(ConfigError, match=r"^optim.untie_at=.* must be in \(0, 1\), or null"):
+        optim_preset("muon", untie_at=value)
+
+
+def test_untie_at_needs_a_tied_output_layer():
+    with pytest.raises(ConfigError, match=r"optim.untie_at=0.5 unties a tied output layer: it needs"):
+        LitGPT(tiny_model(tie_embeddings=False), optim_preset("muon", untie_at=0.5), compile=False, seed=0)

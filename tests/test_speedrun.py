@@ -43,6 +43,7 @@ def test_ablations_change_one_thing_each_and_only_an_optimizer_swap_sweeps_its_o
     norm = f"norm={'rmsnorm' if ours.model.norm == 'layernorm' else 'layernorm'}"
     value_embeds = f"value_embeds={0 if ours.model.value_embeds else 1}"
     wanted = {"AdamW", schedule, norm, value_embeds, "muon.ns=polar_express", "muon.normuon_beta2=0.95"}
+    wanted |= {"mtp_weights=[0.5, 0.25]", "untie_at=0.67"}
     assert wanted | {"unet_skips=True", "pos=learned"} <= set(changed)
     for name, recipe in changed.items():
         model_diff = {k for k, v in recipe.model.to_dict().items() if v != getattr(ours.model, k)} - {"mlp_hidden"}
@@ -50,3 +51,29 @@ def test_ablations_change_one_thing_each_and_only_an_optimizer_swap_sweeps_its_o
         assert len(model_diff) + (not optim_same) == 1 or name == "AdamW", (name, model_diff)
         assert other_optimizer(recipe, ours) == (name == "AdamW")
     assert changed[schedule].optim.schedule != ours.optim.schedule and changed[schedule].model == ours.model
+
+
+def test_a_bench_run_unties_its_head_and_predicts_further_tokens_as_train_py_does(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from bench.speedrun import Recipe, Run, Tokens
+
+    rng = np.random.default_rng(0)
+    rng.integers(0, 64, 4000).astype(np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(0, 64, 600).astype(np.uint16).tofile(tmp_path / "val.bin")
+    data = Tokens(tmp_path, "uint16", 16, 4, 4, torch.device("cpu"))
+    model = model_preset("tiny", vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
+    optim = replace(optim_preset("muon"), untie_at=0.5, mtp_weights=(0.5,))
+    args = SimpleNamespace(seed=0, compile=False, minutes=1.0, bf16=False, clip=1.0)
+    run = Run(Recipe("ours", model, optim), optim, data, torch.ones(64, dtype=torch.long), args)
+    monkeypatch.setattr(Run, "expected_steps", lambda self: 6)  # as if the clock said 6 steps fit
+    seen = []
+    monkeypatch.setattr("bench.speedrun.multi_token_losses", lambda lg, y, w: seen.append(w) or (lg.sum(), lg.mean()))
+    for _ in range(6):
+        run.train_step()
+    assert not run.net.config.tie_embeddings and run.net.lm_head.weight is not run.net.wte.weight  # at step 3 of 6
+    assert any(p is run.net.lm_head.weight for g in run.opt.param_groups for p in g["params"])
+    assert seen[0] == [1.0, 0.5] and seen[-1] == [1.0, 0.0]  # the extra weight falls to 0 by 0.67 of the run

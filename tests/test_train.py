@@ -120,8 +120,8 @@ def test_resume_continues_from_last_checkpoint(trained, train_cfg):
 
 
 def test_modded_nanogpt_switches_train_and_resume(train_cfg):
-    """Value embeddings, U-net skips, the warmup-stable-decay schedule and multi-token prediction through train.py:
-    trained, saved, resumed with their weights and the schedule's step, and loaded for inference."""
+    """Value embeddings, U-net skips, the warmup-stable-decay schedule, multi-token prediction and late untying
+    through train.py: trained, saved, resumed with their weights and the schedule's step, loaded for inference."""
     keys = (
         "model.config.value_embeds=1",
         "model.config.unet_skips=true",
@@ -129,6 +129,7 @@ def test_modded_nanogpt_switches_train_and_resume(train_cfg):
         "optim.warmup_steps=2",
         "optim.mtp_weights=[0.5,0.25]",
         "optim.mtp_decay_frac=0.5",
+        "optim.untie_at=0.5",
     )
     cfg = train_cfg(*keys, "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1")
     train(cfg)
@@ -147,6 +148,11 @@ def test_modded_nanogpt_switches_train_and_resume(train_cfg):
     model, _, _ = load_checkpoint(last)
     assert model.config.value_embeds == 1 and model.skip_weights is not None
     assert any(k.endswith("value_embeds.0.weight") for k in ckpt["state_dict"])
+    assert ckpt["model_config"]["tie_embeddings"] is False  # untied at step 5 of 10, and resumed untied
+    assert model.lm_head.weight is not model.wte.weight
+    assert not torch.equal(model.lm_head.weight, model.wte.weight)
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not torch.equal(first["net.lm_head.weight"], first["net.wte.weight"])  # five steps apart already
 
 
 def test_resuming_on_another_corpus_is_a_clear_error(trained, tmp_path, corpus):

@@ -11,12 +11,12 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, Metric
 
-from llm.checkpoint import TOKENIZER, add_entries
+from llm.checkpoint import MODEL_CONFIG, TOKENIZER, add_entries
 from llm.errors import ConfigError
 from llm.model import GPT
 from llm.tokenizer import IGNORE
 from llm.training.objective import mtp_weights_at, multi_token_losses, token_cross_entropy
-from llm.training.optim import OptimConfig, build_optimizer, make_config
+from llm.training.optim import OptimConfig, build_optimizer, make_config, untie_head, untie_step
 from llm.training.schedule import lr_schedule
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,11 @@ class LitGPT(L.LightningModule):
         self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
         self.lora: dict | None = None  # set with the adapters (llm/train.py): LoRA's keys and base, for checkpoints
         self._cross_entropy = token_cross_entropy
+        if self.optim is not None and self.optim.untie_at is not None and not net.config.tie_embeddings:
+            raise ConfigError(
+                f"optim.untie_at={self.optim.untie_at} unties a tied output layer: it needs "
+                "model.config.tie_embeddings=true (or optim.untie_at=null)"
+            )
 
     def configure_model(self) -> None:
         use = self.device.type == "cuda" if self.compile == "auto" else bool(self.compile)
@@ -76,6 +81,9 @@ class LitGPT(L.LightningModule):
             self._cross_entropy = torch.compile(token_cross_entropy)
 
     def on_fit_start(self) -> None:
+        if self.optim.untie_at is not None and (self.trainer.world_size > 1 or self.lora):
+            where = "LoRA freezes the embedding" if self.lora else "DDP and FSDP wrap the parameters at the start"
+            raise ConfigError(f"optim.untie_at={self.optim.untie_at} trains on one device without LoRA: {where}")
         o = self.optim  # one line per rank: shows that every rank of a job trains the same hyperparameters
         width = self.net.config.n_embd
         peak = o.for_width(width)
@@ -98,6 +106,12 @@ class LitGPT(L.LightningModule):
         return self._cross_entropy(logits, targets)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        o = self.optim
+        untie = untie_step(o, self.net, int(self.trainer.estimated_stepping_batches)) if o is not None else None
+        accumulated = batch_idx % self.trainer.accumulate_grad_batches  # micro-batches of this step already run
+        if untie is not None and self.trainer.global_step >= untie and accumulated == 0:
+            untie_head(self.net, self.trainer.optimizers[0])
+            log.info("step %d: the output layer untied from the token embedding (optim.untie_at)", untie)
         # Counter-based randomness: dropout in each micro-batch draws from a seed made of (seed, rank,
         # step, batch), all of which the checkpoint restores, so a resumed run repeats the same draws.
         # A saved generator state would not: loaders and validation also draw from the global RNG.
@@ -158,7 +172,11 @@ class LitGPT(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer."""
+        """A resumed run must read the same token ids: its corpus must give the checkpoint's tokenizer. A run saved
+        after its output layer was untied (optim.untie_at) resumes untied: the weights then load into two matrices."""
+        saved = checkpoint.get(MODEL_CONFIG, {})
+        if self.net.config.tie_embeddings and saved.get("tie_embeddings") is False and self.optim is not None:
+            untie_head(self.net)  # before the state dict loads and before the optimizer is built
         trainer = self._trainer  # None when loaded outside a Trainer (LitGPT.load_from_checkpoint)
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is not None and TOKENIZER in checkpoint and checkpoint[TOKENIZER] != tokenizer.to_str():

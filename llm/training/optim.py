@@ -72,6 +72,7 @@ class OptimConfig:
     cooldown_frac: float  # wsd: the last fraction of the steps that decays linearly to lr * min_lr_ratio
     mtp_weights: tuple[float, ...]  # multi-token prediction: the tokens after the next one, their loss weights
     mtp_decay_frac: float  # those weights have fallen to 0 at this fraction of the steps (llm/training/objective.py)
+    untie_at: float | None  # a tied output layer gets its own copy of the embedding at this fraction of the steps
     muon: MuonConfig | None  # None: AdamW on every parameter; set: Muon on the hidden matrices
     base_width: int | None  # the width (n_embd) lr and muon.lr are for; None: every width trains at them as given
     width_power: float  # a wider model, w > base_width, trains at both lrs * (base_width / w) ** width_power
@@ -106,6 +107,9 @@ class OptimConfig:
                 "([] for next-token prediction alone, [0.5, 0.25] for two more)"
             )
         self.mtp_weights = tuple(float(w) for w in weights)
+        u = self.untie_at
+        if u is not None and (isinstance(u, bool) or not isinstance(u, int | float) or not 0 < u < 1):
+            raise ConfigError(f"optim.untie_at={u!r} must be in (0, 1), or null to keep a tied output layer tied")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.base_width is not None and (
@@ -318,6 +322,32 @@ def build_optimizer(net: GPT, optim: OptimConfig, fused: bool = False) -> torch.
         hidden, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay, ns=m.ns, normuon_beta2=m.normuon_beta2
     )
     return MuonWithAdamW(muon, torch.optim.AdamW([g for g in rest if g["params"]], **adamw_kwargs))
+
+
+def untie_step(optim: OptimConfig, net: GPT, total_steps: int) -> int | None:
+    """The optimizer step at which `net`'s tied output layer gets its own matrix (optim.untie_at), or None."""
+    if optim.untie_at is None or not net.config.tie_embeddings:
+        return None
+    return round(optim.untie_at * total_steps)
+
+
+def untie_head(net: GPT, optimizer: torch.optim.Optimizer | None = None) -> nn.Parameter:
+    """Give a tied output layer its own matrix, a copy of the token embedding (modded-nanogpt unties at 2/3 of the
+    run: the embedding's sparse gradient gains from the head's early on, the two roles part later). The logits do
+    not change at the moment of untying. `optimizer`: the new matrix joins the embedding's AdamW group, last, which
+    is where build_optimizer puts it for the untied model (the output layer is the last parameter), so a resumed
+    run's saved optimizer state lines up."""
+    if not net.config.tie_embeddings:
+        raise ConfigError("optim.untie_at: the output layer is already untied (model.config.tie_embeddings=false)")
+    head = nn.Parameter(net.wte.weight.detach().clone())
+    net.lm_head.weight = head
+    net.config.tie_embeddings = False
+    if optimizer is not None:
+        groups = [g for g in optimizer.param_groups if any(p is net.wte.weight for p in g["params"])]
+        if not groups:
+            raise ConfigError("optim.untie_at: the token embedding is not trained here (LoRA?), so the head cannot be")
+        groups[0]["params"].append(head)
+    return head
 
 
 def memory_estimate(net: GPT, optim: OptimConfig) -> dict[str, int]:
