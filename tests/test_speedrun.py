@@ -74,6 +74,7 @@ def test_a_bench_run_unties_its_head_and_predicts_further_tokens_as_train_py_doe
     monkeypatch.setattr("bench.speedrun.multi_token_losses", lambda lg, y, w: seen.append(w) or (lg.sum(), lg.mean()))
     for _ in range(6):
         run.train_step()
+    assert run.net.lm_head.weight.grad is not None  # the steps after untying train the head itself
     assert not run.net.config.tie_embeddings and run.net.lm_head.weight is not run.net.wte.weight  # at step 3 of 6
     assert any(p is run.net.lm_head.weight for g in run.opt.param_groups for p in g["params"])
     assert seen[0] == [1.0, 0.5] and seen[-1] == [1.0, 0.0]  # the extra weight falls to 0 by 0.67 of the run
