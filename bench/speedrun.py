@@ -286,16 +286,17 @@ class Run:
 
     def _step(self) -> None:
         o = self.optim
-        m = lr_schedule(o.schedule, o.warmup_steps, self.expected_steps(), o.min_lr_ratio, o.cooldown_frac)(self.steps)
+        total = self.expected_steps()  # where the lr schedule, the untying and multi-token prediction end
+        m = lr_schedule(o.schedule, o.warmup_steps, total, o.min_lr_ratio, o.cooldown_frac)(self.steps)
         for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
             group["lr"] = peak * m
-        untie = untie_step(o, self.net, self.expected_steps())
+        untie = untie_step(o, self.net, total)
         if untie is not None and self.steps >= untie:  # optim.untie_at, before the step's forward as in LitGPT
             untie_head(self.net, self.opt)
         x, y = next(self.batches)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
             logits = self.net(x)
-        weights = mtp_weights_at(o.mtp_weights, self.steps, self.expected_steps(), o.mtp_decay_frac)
+        weights = mtp_weights_at(o.mtp_weights, self.steps, total, o.mtp_decay_frac)
         loss = multi_token_losses(logits, y, weights)[1]  # the next-token loss alone unless optim.mtp_weights
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

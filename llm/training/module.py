@@ -66,6 +66,7 @@ class LitGPT(L.LightningModule):
         self.run_config: str | None = None  # the resolved YAML, saved in every checkpoint when set
         self.lora: dict | None = None  # set with the adapters (llm/train.py): LoRA's keys and base, for checkpoints
         self._cross_entropy = token_cross_entropy
+        self.total_steps = 0  # optimizer steps of the whole run, set with the optimizer: the schedules' length
         if self.optim is not None and self.optim.untie_at is not None and not net.config.tie_embeddings:
             raise ConfigError(
                 f"optim.untie_at={self.optim.untie_at} unties a tied output layer: it needs "
@@ -107,7 +108,7 @@ class LitGPT(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         o = self.optim
-        untie = untie_step(o, self.net, int(self.trainer.estimated_stepping_batches)) if o is not None else None
+        untie = untie_step(o, self.net, self.total_steps) if o is not None else None
         accumulated = batch_idx % self.trainer.accumulate_grad_batches  # micro-batches of this step already run
         if untie is not None and self.trainer.global_step >= untie and accumulated == 0:
             untie_head(self.net, self.trainer.optimizers[0])
@@ -128,8 +129,7 @@ class LitGPT(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         # multi-token prediction: train/loss stays the next-token loss, comparable with val/loss
-        total = int(self.trainer.estimated_stepping_batches)
-        weights = mtp_weights_at(o.mtp_weights, self.trainer.global_step, total, o.mtp_decay_frac)
+        weights = mtp_weights_at(o.mtp_weights, self.trainer.global_step, self.total_steps, o.mtp_decay_frac)
         loss, objective = multi_token_losses(self.net(x), y, weights, self._cross_entropy)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mtp_objective", objective)
@@ -167,7 +167,7 @@ class LitGPT(L.LightningModule):
         # Each parameter group's lr is its peak (optim.lr, or optim.muon.lr for the hidden matrices) times
         # the one schedule.
         opt = build_optimizer(self.net, o, fused=self.device.type == "cuda")
-        total = int(self.trainer.estimated_stepping_batches)
+        self.total_steps = total = int(self.trainer.estimated_stepping_batches)
         schedule = lr_schedule(o.schedule, o.warmup_steps, total, o.min_lr_ratio, o.cooldown_frac)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, schedule), "interval": "step"}}
 
