@@ -153,18 +153,18 @@ def modded(ours: Recipe) -> Recipe:
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
     choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
-    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon, multi-token prediction, late untying), one at
-    a time."""
+    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon or plain Muon, multi-token prediction, late
+    untying), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
     other = "cosine" if ours.optim.schedule == "wsd" else "wsd"
     out.append(Recipe(f"ours, schedule={other}", ours.model, replace(ours.optim, schedule=other)))
-    if ours.optim.muon is not None:  # modded-nanogpt's Muon variants, one at a time
-        for key, value in (("ns", "polar_express"), ("normuon_beta2", 0.95)):
-            if getattr(ours.optim.muon, key) != value:
-                muon = replace(ours.optim.muon, **{key: value})
-                out.append(Recipe(f"ours, muon.{key}={value}", ours.model, replace(ours.optim, muon=muon)))
+    if ours.optim.muon is not None:  # modded-nanogpt's Muon variants, one at a time: added, or undone if ours has it
+        for key, value, plain in (("ns", "polar_express", "quintic"), ("normuon_beta2", 0.95, None)):
+            setting = plain if getattr(ours.optim.muon, key) == value else value
+            muon = replace(ours.optim.muon, **{key: setting})
+            out.append(Recipe(f"ours, muon.{key}={setting}", ours.model, replace(ours.optim, muon=muon)))
     if not ours.optim.mtp_weights:  # modded-nanogpt's multi-token prediction, decayed to next-token by 2/3
         mtp = replace(ours.optim, mtp_weights=MODDED_MTP)
         out.append(Recipe(f"ours, mtp_weights={list(MODDED_MTP)}", ours.model, mtp))

@@ -42,7 +42,8 @@ def test_ablations_change_one_thing_each_and_only_an_optimizer_swap_sweeps_its_o
     schedule = f"schedule={'cosine' if ours.optim.schedule == 'wsd' else 'wsd'}"  # the other one
     norm = f"norm={'rmsnorm' if ours.model.norm == 'layernorm' else 'layernorm'}"
     value_embeds = f"value_embeds={0 if ours.model.value_embeds else 1}"
-    wanted = {"AdamW", schedule, norm, value_embeds, "muon.ns=polar_express", "muon.normuon_beta2=0.95"}
+    normuon = f"muon.normuon_beta2={None if ours.optim.muon.normuon_beta2 else 0.95}"  # NorMuon undone, or added
+    wanted = {"AdamW", schedule, norm, value_embeds, "muon.ns=polar_express", normuon}
     wanted |= {"mtp_weights=[0.5, 0.25]", "untie_at=0.67"}
     assert wanted | {"unet_skips=True", "pos=learned"} <= set(changed)
     for name, recipe in changed.items():
