@@ -77,16 +77,17 @@ ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside it
 # has its rotary positions, QK-norm, ReLU², zero-initialised projections and Muon on the hidden matrices. Left out,
 # because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows;
 # the batch-size and sequence-length schedules; one AdamW lr for the embeddings, head and scalars where it sets
-# three; its x0 residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay. Its
-# untied head is zero-initialised; here it starts at std 0.02. Expressible since the row was measured, and measured
-# as ablations of ours instead (MODDED_MTP, MODDED_UNTIE): multi-token prediction, and tying the head early and
-# untying it late (here the head is untied from the start).
-# its block: value embeddings (None: L // 4 tables), U-net skips, a soft-cap of 15, an untied head, RMSNorm
-MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=False, norm="rmsnorm")
-MODDED_OPTIM = dict(beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4)
-MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
+# three; its x0 residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay.
+# its block: value embeddings (None: L // 4 tables), U-net skips, a soft-cap of 15, RMSNorm, a head tied to the
+# embedding until MODDED_UNTIE
+MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_embeddings=True, norm="rmsnorm")
 MODDED_MTP = (0.5, 0.25)  # multi-token prediction's weights of tokens t+2 and t+3, at 0 by 2/3 of the run
 MODDED_UNTIE = 2 / 3  # its head starts tied to the embedding and gets its own matrix at 2/3 of the run
+MODDED_OPTIM = dict(
+    beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4,
+    mtp_weights=MODDED_MTP, mtp_decay_frac=2 / 3, untie_at=MODDED_UNTIE,
+)  # fmt: skip
+MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
     "cpu": dict(preset="small", minutes=5.0, batch=16, val_windows=64, evals=20, lr_scales="0.5,1,2"),
@@ -141,7 +142,8 @@ def recipes(
 
 def modded(ours: Recipe) -> Recipe:
     """modded-nanogpt's recipe at ours' size: its additions to our block (MODDED_MODEL, one K/V head per query
-    head), Muon at its lr and AdamW at its betas, eps and no decay, its schedule (MODDED_OPTIM)."""
+    head), Muon at its lr and AdamW at its betas, eps and no decay, its schedule, multi-token prediction and late
+    untying (MODDED_OPTIM)."""
     m = ours.model
     keys = {**MODDED_MODEL, "value_embeds": value_embed_tables(m.n_layer), "n_kv_head": m.n_head}
     muon = replace(ours.optim.muon, **{**MODDED_MUON, "lr": MODDED_MUON["lr"] * ours.optim.width_scale(m.n_embd)})
@@ -631,7 +633,8 @@ def main() -> None:
         f"({runs[0].val_bytes:,} bytes), one byte-level BPE of {meta['vocab_size']:,} tokens for both",
         f"models ({settings['preset']}-sized, T={block}, batch {data.B}): nanoGPT {pa:,} parameters, "
         f"ours {pb:,} ({pb / pa - 1:+.1%}{'' if abs(pb / pa - 1) <= 0.1 else ', OUTSIDE +-10%'}), "
-        f"modded-nanogpt {pc:,} ({pc / pa - 1:+.1%}: its untied head and value embeddings)",
+        f"modded-nanogpt {pc:,} ({pc / pa - 1:+.1%}: its value embeddings; its head gets its own "
+        f"{third.model.vocab_size * third.model.n_embd:,} at {third.optim.untie_at:.2f} of the run)",
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
         f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
         f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}, warmup {peers[0].optim.warmup_steps} steps; ours "

@@ -20,7 +20,8 @@ def test_the_three_recipes_are_nanogpt_ours_and_modded_nanogpt_at_one_size(prese
     assert peers[0].model.pos == "learned" and peers[0].model.norm == "layernorm" and peers[0].model.mlp == "gelu"
     assert ours.optim == optim_preset("muon").for_width(shape.n_embd)  # the default optimizer, as training builds it
     m, o = modded.model, modded.optim
-    assert (m.value_embeds, m.unet_skips, m.tie_embeddings, m.logit_softcap) == (1, True, False, 15.0)
+    assert (m.value_embeds, m.unet_skips, m.tie_embeddings, m.logit_softcap) == (1, True, True, 15.0)
+    assert (o.mtp_weights, o.untie_at) == ((0.5, 0.25), pytest.approx(2 / 3))  # a tied head untied late; t+2, t+3
     assert m.n_kv_head == m.n_head and (m.pos, m.mlp, m.qk_norm, m.norm) == ("rope", "relu2", True, "rmsnorm")
     assert (o.schedule, o.warmup_steps, o.beta1, o.weight_decay) == ("wsd", 0, 0.8, 0.0)
     assert o.muon.lr == pytest.approx(MODDED_MUON["lr"] * ours.optim.muon.lr / optim_preset("muon").muon.lr)
