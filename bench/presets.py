@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -98,10 +97,9 @@ def main() -> None:
         row["params"] = parameters(preset, out)
         rows.append(row)
         print(f"  {row['tokens_per_sec']:,.0f} tok/s, peak {row['peak_gib']:.2f} GiB", flush=True)
-    cpu = platform.processor() or platform.machine()
     lines = [
-        f"`python -m bench.presets`, {time.strftime('%Y-%m-%d')}, {provenance.describe()}; CPU ({cpu}, "
-        f"{os.cpu_count()} cores), float32, load average at the end {os.getloadavg()[0]:.1f}",
+        f"`python -m bench.presets`, {time.strftime('%Y-%m-%d')}, {provenance.describe()}; {provenance.hardware()}, "
+        f"float32, load average at the end {os.getloadavg()[0]:.1f}",
         "",
         "| preset | layers x width | parameters | tokens per step | steps timed | training tokens/s | "
         "100 steps | peak memory | wall time of the run |",

@@ -33,7 +33,6 @@ import csv
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -640,7 +639,7 @@ def main() -> None:
         f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}, warmup {peers[0].optim.warmup_steps} steps; ours "
         f"{ours.optim.warmup_steps}, modded-nanogpt {third.optim.warmup_steps}), best vs best; "
         "runs interleaved step by step; "
-        f"{device.type}, {args.threads} threads, {platform.processor() or platform.machine()}",
+        f"{provenance.hardware()}{'' if device.type == 'cuda' else f', {args.threads} threads'}",
         f"{time.strftime('%Y-%m-%d')}, {provenance.describe()}",
     ]
     print("\n".join(header), flush=True)
@@ -655,8 +654,7 @@ def main() -> None:
     print("\n" + table)
     (out / "speedrun.md").write_text(table + "\n")
     write_csv(runs, out / "speedrun.csv")
-    cpu = platform.processor() or platform.machine()
-    where = f"{settings['preset']}-sized, {device.type} ({cpu}, {args.threads} threads)"
+    where = f"{settings['preset']}-sized, {provenance.hardware()}"
     title = f"{name}: val bpb against training time, {where}\n{time.strftime('%Y-%m-%d')}, {provenance.describe()}"
     plot(runs, peers[0].name, ours.name, third.name, out / "speedrun.png", title)
     command = " ".join(["python -m bench.speedrun", *sys.argv[1:]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -31,3 +32,22 @@ def versions() -> str:
 def describe() -> str:
     """One line for a log or a caption: the commit and the versions."""
     return f"commit {commit()}, {versions()}"
+
+
+def hardware() -> str:
+    """This machine in a few words: the GPUs when there are some, else the CPU's model and the cores this process
+    may use ("CPU (Intel(R) Xeon(R) Processor, 2 cores)")."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({model}, {cores} cores)"

@@ -14,8 +14,6 @@ import argparse
 import csv
 import json
 import logging
-import os
-import platform
 import re
 import sys
 import textwrap
@@ -53,21 +51,6 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
                     continue
                 series.setdefault(key, []).append((step, float(value)))
     return series
-
-
-def hardware() -> str:
-    """This machine in a few words: the GPU when there is one, else the CPU and its core count."""
-    if torch.cuda.is_available():
-        return f"1x {torch.cuda.get_device_name(0)}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({model}, {os.cpu_count()} cores)"
 
 
 def wall_time(run_dir: Path) -> float | None:
@@ -113,7 +96,7 @@ def describe(run_dir: str | Path, series: dict, hw: str | None = None) -> dict[s
         "corpus": corpus,
         "preset": preset,
         "steps": f"{steps} steps x {batch:,} tokens{wall}",
-        "hardware": hw or hardware(),
+        "hardware": hw or provenance.hardware(),
         "command": command(run_dir),
         "provenance": run_provenance(run_dir),
     }

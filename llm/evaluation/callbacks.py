@@ -138,7 +138,8 @@ class ReportCard(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
-        from llm.evaluation.report import COMPUTE, hardware, write_report
+        from llm.evaluation.report import COMPUTE, write_report
+        from llm.provenance import hardware
 
         self.seconds += self._elapsed()
         self._start = None

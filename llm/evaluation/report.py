@@ -15,14 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import torch
 from tokenizers import Tokenizer
 
 from llm.atomic import write_text
@@ -36,14 +33,6 @@ COMPUTE = "compute.json"
 FIGURES = {"loss": "loss.svg", "bpb": "bpb.svg"}
 PROMPTS = ("def ", "The ")
 MISSING = "—"
-
-
-def hardware() -> str:
-    """This machine in a few words: the GPUs when there are some, else the CPU cores this process may use."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU, {cores} cores ({platform.machine()})"
 
 
 def read_series(path: Path) -> dict[str, list[tuple[int, float]]]:
