@@ -36,6 +36,11 @@ def test_the_objective_averages_the_losses_of_later_targets_with_their_weights()
     assert torch.equal(plain, nxt)
     objective.backward()
     assert logits.grad[:, -1].abs().sum() > 0 and logits.grad[:, 0].abs().sum() > 0
+    # one shared log-softmax gives the gradient of the three separate cross-entropies
+    shared = logits.grad.clone()
+    logits.grad = None
+    ((ce[0] + 0.5 * ce[1] + 0.25 * ce[2]) / 1.75).backward()
+    torch.testing.assert_close(shared, logits.grad)
 
 
 @pytest.mark.parametrize(

@@ -46,12 +46,21 @@ def multi_token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(next-token loss, the objective): the objective is sum_k w_k CE_k / sum_k w_k, CE_k scoring the logits at t
     against the target k places further on (the token t+1+k). Weights of 0 cost nothing: with [1] the objective
-    is the next-token loss itself."""
-    next_token = ce(logits, targets)
-    total, norm = weights[0] * next_token, weights[0]
+    is the next-token loss itself, from `ce`. With further tokens weighted, the log-softmax over the vocabulary is
+    computed once and each CE_k reads its targets' entries from it, so every extra token costs a gather, not
+    another softmax over (B, T, V)."""
     T = logits.size(1)
-    for k, w in enumerate(weights[1:], start=1):
-        if w > 0 and k < T:
-            total = total + w * ce(logits[:, : T - k], targets[:, k:])
-            norm += w
+    extra = [(k, w) for k, w in enumerate(weights[1:], start=1) if w > 0 and k < T]
+    if not extra:
+        next_token = ce(logits, targets)
+        return next_token, next_token
+    logp = F.log_softmax(logits.float(), dim=-1)
+
+    def nll(k: int) -> torch.Tensor:  # CE_k
+        return F.nll_loss(logp[:, : T - k].flatten(0, 1), targets[:, k:].flatten(), ignore_index=IGNORE)
+
+    next_token = nll(0)
+    total, norm = weights[0] * next_token, weights[0]
+    for k, w in extra:
+        total, norm = total + w * nll(k), norm + w
     return next_token, total / norm
