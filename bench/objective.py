@@ -3,7 +3,7 @@
 llm/training/objective.py computes it (one log-softmax over the vocabulary, read at every offset), and with one
 full cross-entropy per offset (the straightforward way, three softmaxes over (B, T, V)).
 
-    python -m bench.objective                  # tiny and small, 16 sequences a step, 2 threads
+    python -m bench.objective                  # tiny and small, 16 sequences a step, every core
     python -m bench.objective --presets small --batch 8
 """
 
