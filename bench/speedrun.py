@@ -69,6 +69,9 @@ GPT2_BLOCK = dict(
     unet_skips=False,
 )
 NANOGPT_BETA2 = (0.95, 0.99)  # config/train_gpt2.py and config/train_shakespeare_char.py
+# how batches are cut from train.bin: "epoch" (ours: every window once an epoch, in a shuffled order) or "random"
+# (nanoGPT's get_batch: every sequence at a uniformly random offset, drawn with replacement)
+SAMPLINGS = ("epoch", "random")
 ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside its size
 # shape preset, minutes per run, batch, validation windows, evaluations per run, lr sweep: times each recipe's
 # lrs at the preset's width (conf/optim's lrs, set for `tiny`, scaled by OptimConfig.for_width)
@@ -99,6 +102,7 @@ class Recipe:
     name: str
     model: GPTConfig
     optim: OptimConfig
+    sampling: str = "epoch"  # SAMPLINGS
 
 
 def value_embed_tables(n_layer: int) -> int:
@@ -113,12 +117,17 @@ def default_choices() -> dict[str, str]:
 
 
 def recipes(
-    preset: str, vocab_size: int, peer_beta2: tuple[float, ...] = NANOGPT_BETA2, peer_warmup: int | None = None
+    preset: str,
+    vocab_size: int,
+    peer_beta2: tuple[float, ...] = NANOGPT_BETA2,
+    peer_warmup: int | None = None,
+    peer_sampling: tuple[str, ...] = ("epoch",),
 ) -> tuple[list[Recipe], Recipe, Recipe]:
     """(nanoGPT's variants, ours, modded-nanogpt's) at the size of `preset`, all reading `vocab_size` tokens.
 
-    nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models): the nanoGPT row sweeps both. Its warmup is
-    conf/optim/adamw.yaml's steps unless `peer_warmup` says otherwise (a short run spends much of itself there)."""
+    nanoGPT's configs set β2 0.95 (GPT-2) or 0.99 (its small models), and its get_batch draws random windows: the
+    nanoGPT row sweeps `peer_beta2` x `peer_sampling`. Its warmup is conf/optim/adamw.yaml's steps unless
+    `peer_warmup` says otherwise (a short run spends much of itself there)."""
     size = dict(vocab_size=vocab_size, dropout=0.0, attn="sdpa")
     shape = model_preset(preset, **size)
     nanogpt = replace(shape, **GPT2_BLOCK, n_kv_head=shape.n_head)
@@ -134,7 +143,11 @@ def recipes(
     adamw = optim_preset("adamw").for_width(shape.n_embd)
     if peer_warmup is not None:
         adamw = replace(adamw, warmup_steps=peer_warmup)
-    peers = [Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2)) for b2 in peer_beta2]
+    peers = [
+        Recipe("nanoGPT", GPTConfig(**nanogpt.to_dict()), replace(adamw, beta2=b2), sampling)
+        for sampling in peer_sampling
+        for b2 in peer_beta2
+    ]
     ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
     return peers, ours, modded(ours)
 
@@ -189,9 +202,10 @@ def scaled(optim: OptimConfig, scale: float) -> OptimConfig:
     return replace(optim, lr=optim.lr * scale, muon=muon)
 
 
-def lr_label(optim: OptimConfig) -> str:
+def lr_label(optim: OptimConfig, sampling: str = "epoch") -> str:
     label = f"{optim.lr:.2g}" if optim.muon is None else f"{optim.lr:.2g} / muon {optim.muon.lr:.2g}"
-    return label if optim.beta2 == 0.95 else f"{label}, β2 {optim.beta2:g}"
+    label = label if optim.beta2 == 0.95 else f"{label}, β2 {optim.beta2:g}"
+    return label if sampling == "epoch" else f"{label}, {sampling} windows"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -223,7 +237,8 @@ def token_bytes(tokenizer: Tokenizer) -> torch.Tensor:
 
 
 class Tokens:
-    """train.bin and val.bin as batches: every epoch, every training window once, in an order from (seed, epoch)."""
+    """train.bin and val.bin as batches: every epoch, every training window once, in an order from (seed, epoch);
+    or, as nanoGPT's get_batch, windows at random offsets."""
 
     def __init__(self, folder: Path, dtype: str, block_size: int, batch: int, val_windows: int, device) -> None:
         self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
@@ -238,7 +253,10 @@ class Tokens:
         self.val_x = windows[:-1].view(n, block_size)
         self.val_y = windows[1:].view(n, block_size)
 
-    def batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, seed: int, sampling: str = "epoch") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if sampling == "random":
+            yield from self.random_batches(seed)
+            return
         T, epoch = self.T, 0
         while True:
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -250,6 +268,15 @@ class Tokens:
                 xy = torch.stack(rows).to(self.device, non_blocking=True)
                 yield xy[:, :-1], xy[:, 1:]
             epoch += 1
+
+    def random_batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """nanoGPT's get_batch: each of the B windows at an offset drawn uniformly from the whole split."""
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            starts = torch.randint(len(self.train) - self.T, (self.B,), generator=g)
+            rows = [torch.from_numpy(self.train[s : s + self.T + 1].astype(np.int64)) for s in starts]
+            xy = torch.stack(rows).to(self.device, non_blocking=True)
+            yield xy[:, :-1], xy[:, 1:]
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -268,12 +295,17 @@ class Run:
         self.peaks = [g["lr"] for g in self.opt.param_groups]
         if args.compile:
             self.net.compile()
-        self.batches = data.batches(args.seed)
+        self.batches = data.batches(args.seed, recipe.sampling)
         self.val_bytes = int(nbytes[data.val_y].sum())
         self.clock, self.steps, self.timed_steps = 0.0, 0, 0
         self.budget = args.minutes * 60
         self.curve: list[tuple[float, int, float, float]] = []  # (train seconds, steps, val loss, val bpb)
         self.next_eval = 0.0
+
+    @property
+    def label(self) -> str:
+        """Its lrs, and what else sets it apart from the other runs of its recipe."""
+        return lr_label(self.optim, self.recipe.sampling)
 
     @property
     def done(self) -> bool:
@@ -370,7 +402,7 @@ def train_all(runs: list[Run]) -> None:
             active.remove(run)
             rate = run.tokens / max(run.clock, 1e-9)
             print(
-                f"  {run.recipe.name:<28} lr {lr_label(run.optim):<20} {run.steps:>6} steps "
+                f"  {run.recipe.name:<28} lr {run.label:<20} {run.steps:>6} steps "
                 f"{rate:>9,.0f} tok/s  val bpb {run.final_bpb:.4f}",
                 flush=True,
             )
@@ -417,7 +449,7 @@ def report(runs: list[Run], a: str, ours: Recipe, c: str, args, header: list[str
         mark = " **best**" if best[run.recipe.name] is run else ""
         rate = run.tokens / max(run.clock, 1e-9)
         lines.append(
-            f"| {run.recipe.name} | {lr_label(run.optim)} | {run.steps:,} | {run.tokens:,} | {rate:,.0f} | "
+            f"| {run.recipe.name} | {run.label} | {run.steps:,} | {run.tokens:,} | {rate:,.0f} | "
             f"{run.final_bpb:.4f}{mark} |"
         )
     edges = [name for name, run in best.items() if _at_sweep_edge(run, runs)]
@@ -432,14 +464,12 @@ def report(runs: list[Run], a: str, ours: Recipe, c: str, args, header: list[str
         "",
         "| recipe | lr | parameters | val bpb at the end | time to nanoGPT's final val bpb |",
         "| --- | --- | ---: | ---: | ---: |",
-        f"| (a) {a} | {lr_label(ra.optim)} | {ra.params:,} | {ra.final_bpb:.4f} | {total:.1f} s (1.00) |",
-        f"| (b) {b} | {lr_label(rb.optim)} | {rb.params:,} | {rb.final_bpb:.4f} | {_when(rb, target, total)} |",
+        f"| (a) {a} | {ra.label} | {ra.params:,} | {ra.final_bpb:.4f} | {total:.1f} s (1.00) |",
+        f"| (b) {b} | {rb.label} | {rb.params:,} | {rb.final_bpb:.4f} | {_when(rb, target, total)} |",
     ]
     if c in best:
         rc = best[c]
-        lines.append(
-            f"| (c) {c} | {lr_label(rc.optim)} | {rc.params:,} | {rc.final_bpb:.4f} | {_when(rc, target, total)} |"
-        )
+        lines.append(f"| (c) {c} | {rc.label} | {rc.params:,} | {rc.final_bpb:.4f} | {_when(rc, target, total)} |")
     if reached is not None:
         lines += ["", f"{b} reaches {a}'s final val bpb {target:.4f} in {reached / total:.2f}x its time"]
     if c in best:
@@ -463,15 +493,14 @@ def report(runs: list[Run], a: str, ours: Recipe, c: str, args, header: list[str
         at_conf = [r for r in runs if r.recipe is ours and r.optim == ours.optim]
         for run in at_conf[:1] or [rb]:
             lines.append(
-                f"| (none) | {lr_label(run.optim)} | {run.params:,} | {run.final_bpb:.4f} | 0 | "
-                f"{_when(run, target, total)} |"
+                f"| (none) | {run.label} | {run.params:,} | {run.final_bpb:.4f} | 0 | {_when(run, target, total)} |"
             )
         for name in ablated:
             run = best[name]
             same = [r for r in runs if r.recipe is ours and same_lrs(r.optim, run.optim)]
             base = same[0] if same else rb
             lines.append(
-                f"| {name.removeprefix('ours, ')} | {lr_label(run.optim)} | {run.params:,} | {run.final_bpb:.4f} | "
+                f"| {name.removeprefix('ours, ')} | {run.label} | {run.params:,} | {run.final_bpb:.4f} | "
                 f"{run.final_bpb - base.final_bpb:+.4f} | {_when(run, target, total)} |"
             )
     return "\n".join(lines)
@@ -502,7 +531,7 @@ def plot(runs: list[Run], a: str, b: str, c: str, path: Path, title: str) -> Non
         bpb = [p[3] for p in run.curve]
         is_best = best[run.recipe.name] is run
         color = colors[run.recipe.name]
-        label = f"{run.recipe.name}, lr {lr_label(run.optim)}" if is_best else None
+        label = f"{run.recipe.name}, lr {run.label}" if is_best else None
         ax.plot(t, bpb, color=color, lw=2 if is_best else 0.8, alpha=1 if is_best else 0.35, label=label)
     target = best[a].final_bpb
     ax.axhline(target, color="tab:blue", ls="--", lw=0.8)
@@ -527,7 +556,9 @@ def plot(runs: list[Run], a: str, b: str, c: str, path: Path, title: str) -> Non
 def write_csv(runs: list[Run], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["recipe", "lr", "muon_lr", "beta2", "train_seconds", "step", "tokens", "val_loss", "val_bpb"])
+        w.writerow(
+            ["recipe", "lr", "muon_lr", "beta2", "sampling", "train_seconds", "step", "tokens", "val_loss", "val_bpb"]
+        )
         for run in runs:
             muon = run.optim.muon.lr if run.optim.muon else ""
             for t, steps, loss, bpb in run.curve:
@@ -538,6 +569,7 @@ def write_csv(runs: list[Run], path: Path) -> None:
                         run.optim.lr,
                         muon,
                         run.optim.beta2,
+                        run.recipe.sampling,
                         f"{t:.3f}",
                         steps,
                         tokens,
@@ -567,6 +599,13 @@ def main() -> None:
         help="nanoGPT's β2 values (default: 0.95,0.99, both that its configs set)",
     )
     parser.add_argument(
+        "--peer-sampling",
+        type=lambda text: tuple(text.split(",")),
+        default=SAMPLINGS,
+        help="nanoGPT's batches: epoch (every window once an epoch, as ours), random (its get_batch), or both "
+        "(default: epoch,random)",
+    )
+    parser.add_argument(
         "--peer-warmup",
         type=int,
         help="nanoGPT's warmup in optimizer steps (default: conf/optim/adamw.yaml's; a short run may want fewer)",
@@ -583,6 +622,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs") / "speedrun")
     args = parser.parse_args()
 
+    if bad := [x for x in args.peer_sampling if x not in SAMPLINGS]:
+        parser.error(f"--peer-sampling {','.join(bad)}: must be among {', '.join(SAMPLINGS)}")
     settings = MODES["gpu" if args.gpu else "quick" if args.quick else "cpu"]
     args.minutes = args.minutes or settings["minutes"]
     args.lr_scales = args.lr_scales or settings["lr_scales"]
@@ -599,7 +640,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     folder, meta, tokenizer = prepare_corpus(args.data, settings["preset"], out)
-    peers, ours, third = recipes(settings["preset"], meta["vocab_size"], args.peer_beta2, args.peer_warmup)
+    peers, ours, third = recipes(
+        settings["preset"], meta["vocab_size"], args.peer_beta2, args.peer_warmup, args.peer_sampling
+    )
     block = ours.model.block_size
     data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
     nbytes = token_bytes(tokenizer)
@@ -636,7 +679,8 @@ def main() -> None:
         f"{third.model.vocab_size * third.model.n_embd:,} at {third.optim.untie_at:.2f} of the run)",
         f"each run {args.minutes:g} min of training, lrs x {args.lr_scales} "
         f"(nanoGPT x {args.peer_lr_scales or args.lr_scales} at β2 "
-        f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}, warmup {peers[0].optim.warmup_steps} steps; ours "
+        f"{' and '.join(f'{b:g}' for b in args.peer_beta2)}, {' and '.join(args.peer_sampling)} windows, "
+        f"warmup {peers[0].optim.warmup_steps} steps; ours "
         f"{ours.optim.warmup_steps}, modded-nanogpt {third.optim.warmup_steps}), best vs best; "
         "runs interleaved step by step; "
         f"{provenance.hardware()}{'' if device.type == 'cuda' else f', {args.threads} threads'}",

@@ -80,3 +80,33 @@ def test_a_bench_run_unties_its_head_and_predicts_further_tokens_as_train_py_doe
     assert not run.net.config.tie_embeddings and run.net.lm_head.weight is not run.net.wte.weight  # at step 3 of 6
     assert any(p is run.net.lm_head.weight for g in run.opt.param_groups for p in g["params"])
     assert seen[0] == [1.0, 0.5] and seen[-1] == [1.0, 0.0]  # the extra weight falls to 0 by 0.67 of the run
+
+
+def test_nanogpts_random_windows_are_slices_of_the_split_at_offsets_drawn_anew_each_batch(tmp_path):
+    import numpy as np
+    import torch
+
+    from bench.speedrun import Tokens
+
+    train = np.arange(3000, dtype=np.uint16)  # each token its own position: a window shows where it starts
+    train.tofile(tmp_path / "train.bin")
+    np.zeros(200, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    data = Tokens(tmp_path, "uint16", 16, 8, 4, torch.device("cpu"))
+    draw = data.batches(seed=3, sampling="random")
+    batches = [next(draw) for _ in range(20)]
+    starts = torch.cat([x[:, 0] for x, _ in batches])
+    for x, y in batches:  # contiguous windows, targets one token on
+        assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(8, 15, dtype=torch.long)) and torch.equal(y, x + 1)
+    assert (starts % 16 != starts[0] % 16).any()  # offsets not on one grid, as an epoch's windows are
+    again = data.batches(seed=3, sampling="random")
+    assert all(torch.equal(next(again)[0], x) for x, _ in batches)  # the same seed, the same batches
+    epoch = next(data.batches(seed=3))[0][:, 0]
+    assert (epoch % 16 == epoch[0] % 16).all()  # the epoch sampler's windows share one phase
+
+
+def test_the_nanogpt_row_sweeps_beta2_and_window_sampling():
+    peers, _, _ = recipes("tiny", vocab_size=2048, peer_sampling=("epoch", "random"))
+    assert [(p.optim.beta2, p.sampling) for p in peers] == [
+        (0.95, "epoch"), (0.99, "epoch"), (0.95, "random"), (0.99, "random")
+    ]  # fmt: skip
+    assert all(p.model == peers[0].model for p in peers)
