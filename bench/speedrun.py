@@ -17,7 +17,8 @@ from the token files the data pipeline writes, in the same order, with one token
 
 Each recipe trains at every learning rate of a small sweep (its conf/optim lrs at the model's width, as
 training scales them, times --lr-scales; under Muon both lrs scale together; nanoGPT at β2 0.95 and 0.99,
-the two its configs set) for --minutes of training time; each recipe's schedule (optim.schedule) to lr x min_lr_ratio
+the two its configs set, and with both our epoch windows and its get_batch's random windows) for --minutes of
+training time; each recipe's schedule (optim.schedule) to lr x min_lr_ratio
 follows each run's own clock. Runs take turns step by step, so a busy machine slows every run alike; each
 run's clock counts only its own steps, and stops while it is evaluated. Every run is scored on the same
 validation windows in bits per byte (cross-entropy in bits / UTF-8 bytes of the predicted text), which does
