@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from llm import provenance
 from llm.config import model_preset
 from llm.model import GPT, GPTConfig
 from llm.sampler import DTYPES, SamplingParams, generate_ids
@@ -106,7 +106,7 @@ def main() -> None:
     log.info(
         "%s, torch %s, transformers %s, %s threads; %s (%d layers x %d, %d heads, vocab %d, context %d), %s, "
         "compile=%s",
-        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        provenance.hardware(),
         torch.__version__,
         hf_version,
         torch.get_num_threads(),

@@ -17,10 +17,9 @@ import torch
 
 from bench.speedrun import MODDED_MTP, recipes
 from llm import provenance
+from llm.config import model_preset
 from llm.model import GPT
 from llm.training.objective import multi_token_losses, token_cross_entropy
-
-VOCAB = {"tiny": 2048, "small": 8192, "gpt2-124m": 50257}  # the speedrun's vocabulary at each size
 
 
 def separate(logits: torch.Tensor, y: torch.Tensor, weights: list[float]) -> torch.Tensor:
@@ -43,7 +42,7 @@ def step_seconds(net: GPT, x: torch.Tensor, y: torch.Tensor, objective, repeats:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=sorted(VOCAB))
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], help="conf/model presets")
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| preset | next token only | multi-token, one log-softmax | multi-token, one cross-entropy per offset |")
     print("| --- | ---: | ---: | ---: |")
     for preset in args.presets:
-        model = recipes(preset, vocab_size=VOCAB[preset])[2].model
+        model = recipes(preset, vocab_size=model_preset(preset).vocab_size)[2].model  # the preset's vocabulary
         torch.manual_seed(0)
         net = GPT(model)
         x, y = torch.randint(0, model.vocab_size, (2, args.batch, model.block_size))

@@ -87,9 +87,16 @@ MODDED_MODEL = dict(value_embeds=None, unet_skips=True, logit_softcap=15.0, tie_
 MODDED_MTP = (0.5, 0.25)  # multi-token prediction's weights of tokens t+2 and t+3, at 0 by 2/3 of the run
 MODDED_UNTIE = 2 / 3  # its head starts tied to the embedding and gets its own matrix at 2/3 of the run
 MODDED_OPTIM = dict(
-    beta1=0.8, eps=1e-10, weight_decay=0.0, warmup_steps=0, schedule="wsd", cooldown_frac=0.4,
-    mtp_weights=MODDED_MTP, mtp_decay_frac=2 / 3, untie_at=MODDED_UNTIE,
-)  # fmt: skip
+    beta1=0.8,
+    eps=1e-10,
+    weight_decay=0.0,
+    warmup_steps=0,
+    schedule="wsd",
+    cooldown_frac=0.4,
+    mtp_weights=MODDED_MTP,
+    mtp_decay_frac=2 / 3,
+    untie_at=MODDED_UNTIE,
+)
 MODDED_MUON = dict(lr=0.05, ns="polar_express", normuon_beta2=0.95)  # NorMuon on Polar Express
 MODES = {
     "quick": dict(preset="tiny", minutes=1.25, batch=16, val_windows=64, evals=15, lr_scales="0.5,1,2"),
@@ -255,9 +262,17 @@ class Tokens:
         self.val_y = windows[1:].view(n, block_size)
 
     def batches(self, seed: int, sampling: str = "epoch") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if sampling == "random":
-            yield from self.random_batches(seed)
-            return
+        """The batches of one run, as `sampling` (SAMPLINGS) cuts them, from `seed`."""
+        return self.random_batches(seed) if sampling == "random" else self.epoch_batches(seed)
+
+    def _batch(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the windows of T + 1 tokens that begin at `starts`."""
+        rows = [torch.from_numpy(self.train[s : s + self.T + 1].astype(np.int64)) for s in starts]
+        xy = torch.stack(rows).to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]
+
+    def epoch_batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every epoch, the training windows at a random phase, each once, in an order from (seed, epoch)."""
         T, epoch = self.T, 0
         while True:
             g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -265,19 +280,14 @@ class Tokens:
             starts = torch.arange(phase, len(self.train) - T, T)
             starts = starts[torch.randperm(len(starts), generator=g)]
             for i in range(0, len(starts) - self.B + 1, self.B):
-                rows = [torch.from_numpy(self.train[s : s + T + 1].astype(np.int64)) for s in starts[i : i + self.B]]
-                xy = torch.stack(rows).to(self.device, non_blocking=True)
-                yield xy[:, :-1], xy[:, 1:]
+                yield self._batch(starts[i : i + self.B])
             epoch += 1
 
     def random_batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """nanoGPT's get_batch: each of the B windows at an offset drawn uniformly from the whole split."""
         g = torch.Generator().manual_seed(seed)
         while True:
-            starts = torch.randint(len(self.train) - self.T, (self.B,), generator=g)
-            rows = [torch.from_numpy(self.train[s : s + self.T + 1].astype(np.int64)) for s in starts]
-            xy = torch.stack(rows).to(self.device, non_blocking=True)
-            yield xy[:, :-1], xy[:, 1:]
+            yield self._batch(torch.randint(len(self.train) - self.T, (self.B,), generator=g))
 
 
 # ---------------------------------------------------------------------------------------------- training
