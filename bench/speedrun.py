@@ -50,7 +50,9 @@ from tokenizers import Tokenizer
 
 from llm import provenance
 from llm.config import config_dir, model_preset, register_resolvers
-from llm.model import GPT, GPTConfig
+from llm.data.tokens import document_positions
+from llm.model import GPT, GPTConfig, document_mask
+from llm.tokenizer import eod_id
 from llm.training.objective import mtp_weights_at, multi_token_losses
 from llm.training.optim import OptimConfig, build_optimizer, optim_preset, untie_head, untie_step
 from llm.training.schedule import lr_schedule
@@ -78,7 +80,8 @@ ARCH_KEYS = ("n_kv_head", *GPT2_BLOCK)  # what makes a recipe's block, beside it
 # lrs at the preset's width (conf/optim's lrs, set for `tiny`, scaled by OptimConfig.for_width)
 # modded-nanogpt's record recipe (github.com/KellerJordan/modded-nanogpt, train_gpt.py) on our block, which already
 # has its rotary positions, QK-norm, ReLU², zero-initialised projections and Muon on the hidden matrices. Left out,
-# because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows;
+# because llm.model or a CPU cannot express them: FP8 matmuls; flex-attention's sliding and block-sparse windows
+# (its per-document mask is data.document_mask, measured as an ablation of ours, not put in this row);
 # the batch-size and sequence-length schedules; one AdamW lr for the embeddings, head and scalars where it sets
 # three; its x0 residual mix, smear gate and attention gates; Muon's momentum warmup and cautious weight decay.
 # its block: value embeddings (None: L // 4 tables), U-net skips, a soft-cap of 15, RMSNorm, a head tied to the
@@ -111,6 +114,7 @@ class Recipe:
     model: GPTConfig
     optim: OptimConfig
     sampling: str = "epoch"  # SAMPLINGS
+    document_mask: bool = False  # data.document_mask: attention within each document of a window, in training and val
 
 
 def value_embed_tables(n_layer: int) -> int:
@@ -156,8 +160,14 @@ def recipes(
         for sampling in peer_sampling
         for b2 in peer_beta2
     ]
-    ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim_preset(choice["optim"]).for_width(ours.n_embd))
+    optim = optim_preset(choice["optim"]).for_width(ours.n_embd)
+    ours = Recipe("ours", GPTConfig(**ours.to_dict()), optim, document_mask=default_document_mask())
     return peers, ours, modded(ours)
+
+
+def default_document_mask() -> bool:
+    """conf/data/default.yaml's data.document_mask: what `python train.py` trains with."""
+    return bool(OmegaConf.load(config_dir() / "data" / "default.yaml").document_mask)
 
 
 def modded(ours: Recipe) -> Recipe:
@@ -167,16 +177,15 @@ def modded(ours: Recipe) -> Recipe:
     m = ours.model
     keys = {**MODDED_MODEL, "value_embeds": value_embed_tables(m.n_layer), "n_kv_head": m.n_head}
     muon = replace(ours.optim.muon, **{**MODDED_MUON, "lr": MODDED_MUON["lr"] * ours.optim.width_scale(m.n_embd)})
-    return Recipe(
-        "modded-nanogpt", GPTConfig(**{**m.to_dict(), **keys}), replace(ours.optim, **MODDED_OPTIM, muon=muon)
-    )
+    optim = replace(ours.optim, **MODDED_OPTIM, muon=muon)
+    return Recipe("modded-nanogpt", GPTConfig(**{**m.to_dict(), **keys}), optim)
 
 
 def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     """Ours with one of its choices replaced by nanoGPT's, for every choice where the two differ; then the
     choices ours does not make (SwiGLU, a soft-cap, a separate output layer, modded-nanogpt's value embeddings,
-    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon or plain Muon, multi-token prediction, late
-    untying), one at a time."""
+    U-net skips, warmup-stable-decay schedule, Polar Express, NorMuon or plain Muon, multi-token prediction, the
+    document mask, late untying), one at a time."""
     out = []
     if (ours.optim.muon is None) != (nanogpt.optim.muon is None):
         out.append(Recipe(f"ours, {'AdamW' if ours.optim.muon else 'Muon'}", ours.model, nanogpt.optim))
@@ -190,6 +199,8 @@ def ablations(nanogpt: Recipe, ours: Recipe) -> list[Recipe]:
     if not ours.optim.mtp_weights:  # modded-nanogpt's multi-token prediction, decayed to next-token by 2/3
         mtp = replace(ours.optim, mtp_weights=MODDED_MTP)
         out.append(Recipe(f"ours, mtp_weights={list(MODDED_MTP)}", ours.model, mtp))
+    mask = not ours.document_mask  # modded-nanogpt's attention within each document (data.document_mask)
+    out.append(Recipe(f"ours, document_mask={mask}", ours.model, ours.optim, document_mask=mask))
     if ours.model.tie_embeddings and ours.optim.untie_at is None:  # modded-nanogpt's late untying of the head
         out.append(Recipe(f"ours, untie_at={MODDED_UNTIE:.2f}", ours.model, replace(ours.optim, untie_at=MODDED_UNTIE)))
     changes = [(key, getattr(nanogpt.model, key)) for key in ARCH_KEYS if key != "mlp_hidden"]
@@ -248,7 +259,10 @@ class Tokens:
     """train.bin and val.bin as batches: every epoch, every training window once, in an order from (seed, epoch);
     or, as nanoGPT's get_batch, windows at random offsets."""
 
-    def __init__(self, folder: Path, dtype: str, block_size: int, batch: int, val_windows: int, device) -> None:
+    def __init__(
+        self, folder: Path, dtype: str, block_size: int, batch: int, val_windows: int, eod: int, device
+    ) -> None:
+        self.eod = eod  # ends every document: where a document mask starts the next
         self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
         val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
         self.T, self.B, self.device = block_size, batch, device
@@ -339,13 +353,21 @@ class Run:
             untie_head(self.net, self.opt)
         x, y = next(self.batches)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
-            logits = self.net(x)
+            logits = self.forward(x)
         weights = mtp_weights_at(o.mtp_weights, self.steps, total, o.mtp_decay_frac)
         loss = multi_token_losses(logits, y, weights)[1]  # the next-token loss alone unless optim.mtp_weights
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)
         self.opt.step()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of x, each document of a window attended to alone where the recipe has the document mask (as
+        LitGPT does with data.document_mask: in training and in validation)."""
+        if not self.recipe.document_mask:
+            return self.net(x)
+        pos = document_positions(x, self.data.eod)
+        return self.net(x, input_pos=pos, mask=document_mask(pos))
 
     def train_step(self) -> None:
         sync(self.device)
@@ -364,7 +386,7 @@ class Run:
         for x, y in zip(self.data.val_x.split(16), self.data.val_y.split(16), strict=True):
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
-                logits = self.net(x)
+                logits = self.forward(x)
             total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
         self.net.train()
         loss = total / self.data.val_y.numel()
@@ -655,7 +677,8 @@ def main() -> None:
         settings["preset"], meta["vocab_size"], args.peer_beta2, args.peer_warmup, args.peer_sampling
     )
     block = ours.model.block_size
-    data = Tokens(folder, meta["dtype"], block, args.batch or settings["batch"], settings["val_windows"], device)
+    batch = args.batch or settings["batch"]
+    data = Tokens(folder, meta["dtype"], block, batch, settings["val_windows"], eod_id(tokenizer), device)
     nbytes = token_bytes(tokenizer)
     val = np.fromfile(folder / "val.bin", dtype=meta["dtype"]).astype(np.int64)
     if int(nbytes[val].sum()) != len(tokenizer.decode(val.tolist()).encode()):

@@ -187,6 +187,16 @@ def explicit_attention(
     return weights @ v  # (B, nh, T, hs)
 
 
+def document_mask(pos: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions that restart at 0 where each document starts -> (B, 1, T, T) boolean mask, True where query t
+    may attend to key s: s <= t and both in the same document. With it, several documents packed into one window
+    are each attended to as if alone (their positions restart too: pass pos as input_pos)."""
+    doc = (pos == 0).cumsum(-1)  # (B, T): which document of the window each token belongs to
+    T = pos.size(-1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=pos.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]  # (B, 1, T, T)
+
+
 class KVCache(nn.Module):
     """K and V of one attention layer for every position decoded so far: (B, n_kv, S, hs) each.
 

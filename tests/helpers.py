@@ -1,5 +1,6 @@
 """Test-only pieces that Hydra instantiates from the command line (tests/ is on the path)."""
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,19 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RecordBatches(L.Callback):
+    """Append `<step> <epoch> <sha256 of the inputs>` to the file `out` for every training batch (a killed run and its
+    resume write to one file: the resumed lines come last)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        digest = hashlib.sha256(batch["input"].cpu().numpy().tobytes()).hexdigest()
+        with open(self.out, "a") as f:
+            f.write(f"{trainer.global_step} {trainer.current_epoch} {digest}\n")
+
+
 class RecordShard(L.Callback):
     """Write `<out>/rank<R>.json`: this rank's place in the world and the windows it trained on, as (epoch, k)."""
 
@@ -33,10 +47,10 @@ class RecordShard(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         start = len(self.indices)
-        mine = self.order[start : start + len(batch[0])]
+        mine = self.order[start : start + len(batch["input"])]
         windows = trainer.datamodule.train_set
-        for row, i in zip(batch[0], mine, strict=True):
-            self.rows_match = self.rows_match and bool((row == windows[i][0]).all())
+        for row, i in zip(batch["input"], mine, strict=True):
+            self.rows_match = self.rows_match and bool((row == windows[i]["input"]).all())
         self.indices += mine
 
     def on_train_end(self, trainer, pl_module) -> None:

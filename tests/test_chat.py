@@ -75,7 +75,7 @@ def test_only_the_assistants_tokens_and_turn_ends_are_learned(tokenizer) -> None
     expected = [t for reply in replies for t in [*chat.encode(reply), end]]
     assert [i for i, keep in zip(ids, learn, strict=True) if keep] == expected  # words and turn end, nothing else
     token_bytes = token_byte_lengths(tokenizer)
-    x, y, n_bytes = pack([(ids, learn)], 96, eod_id(tokenizer), token_bytes)
+    x, y, _, n_bytes = pack([(ids, learn)], 96, eod_id(tokenizer), token_bytes)
     scored = y[0] != IGNORE
     assert int(scored.sum()) == len(expected)  # the assistant's tokens plus their end-of-turn tokens
     assert y[0][scored].tolist() == expected
@@ -98,13 +98,13 @@ def test_only_the_assistants_tokens_and_turn_ends_are_learned(tokenizer) -> None
     ids2, learn2 = chat.training_example(other)
     assert [i for i, k in zip(ids2, learn2, strict=True) if k] == expected
     first_turn = ids.index(end) + 1  # positions before the changed message: the same ids, the same targets
-    _, y2, _ = pack([(ids2, learn2)], 96, eod_id(tokenizer), token_bytes)
+    _, y2, _, _ = pack([(ids2, learn2)], 96, eod_id(tokenizer), token_bytes)
     assert torch.equal(y2[0][:first_turn], y[0][:first_turn])
 
 
 def test_packing_keeps_conversations_whole_and_cuts_only_what_cannot_fit(tokenizer, caplog) -> None:
     seqs = [([5] * 20, [True] * 20), ([6] * 30, [True] * 30), ([7] * 15, [True] * 15), ([8] * 70, [True] * 70)]
-    x, y, _ = pack(seqs, 32, 0, token_byte_lengths(tokenizer))
+    x, y, pos, _ = pack(seqs, 32, 0, token_byte_lengths(tokenizer))
     # 33 tokens a window: 20 | 30 | 15 (not behind the 30) | 70, cut into 3 windows that share their boundaries
     assert len(x) == 6 and x[0, :19].tolist() == [5] * 19 and x[0, 19] == 0 and x[1, :29].tolist() == [6] * 29
     assert "1 conversations are longer than the context" in caplog.text
@@ -148,7 +148,7 @@ def test_conversations_not_lines_are_split() -> None:
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "zo", "pe", "ni", "sa", "do", "gu"]
+WORDS = ["wren", "oak", "flint", "moss", "quill", "ember", "brook", "slate", "thorn", "cedar", "plume", "ridge"]
 EXPORTABLE = [
     "model.config.mlp=swiglu",
     "model.config.norm=rmsnorm",
@@ -168,25 +168,27 @@ SHAPE = [
 
 
 def facts(seed: int = 0, n: int = 30) -> list[tuple[str, str]]:
-    """n made-up projects, each with a made-up code name."""
+    """n made-up vaults, each with a made-up code: questions that differ only in a number, as a user's short
+    question-answer file does (the case where packed conversations that see each other learn the wrong answer)."""
     rng = random.Random(seed)
-    names: list[str] = []
-    while len(names) < n:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
-        if name not in names:
-            names.append(name)
-    colours, animals = ["red", "blue", "green", "gold", "gray"], ["fox", "owl", "elk", "bee", "cod"]
-    return [(name, f"{rng.choice(colours)}-{rng.choice(animals)}-{rng.randint(10, 99)}") for name in names]
+    numbers = rng.sample(range(1, 100), n)
+    return [(str(number), f"{rng.choice(WORDS)}{rng.randint(1, 9)}") for number in numbers]
 
 
 def question(name: str) -> str:
-    return f"What is the code name of project {name}?"
+    return f"What is the code of vault {name}?"
+
+
+def answer(name: str, value: str, i: int) -> str:
+    """Short and long replies: four to fourteen conversations share a window."""
+    reply = f"The code of vault {name} is {value}."
+    return reply + " Keep it safe and tell nobody else about it." * (i % 3 == 0)
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str]]]:
-    """Pretrain a tiny model briefly on documents, then fine-tune it on 30 facts asked one way (3 copies of each
-    conversation, a bad line among them): the fine-tuned run's folder."""
+    """Pretrain a tiny model briefly on unrelated documents, then fine-tune it on 30 facts, each conversation once
+    (a bad line among them; a tenth held out for validation): the fine-tuned run's folder."""
     from llm.train import train
 
     tmp = tmp_path_factory.mktemp("sft")
@@ -194,15 +196,16 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[
     corpus = tmp / "corpus"
     corpus.mkdir()
     for i in range(6):
-        text = "Projects have code names. " + " ".join(f"Project {name} is a project." for name, _ in known)
+        text = "Vaults keep things safe. Every vault has a number and a code. " * 3 + " ".join(WORDS)
         (corpus / f"notes{i}.txt").write_text((text + "\n") * 5)
     chats = tmp / "facts.jsonl"
     with open(chats, "w") as f:
-        for _ in range(3):
-            for name, value in known:
-                reply = f"The code name of project {name} is {value}."
-                turns = [{"role": "user", "content": question(name)}, {"role": "assistant", "content": reply}]
-                f.write(json.dumps({"messages": turns}) + "\n")
+        for i, (name, value) in enumerate(known):
+            turns = [
+                {"role": "user", "content": question(name)},
+                {"role": "assistant", "content": answer(name, value, i)},
+            ]
+            f.write(json.dumps({"messages": turns}) + "\n")
         f.write('{"messages": [{"role": "user", "content": "unfinished"}\n')  # a bad line: reported, skipped
     base = compose_train(tmp / "base", [*SHAPE, f"data.paths=[{corpus}]", "trainer.max_steps=100"], tiny=False)
     train(base)
@@ -219,13 +222,13 @@ def test_a_tiny_model_fine_tuned_on_conversations_answers_and_stops(sft_run) -> 
 
     run, known = sft_run
     manifest = [json.loads(line) for line in (run / "data" / "manifest.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in manifest if r.get("status") == "error"] == [91]
+    assert [r["line"] for r in manifest if r.get("status") == "error"] == [31]
     ckpt = run / "checkpoints" / "last.ckpt"
     model, tokenizer, _ = load_checkpoint(ckpt)
     template = read_chat_template(ckpt)
     assert template.name == "chatml" and tokenizer.token_to_id(IM_START) == 1
     chat = ChatTokens(template, tokenizer)
-    replies = generate(model, tokenizer, [question(n) for n, _ in known], 40, temperature=0, chat=chat)
+    replies = generate(model, tokenizer, [question(n) for n, _ in known], 80, temperature=0, chat=chat)
     right = sum(value in r.text for (_, value), r in zip(known, replies, strict=True))
     stopped = sum(r.finish_reason == "stop" for r in replies)
     assert right >= 0.8 * len(known) and stopped >= 0.9 * len(known), [r.text for r in replies]
@@ -240,7 +243,7 @@ def test_the_server_and_infer_py_answer_in_the_models_template(sft_run, capsys) 
 
     run, known = sft_run
     ckpt = run / "checkpoints" / "last.ckpt"
-    with served(ckpt, default_max_tokens=40) as server:
+    with served(ckpt, default_max_tokens=80) as server:
         replies = []
         for name, _ in known:
             body = {"model": "llm", "messages": [{"role": "user", "content": question(name)}], "temperature": 0}
@@ -280,9 +283,9 @@ def test_the_exported_chat_model_answers_in_transformers_as_here(sft_run, tmp_pa
         ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
         assert list(ids) == chat.prompt_ids(messages)
         with torch.no_grad():
-            out = hf_model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=40)
+            out = hf_model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=80)
         new = out[0, len(ids) :].tolist()
-        ours = generate(model, tokenizer, question(name), 40, temperature=0, chat=chat)[0]
+        ours = generate(model, tokenizer, question(name), 80, temperature=0, chat=chat)[0]
         assert new[-1] in chat.end_ids and ours.finish_reason == "stop"  # both stop at the end of the turn
         assert hf_tok.decode(new, skip_special_tokens=True) == ours.text
 

@@ -84,16 +84,18 @@ def test_tokenizer_sample_keeps_a_small_corpus_whole_and_samples_a_large_one():
 def test_windows_are_shifted_by_one_and_reproducible(tmp_path):
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "t.bin")
     ds = TokenWindows(tmp_path / "t.bin", "uint16", block_size=32, eod=0, seed=3, align="none")
-    x, y = ds[(0, 4)]
+    x, y = ds[(0, 4)]["input"], ds[(0, 4)]["target"]
     assert x.shape == y.shape == (32,) and x.dtype == torch.int64
     assert torch.equal(x[1:], y[:-1]) and y[-1] == x[-1] + 1
-    assert torch.equal(ds[(0, 4)][0], TokenWindows(tmp_path / "t.bin", "uint16", 32, 0, 3, "none")[(0, 4)][0])
-    assert not torch.equal(ds[(0, 4)][0], ds[(1, 4)][0])  # another epoch, another phase
+    assert torch.equal(
+        ds[(0, 4)]["input"], TokenWindows(tmp_path / "t.bin", "uint16", 32, 0, 3, "none")[(0, 4)]["input"]
+    )
+    assert not torch.equal(ds[(0, 4)]["input"], ds[(1, 4)]["input"])  # another epoch, another phase
     seq = TokenWindows(tmp_path / "t.bin", "uint16", block_size=100, eod=0, seed=None, align="none")
-    assert len(seq) == 10 and seq[(0, 1)][0][0] == 100 and seq[(0, 8)][1][-1] == 900
-    assert seq[(0, 9)][1][-1] == 0  # the last window wraps round: the first token is a target too
-    assert torch.equal(seq[(0, 3)][0], seq[(7, 3)][0])  # seed=None: the same windows every epoch
-    assert torch.equal(ds[4][0], ds[(0, 4)][0])  # a plain index: that window of epoch 0
+    assert len(seq) == 10 and seq[(0, 1)]["input"][0] == 100 and seq[(0, 8)]["target"][-1] == 900
+    assert seq[(0, 9)]["target"][-1] == 0  # the last window wraps round: the first token is a target too
+    assert torch.equal(seq[(0, 3)]["input"], seq[(7, 3)]["input"])  # seed=None: the same windows every epoch
+    assert torch.equal(ds[4]["input"], ds[(0, 4)]["input"])  # a plain index: that window of epoch 0
 
 
 def token_stream(n: int, mean_doc: float, seed: int) -> np.ndarray:
@@ -112,7 +114,7 @@ def epoch_targets(ds: TokenWindows, tokens: np.ndarray, epoch: int) -> np.ndarra
     for k in range(len(ds)):
         first, count = ds.span(epoch, k)
         assert 1 <= count <= ds.block_size
-        x, y = ds[(epoch, k)]
+        x, y = ds[(epoch, k)]["input"], ds[(epoch, k)]["target"]
         read = (first + np.arange(count + 1)) % n
         assert np.array_equal(x[:count].numpy(), tokens[read[:-1]]) and np.array_equal(
             y[:count].numpy(), tokens[read[1:]]
@@ -223,7 +225,8 @@ def test_datamodule_caches_tokenizer_and_tokens(tmp_path, corpus):
     meta = json.loads((folder / "meta.json").read_text())
     assert set(meta["train_docs"]).isdisjoint(meta["val_docs"]) and len(meta["val_docs"]) == 3
     stamp = (folder / "tokenizer.json").stat().st_mtime_ns
-    x, y = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x = batch["input"]
     assert x.shape == (2, 16)
 
     dm2 = make("b")

@@ -45,12 +45,13 @@ def test_ablations_change_one_thing_each_and_only_an_optimizer_swap_sweeps_its_o
     value_embeds = f"value_embeds={0 if ours.model.value_embeds else 1}"
     normuon = f"muon.normuon_beta2={None if ours.optim.muon.normuon_beta2 else 0.95}"  # NorMuon undone, or added
     wanted = {"AdamW", schedule, norm, value_embeds, "muon.ns=polar_express", normuon}
-    wanted |= {"mtp_weights=[0.5, 0.25]", "untie_at=0.67"}
+    wanted |= {"mtp_weights=[0.5, 0.25]", "untie_at=0.67", f"document_mask={not ours.document_mask}"}
     assert wanted | {"unet_skips=True", "pos=learned"} <= set(changed)
     for name, recipe in changed.items():
         model_diff = {k for k, v in recipe.model.to_dict().items() if v != getattr(ours.model, k)} - {"mlp_hidden"}
         optim_same = recipe.optim == ours.optim
-        assert len(model_diff) + (not optim_same) == 1 or name == "AdamW", (name, model_diff)
+        mask_diff = recipe.document_mask != ours.document_mask
+        assert len(model_diff) + (not optim_same) + mask_diff == 1 or name == "AdamW", (name, model_diff)
         assert other_optimizer(recipe, ours) == (name == "AdamW")
     assert changed[schedule].optim.schedule != ours.optim.schedule and changed[schedule].model == ours.model
 
@@ -66,7 +67,7 @@ def test_a_bench_run_unties_its_head_and_predicts_further_tokens_as_train_py_doe
     rng = np.random.default_rng(0)
     rng.integers(0, 64, 4000).astype(np.uint16).tofile(tmp_path / "train.bin")
     rng.integers(0, 64, 600).astype(np.uint16).tofile(tmp_path / "val.bin")
-    data = Tokens(tmp_path, "uint16", 16, 4, 4, torch.device("cpu"))
+    data = Tokens(tmp_path, "uint16", 16, 4, 4, 0, torch.device("cpu"))
     model = model_preset("tiny", vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
     optim = replace(optim_preset("muon"), untie_at=0.5, mtp_weights=(0.5,))
     args = SimpleNamespace(seed=0, compile=False, minutes=1.0, bf16=False, clip=1.0)
@@ -82,6 +83,47 @@ def test_a_bench_run_unties_its_head_and_predicts_further_tokens_as_train_py_doe
     assert seen[0] == [1.0, 0.5] and seen[-1] == [1.0, 0.0]  # the extra weight falls to 0 by 0.67 of the run
 
 
+def test_a_bench_run_with_the_document_mask_attends_within_each_document(tmp_path):
+    """The ablation's run trains and validates each document of a window alone, as train.py does with
+    data.document_mask: a change to one document leaves the logits of the next alone."""
+    import numpy as np
+    import torch
+
+    from bench.speedrun import Recipe, Run, Tokens
+
+    rng = np.random.default_rng(0)
+    rng.integers(1, 64, 4000).astype(np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(1, 64, 600).astype(np.uint16).tofile(tmp_path / "val.bin")
+    from types import SimpleNamespace
+
+    data = Tokens(tmp_path, "uint16", 16, 4, 4, 0, torch.device("cpu"))
+    model = model_preset("tiny", vocab_size=64, block_size=16, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
+    model.zero_init_proj = False  # attention that adds something from the first step
+    args = SimpleNamespace(seed=0, compile=False, minutes=1.0, bf16=False, clip=1.0)
+    runs = {
+        m: Run(
+            Recipe("ours", model, optim_preset("muon"), document_mask=m),
+            optim_preset("muon"),
+            data,
+            torch.ones(64, dtype=torch.long),
+            args,
+        )
+        for m in (False, True)
+    }
+    x = torch.randint(1, 64, (1, 16))
+    x[0, 6] = 0  # a document ends at 6: the next starts at 7
+    y = x.clone()
+    y[0, 2] = (x[0, 2] + 1) % 63 + 1  # another token in the first document
+    with torch.no_grad():
+        masked = [runs[True].forward(t) for t in (x, y)]
+        plain = [runs[False].forward(t) for t in (x, y)]
+    torch.testing.assert_close(masked[0][0, 7:], masked[1][0, 7:])  # the second document never sees the first
+    assert not torch.allclose(plain[0][0, 7:], plain[1][0, 7:])
+    runs[True].train_step()
+    runs[True].evaluate()
+    assert np.isfinite(runs[True].final_bpb)
+
+
 def test_nanogpts_random_windows_are_slices_of_the_split_at_offsets_drawn_anew_each_batch(tmp_path):
     import numpy as np
     import torch
@@ -91,7 +133,7 @@ def test_nanogpts_random_windows_are_slices_of_the_split_at_offsets_drawn_anew_e
     train = np.arange(3000, dtype=np.uint16)  # each token its own position: a window shows where it starts
     train.tofile(tmp_path / "train.bin")
     np.zeros(200, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    data = Tokens(tmp_path, "uint16", 16, 8, 4, torch.device("cpu"))
+    data = Tokens(tmp_path, "uint16", 16, 8, 4, 0, torch.device("cpu"))
     draw = data.batches(seed=3, sampling="random")
     batches = [next(draw) for _ in range(20)]
     starts = torch.cat([x[:, 0] for x, _ in batches])

@@ -13,7 +13,9 @@ Conversations, not lines of text, are split between training and validation. Eac
 template and tokenized (llm/chat_template.py): only the assistant's tokens, the end of its turn included, are
 targets; the system's and user's words and the markers that open each turn get the IGNORE label. Conversations are
 packed into windows of block_size + 1 tokens one after another, never cut in half where they fit in a window of
-their own; one longer than a window is cut into windows, and the log says so.
+their own; one longer than a window is cut into windows, and the log says so. Packing is for throughput only: a
+conversation's positions start at 0 and it attends to itself alone, so its loss and logits are those it has
+alone; and every epoch shuffles the conversations before packing them again (PackedWindows).
 """
 
 from __future__ import annotations
@@ -114,44 +116,58 @@ def split_conversations(
 
 
 def pack(
-    examples: Sequence[tuple[list[int], list[bool]]], block_size: int, pad_id: int, token_bytes: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    examples: Sequence[tuple[list[int], list[bool]]],
+    block_size: int,
+    pad_id: int,
+    token_bytes: np.ndarray,
+    warn: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pack (ids, is-target) sequences into windows: inputs (N, T), targets (N, T) with IGNORE where nothing is
-    learned, and the UTF-8 bytes each window's targets stand for (N,). A sequence that fits in what is left of the
-    current window goes there, else it opens the next; one longer than a window is cut into windows."""
+    learned, positions (N, T) that restart at 0 where each sequence starts (each padding token is a sequence of its
+    own), and the UTF-8 bytes each window's targets stand for (N,). A sequence that fits in what is left of the
+    current window goes there, else it opens the next; one longer than a window is cut into windows. The
+    positions are what keeps packed sequences apart: the model attends within each (model.document_mask)."""
     span = block_size + 1  # a window reads T + 1 tokens: inputs and targets shifted by one
-    windows: list[tuple[list[int], list[bool]]] = []
-    ids: list[int] = []
-    learn: list[bool] = []
-    cut = 0
+    windows: list[list[tuple[list[int], list[bool]]]] = []  # each window: its sequences
+    current: list[tuple[list[int], list[bool]]] = []
+    used = cut = 0
     for seq, mask in examples:
         if len(seq) > span:
             cut += 1
-            if ids:
-                windows.append((ids, learn))
-                ids, learn = [], []
+            if current:
+                windows.append(current)
+                current, used = [], 0
             for start in range(0, len(seq) - 1, block_size):  # consecutive windows share their boundary token
-                windows.append((seq[start : start + span], mask[start : start + span]))
+                windows.append([(seq[start : start + span], mask[start : start + span])])
             continue
-        if len(ids) + len(seq) > span:
-            windows.append((ids, learn))
-            ids, learn = [], []
-        ids, learn = ids + list(seq), learn + list(mask)
-    if ids:
-        windows.append((ids, learn))
-    if cut:
+        if used + len(seq) > span:
+            windows.append(current)
+            current, used = [], 0
+        current.append((list(seq), list(mask)))
+        used += len(seq)
+    if current:
+        windows.append(current)
+    if cut and warn:
         log.warning("%d conversations are longer than the context (%d tokens): each was cut into windows", cut, span)
     x = torch.full((len(windows), block_size), pad_id, dtype=torch.long)
     y = torch.full((len(windows), block_size), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(windows), block_size), dtype=torch.long)  # padding: position 0, each its own sequence
     n_bytes = torch.zeros(len(windows), dtype=torch.long)
-    for w, (seq, mask) in enumerate(windows):
+    for w, window in enumerate(windows):
+        seq = [t for ids, _ in window for t in ids]
+        mask = [m for _, learn in window for m in learn]
         n = len(seq) - 1
         x[w, :n] = torch.tensor(seq[:-1])
         targets = torch.tensor(seq[1:])
         scored = torch.tensor(mask[1:], dtype=torch.bool)
+        # A target is the next token of the same sequence: the last token of one sequence does not predict the
+        # first of the next (that token is a sequence's start, which nothing before it in the window leads to)
+        firsts = np.cumsum([len(ids) for ids, _ in window])[:-1]  # where each sequence after the first starts
+        scored[firsts - 1] = False
         y[w, :n] = torch.where(scored, targets, torch.full_like(targets, IGNORE))
+        pos[w, :n] = torch.cat([torch.arange(len(ids)) for ids, _ in window])[:-1]
         n_bytes[w] = int(token_bytes[targets[scored].numpy()].sum())
-    return x, y, n_bytes
+    return x, y, pos, n_bytes
 
 
 def tokenize(conversations: Sequence[Conversation], chat: ChatTokens) -> list[tuple[list[int], list[bool]]]:
@@ -159,17 +175,53 @@ def tokenize(conversations: Sequence[Conversation], chat: ChatTokens) -> list[tu
 
 
 class PackedWindows(Dataset):
-    """Packed conversation windows; items keyed by k or (epoch, k) (EpochSampler): (input, target) and, with
-    with_bytes, the UTF-8 bytes of the window's targets (what val/bpb divides by)."""
+    """Conversations packed into windows, packed anew every epoch: items keyed by (epoch, k) (EpochSampler) or a
+    plain k (epoch 0) are dicts of "input", "target", "pos" (where each conversation starts: attention stays inside
+    it) and, with with_bytes, "bytes" (the UTF-8 bytes of the window's targets, what val/bpb divides by).
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_bytes: torch.Tensor, with_bytes: bool) -> None:
-        self.x, self.y, self.n_bytes, self.with_bytes = x, y, n_bytes, with_bytes
+    With a seed, epoch e shuffles the conversations with a generator seeded by (seed, e), then packs them: each
+    epoch puts other conversations side by side, and a resumed run packs its epoch as the killed one did. The
+    number of windows can change from one epoch to the next (windows(epoch)); seed=None packs in the given
+    order, the same windows every epoch (validation)."""
+
+    def __init__(
+        self,
+        examples: Sequence[tuple[list[int], list[bool]]],
+        block_size: int,
+        pad_id: int,
+        token_bytes: np.ndarray,
+        seed: int | None,
+        with_bytes: bool,
+    ) -> None:
+        self.examples, self.block_size, self.pad_id, self.token_bytes = list(examples), block_size, pad_id, token_bytes
+        self.seed, self.with_bytes = seed, with_bytes
+        self._epoch, self._packed = 0, pack(self._order(0), block_size, pad_id, token_bytes)  # warns of cuts once
+
+    def _order(self, epoch: int) -> list[tuple[list[int], list[bool]]]:
+        order = list(self.examples)
+        if self.seed is not None:
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def packed(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, positions, bytes) of every window of epoch."""
+        if self.seed is not None and epoch != self._epoch:  # one packing held: the epoch being trained
+            self._epoch, self._packed = (
+                epoch,
+                pack(self._order(epoch), self.block_size, self.pad_id, self.token_bytes, False),
+            )
+        return self._packed
+
+    def windows(self, epoch: int) -> int:
+        return len(self.packed(epoch)[0])
 
     def __len__(self) -> int:
-        return len(self.x)
+        return self.windows(0)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, ...]:
-        k = key[1] if isinstance(key, tuple) else key
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        epoch, k = key if isinstance(key, tuple) else (0, key)
+        x, y, pos, n_bytes = self.packed(epoch)
+        item = {"input": x[k], "target": y[k], "pos": pos[k]}
         if self.with_bytes:
-            return self.x[k], self.y[k], self.n_bytes[k]
-        return self.x[k], self.y[k]
+            item["bytes"] = n_bytes[k]
+        return item

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from llm.atomic import fsync_dir, remove_stale_temps, write_bytes, write_text
 from llm.chat_template import ChatTemplate, ChatTokens
-from llm.data.conversations import PackedWindows, pack, read_conversations, split_conversations, tokenize
+from llm.data.conversations import PackedWindows, read_conversations, split_conversations, tokenize
 from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
 from llm.data.pipeline import ingest
 from llm.data.reader import Settings
@@ -67,7 +67,9 @@ class WindowsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
-        sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, rank, world, self._position)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        n = self.train_set.windows(epoch)  # the windows of the epoch this loader starts (conversations: it varies)
+        sampler = EpochSampler(n, self.batch_size, self.seed, rank, world, self._position)
         return self._loader(self.train_set, sampler)  # the last batch of an epoch may be short: no window dropped
 
     def val_dataloader(self) -> DataLoader | list:
@@ -124,6 +126,7 @@ class TextDataModule(WindowsDataModule):
         val_fraction: float,
         seed: int,
         align: str,  # none | document: where training windows start (TokenWindows)
+        document_mask: bool,  # attention within each document of a window only, positions from 0 in each
         val_windows: int | None,
         num_workers: int,
         ingest: Mapping,  # llm.data.reader.Settings: workers, time/memory limits, strategies
@@ -165,6 +168,9 @@ class TextDataModule(WindowsDataModule):
         self.val_windows = val_windows
         self.num_workers = num_workers
         self.align = check_align(align)
+        if not isinstance(document_mask, bool):
+            raise ConfigError(f"data.document_mask={document_mask!r} is not one of [true, false]")
+        self.document_mask = document_mask
         self.exclude = tuple(exclude)
         Settings.from_mapping(ingest)  # checked now; the workers build their own from the mapping
         self.ingest_settings = dict(ingest or {})
@@ -248,11 +254,15 @@ class TextDataModule(WindowsDataModule):
         self.meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = load_tokenizer(folder / "tokenizer.json")
         dtype, eod = self.meta["dtype"], eod_id(self.tokenizer)
-        self.train_set = TokenWindows(folder / "train.bin", dtype, self.block_size, eod, self.seed, self.align)
+        mask = self.document_mask
+        self.train_set = TokenWindows(
+            folder / "train.bin", dtype, self.block_size, eod, self.seed, self.align, None, mask
+        )
         self.val_set = None
         if self.meta["val_tokens"] > 0:  # phase 0, in order: the same windows every validation and every run
             token_bytes = token_byte_lengths(self.tokenizer)
-            self.val_set = TokenWindows(folder / "val.bin", dtype, self.block_size, eod, None, "none", token_bytes)
+            val = folder / "val.bin"
+            self.val_set = TokenWindows(val, dtype, self.block_size, eod, None, "none", token_bytes, mask)
 
 
 def _alive(pid: str) -> bool:
@@ -308,6 +318,16 @@ class ChatDataModule(WindowsDataModule):
         self.seed, self.val_windows, self.num_workers = seed, val_windows, num_workers
         self.chat_template: ChatTemplate | None = None
 
+    def train_dataloader(self) -> DataLoader:
+        """The windows of the epoch that starts: Lightning must ask for them every epoch, since each packs anew."""
+        every = self.trainer.reload_dataloaders_every_n_epochs if self.trainer is not None else 1
+        if every != 1:
+            raise ConfigError(
+                f"trainer.reload_dataloaders_every_n_epochs={every} must be 1 for conversations: each epoch packs them "
+                "anew, and the loader must be made again to read that epoch's windows (experiment=sft sets it)"
+            )
+        return super().train_dataloader()
+
     def _files(self) -> list[Path]:
         files = []
         for path in self.paths:
@@ -336,13 +356,14 @@ class ChatDataModule(WindowsDataModule):
         train, val = split_conversations(conversations, self.val_fraction, self.seed)
         token_bytes = token_byte_lengths(self.tokenizer)
         pad = eod_id(self.tokenizer)
-        self.train_set = PackedWindows(*pack(tokenize(train, chat), self.block_size, pad, token_bytes), False)
+        self.train_set = PackedWindows(tokenize(train, chat), self.block_size, pad, token_bytes, self.seed, False)
         self.val_set = (
-            PackedWindows(*pack(tokenize(val, chat), self.block_size, pad, token_bytes), True) if val else None
+            PackedWindows(tokenize(val, chat), self.block_size, pad, token_bytes, None, True) if val else None
         )
-        scored = int((self.train_set.y != IGNORE).sum())
+        scored = int((self.train_set.packed(0)[1] != IGNORE).sum())
         log.info(
-            "conversations: %d train (%d windows, %d assistant tokens to learn), %d val; template %s",
+            "conversations: %d train (%d windows in epoch 0, packed anew each epoch, %d assistant tokens to learn), "
+            "%d val; template %s",
             len(train),
             len(self.train_set),
             scored,

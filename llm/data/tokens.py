@@ -208,9 +208,11 @@ class TokenWindows(Dataset):
       the previous window cut it. They are the same every epoch (only the order changes, EpochSampler).
 
     Items are keyed by (epoch, k); there are len(self) windows in every epoch. A plain k is window k of
-    epoch 0 (what an ordinary sampler gives, such as the one Lightning's overfit_batches puts in). A
-    window that predicts fewer than block_size tokens is padded: inputs with the end-of-document id,
-    targets with IGNORE. With token_bytes (token_byte_lengths), an item carries a third element: the
+    epoch 0 (what an ordinary sampler gives, such as the one Lightning's overfit_batches puts in). An item
+    is a dict: "input" and "target" (block_size,) ids; a window that predicts fewer than block_size tokens
+    is padded, inputs with the end-of-document id, targets with IGNORE. With document_mask, "pos": each
+    input token's position in its document (document_positions), so that attention stays inside each
+    document of the window (model.document_mask). With token_bytes (token_byte_lengths), "bytes": the
     number of UTF-8 bytes of the text its targets stand for.
     """
 
@@ -223,10 +225,11 @@ class TokenWindows(Dataset):
         seed: int | None,
         align: str,
         token_bytes: np.ndarray | None = None,
+        document_mask: bool = False,
     ) -> None:
         check_align(align)
         self.path, self.dtype, self.block_size, self.eod = Path(path), np.dtype(dtype), block_size, eod
-        self.seed, self.align, self.token_bytes = seed, align, token_bytes
+        self.seed, self.align, self.token_bytes, self.document_mask = seed, align, token_bytes, document_mask
         self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
         if self.n_tokens < 1:
             raise ValueError(f"{self.path} holds no tokens: nothing to make a window of")
@@ -244,6 +247,10 @@ class TokenWindows(Dataset):
             return len(self.cuts) - 1
         return -(-self.n_tokens // self.block_size)
 
+    def windows(self, epoch: int) -> int:
+        """Windows in epoch: the same in every epoch."""
+        return len(self)
+
     def phase(self, epoch: int) -> int:
         """Where epoch's first window starts (align="none"): drawn from (seed, epoch), 0 without a seed."""
         if self.seed is None:
@@ -259,7 +266,7 @@ class TokenWindows(Dataset):
         start = k * self.block_size
         return (self.phase(epoch) + start) % self.n_tokens, min(self.block_size, self.n_tokens - start)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         if self._tokens is None:
             self._tokens = self._open()
         epoch, k = key if isinstance(key, tuple) else (0, key)
@@ -274,9 +281,24 @@ class TokenWindows(Dataset):
             x = torch.full((self.block_size,), self.eod, dtype=torch.int64)
             y = torch.full((self.block_size,), IGNORE, dtype=torch.int64)
             x[:n], y[:n] = torch.from_numpy(window[:-1]), torch.from_numpy(window[1:])
-        if self.token_bytes is None:
-            return x, y
-        return x, y, torch.tensor(int(self.token_bytes[window[1:]].sum()))
+        item = {"input": x, "target": y}
+        if self.document_mask:
+            item["pos"] = document_positions(x, self.eod)
+        if self.token_bytes is not None:
+            item["bytes"] = torch.tensor(int(self.token_bytes[window[1:]].sum()))
+        return item
+
+
+def document_positions(x: torch.Tensor, eod: int) -> torch.Tensor:
+    """(..., T) input ids -> the position of each token within its document: 0 at the window's first token and right
+    after each end-of-document token, counting up from there (the model's document_mask reads the documents from
+    these)."""
+    T = x.size(-1)
+    index = torch.arange(T, device=x.device).expand_as(x)
+    starts = torch.zeros_like(x, dtype=torch.bool)
+    starts[..., 0] = True
+    starts[..., 1:] = x[..., :-1] == eod
+    return index - torch.where(starts, index, 0).cummax(-1).values
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

@@ -121,8 +121,8 @@ def bits_per_byte(
             for start in range(0, count, batch_size):
                 ks = range(start, min(start + batch_size, count))
                 items = [data[k] for k in ks]
-                x = torch.stack([item[0] for item in items]).to(device)
-                y = torch.stack([item[1] for item in items]).to(device)
+                x = torch.stack([item["input"] for item in items]).to(device)
+                y = torch.stack([item["target"] for item in items]).to(device)
                 logits = model(x)[..., :V].float()
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none")
                 loss = loss.view(y.shape).double().cpu().numpy()

@@ -133,7 +133,7 @@ class ReportCard(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens += batch[0].numel() * trainer.world_size
+        self.tokens += batch["input"].numel() * trainer.world_size
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:

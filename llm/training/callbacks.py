@@ -46,7 +46,7 @@ class Throughput(L.Callback):
         self._val_start = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += batch[0].numel() * trainer.world_size
+        self._tokens += batch["input"].numel() * trainer.world_size
         if self._t0 is None:  # the first batch pays for start-up (and compilation): leave it out
             self._t0, self._tokens = time.perf_counter(), 0
             return
@@ -59,7 +59,7 @@ class Throughput(L.Callback):
         metrics = {"train/tokens_per_sec": tokens_per_sec}
         peak = peak_flops(pl_module.device)
         if peak is not None:  # model FLOPs per token x tokens/s over the whole job's peak
-            flops = pl_module.net.flops_per_token(batch[0].shape[1]) * tokens_per_sec
+            flops = pl_module.net.flops_per_token(batch["input"].shape[1]) * tokens_per_sec
             metrics["train/mfu"] = flops / (peak * trainer.world_size)
         if pl_module.device.type == "cuda":
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30

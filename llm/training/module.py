@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric, Metric
 
 from llm.checkpoint import MODEL_CONFIG, TOKENIZER, add_entries
 from llm.errors import ConfigError
-from llm.model import GPT
+from llm.model import GPT, document_mask
 from llm.tokenizer import IGNORE
 from llm.training.objective import mtp_weights_at, multi_token_losses, token_cross_entropy
 from llm.training.optim import OptimConfig, build_optimizer, make_config, untie_head, untie_step
@@ -100,8 +100,12 @@ class LitGPT(L.LightningModule):
             scaled,
         )
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.net(idx)
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of token ids idx (B, T). pos (B, T): each token's position in its document, where a window holds
+        several (packed conversations, data.document_mask): each document then attends to itself alone."""
+        if pos is None:
+            return self.net(idx)
+        return self.net(idx, input_pos=pos, mask=document_mask(pos))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._cross_entropy(logits, targets)
@@ -121,16 +125,17 @@ class LitGPT(L.LightningModule):
             step = self.trainer.global_step
             torch.manual_seed(hash((self.seed, self.global_rank, step, batch_idx)) % 2**63)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """batch: "input" and "target" (B, T), and "pos" where documents share a window (TokenWindows)."""
+        logits, y = self(batch["input"], batch.get("pos")), batch["target"]
         o = self.optim
         if o is None or not o.mtp_weights:
-            loss = self.loss(self.net(x), y)
+            loss = self.loss(logits, y)
             self.log("train/loss", loss, prog_bar=True)
             return loss
         # multi-token prediction: train/loss stays the next-token loss, comparable with val/loss
         weights = mtp_weights_at(o.mtp_weights, self.trainer.global_step, self.total_steps, o.mtp_decay_frac)
-        loss, objective = multi_token_losses(self.net(x), y, weights, self._cross_entropy)
+        loss, objective = multi_token_losses(logits, y, weights, self._cross_entropy)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mtp_objective", objective)
         return objective
@@ -141,17 +146,17 @@ class LitGPT(L.LightningModule):
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        """batch: (input, target) and, where the data knows them, the UTF-8 bytes of each window's targets."""
-        x, y, *n_bytes = batch
-        loss = self.loss(self.net(x), y)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """batch: as training's, and "bytes" where the data knows them: the UTF-8 bytes of each window's targets."""
+        y = batch["target"]
+        loss = self.loss(self(batch["input"], batch.get("pos")), y)
         n = (y != IGNORE).sum()  # the targets scored: padding left out
         self.val_loss.update(loss, weight=n)
         self.val_ppl.update(loss, weight=n)
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/ppl", self.val_ppl)
-        if n_bytes:
-            self.val_bpb.update(loss * n, n_bytes[0])
+        if "bytes" in batch:
+            self.val_bpb.update(loss * n, batch["bytes"])
             self.log("val/bpb", self.val_bpb, prog_bar=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
