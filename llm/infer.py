@@ -6,7 +6,8 @@ The quotes inside keep the trailing space: Hydra strips it from an unquoted valu
 
 `prompt_file=prompts.txt` runs one prompt per line as a batch; `interactive=true` opens a REPL. `chat=true` sends
 each prompt as a user's message in the checkpoint's chat template (llm/chat_template.py) and prints the reply,
-which ends with the assistant's turn; with `interactive=true` the conversation goes on.
+which ends with the assistant's turn; with `interactive=true` the conversation goes on. With `retrieval.index=`
+(docs/retrieval.md) each question is given the index's best passages and the reply is followed by where they are.
 See conf/infer.yaml for every key. The generated text goes to stdout; logs go to stderr.
 """
 
@@ -26,6 +27,8 @@ from llm.checkpoint import load  # serve.py loads the same way
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.model import GPT
+from llm.retrieval.context import Retriever, source
+from llm.retrieval.index import Hit
 from llm.sampler import (
     SamplingParams,
     check_max_new_tokens,
@@ -61,29 +64,46 @@ def infer(cfg: DictConfig) -> None:
         stop=read_stop(cfg.stop),
         kv_cache=kv_cache,
     )
+    retriever = Retriever.from_config(cfg.get("retrieval"), cfg.paths.outputs_root)
+    if retriever is not None and not use_chat:
+        raise ConfigError("retrieval.index gives passages to a chat: it needs chat=true")
     model, tokenizer, device, template = load(cfg)
     options["compile"] = resolve_compile(cfg.compile, device, kv_cache)
     if use_chat:
         options["chat"] = ChatTokens(template, tokenizer)
         log.info("chat: the %s template", template.name)
+    budget = model.config.block_size - options["max_new_tokens"]  # prompt tokens that leave room for the reply
     if interactive:
         if options["compile"]:  # one cache size for every turn, so the step compiles once
             options["cache_len"] = model.config.block_size
-        repl(model, tokenizer, stream, options)
+        repl(model, tokenizer, stream, options, retriever, budget)
         return
     stream = stream and len(prompts) == 1
     if stream and not use_chat:
         write(prompts[0])
-    results = generate(model, tokenizer, prompts, on_text=write_row if stream else None, **options)
+    inputs, sources = list(prompts), [[] for _ in prompts]
+    if retriever is not None:
+        grounded = [retriever.ground(options["chat"], [{"role": "user", "content": p}], budget) for p in prompts]
+        inputs, sources = [messages for messages, _ in grounded], [hits for _, hits in grounded]
+    results = generate(model, tokenizer, inputs, on_text=write_row if stream else None, **options)
     for i, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
         if not stream:
             separator = "\n" if i else ""
             write(separator + ("" if use_chat else prompt) + result.text)
         write("\n")
+        write_sources(sources[i])
         log.info("prompt %d: %d new tokens, finished by %s", i, len(result.token_ids), result.finish_reason)
 
 
-def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
+def write_sources(hits: list[Hit]) -> None:
+    """After a grounded reply, the passages it was given: one line each, `[n] path, page p`."""
+    for n, hit in enumerate(hits, start=1):
+        write(f"[{n}] {source(hit.path, hit.page)}\n")
+
+
+def repl(
+    model: GPT, tokenizer: Tokenizer, stream: bool, options: dict, retriever: Retriever | None = None, budget: int = 0
+) -> None:
     """Each line continues the transcript so far (older text falls out of the context). /reset, /quit. With chat,
     each line is the user's next message and the conversation so far goes with it.
 
@@ -108,9 +128,13 @@ def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
             continue
         if not line.strip():
             continue
+        hits: list[Hit] = []
         if options.get("chat") is not None:
             conversation.append({"role": "user", "content": line.rstrip("\n")})
-            result = generate(model, tokenizer, [conversation], on_text=on_text, **options)[0]
+            asked = conversation  # with retrieval: the passages for this question, in this turn only
+            if retriever is not None:
+                asked, hits = retriever.ground(options["chat"], conversation, budget)
+            result = generate(model, tokenizer, [asked], on_text=on_text, **options)[0]
             conversation.append({"role": "assistant", "content": result.text})
         else:
             transcript += line
@@ -119,6 +143,7 @@ def repl(model: GPT, tokenizer: Tokenizer, stream: bool, options: dict) -> None:
         if not stream:
             write(result.text)
         write("\n")
+        write_sources(hits)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="infer")

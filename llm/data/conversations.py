@@ -5,7 +5,9 @@ A conversations file is JSON Lines: each line one conversation, in OpenAI's form
     {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
                   {"role": "assistant", "content": "..."}]}
 
-or the pair form {"prompt": "...", "completion": "..."} (one user turn, one assistant turn). A line that is not
+or the pair form {"prompt": "...", "completion": "..."} (one user turn, one assistant turn). A `context` beside
+"messages" (passages: a string, or a list of strings or {"path", "page", "text"}) goes into the system message as
+retrieval puts passages there (llm/retrieval/grounded.py). A line that is not
 JSON, names an unknown role or has no assistant turn is skipped, and the manifest says which file, which line and
 why; the rest trains.
 
@@ -32,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llm.chat_template import ChatTokens, check_messages
+from llm.retrieval.grounded import context_messages
 from llm.tokenizer import IGNORE
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def parse_line(text: str) -> list[dict[str, str]]:
     if not isinstance(obj, dict):
         raise ValueError('not a JSON object: expected {"messages": [...]} or {"prompt": ..., "completion": ...}')
     if "messages" in obj:
-        messages = check_messages(obj["messages"])
+        messages = check_messages(context_messages(obj) if "context" in obj else obj["messages"])
     elif "prompt" in obj and "completion" in obj:
         if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
             raise ValueError("prompt and completion must be strings")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from llm.atomic import fsync_dir, remove_stale_temps, write_bytes, write_text
 from llm.chat_template import ChatTemplate, ChatTokens
-from llm.data.conversations import PackedWindows, read_conversations, split_conversations, tokenize
+from llm.data.conversations import Conversation, PackedWindows, read_conversations, split_conversations, tokenize
 from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
 from llm.data.pipeline import ingest
 from llm.data.reader import Settings
@@ -38,6 +38,8 @@ from llm.data.tokens import (
     write_tokens,
 )
 from llm.errors import ConfigError
+from llm.retrieval.build import write_index
+from llm.retrieval.grounded import synthetic
 from llm.tokenizer import IGNORE, eod_id, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,7 @@ class TextDataModule(WindowsDataModule):
             raise ConfigError(
                 f"data.paths: no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}"
             )
+        write_index(docs, self.paths, self.cache_dir, self.out_dir)  # answers cite the run's documents (retrieval)
         settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed, self.tokenizer_sample_mb]
         if self.tokenizer_file is not None:  # a given tokenizer: its content, not a vocab size, fixes the ids
             settings.append(hashlib.sha256(self.tokenizer_file.read_bytes()).hexdigest())
@@ -295,9 +298,16 @@ class ChatDataModule(WindowsDataModule):
         num_workers: int,
         tokenizer: str | None,  # the model's tokenizer.json (init_from sets it)
         chat_template: str | None,  # a JSON file of the template (init_from sets it); null: ChatML
+        synthetic: int = 0,  # made-up grounded conversations added (experiment=grounded, llm/retrieval/grounded.py)
+        passages: int = 3,  # passages in each made-up conversation: one holds the answer
     ) -> None:
         super().__init__()
-        self.paths = expand_paths(paths, key="data.paths")
+        if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
+            raise ConfigError(f"data.synthetic={synthetic!r} must be a whole number of conversations, 0 for none")
+        if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:
+            raise ConfigError(f"data.passages={passages!r} must be at least 1")
+        self.synthetic, self.passages = synthetic, passages
+        self.paths = expand_paths(paths, key="data.paths") if (paths or not synthetic) else []
         if tokenizer is None:
             raise ConfigError(
                 "data.tokenizer is null: experiment=sft fine-tunes a model, give it with init_from=PATH "
@@ -339,7 +349,7 @@ class ChatDataModule(WindowsDataModule):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         write_bytes(self.out_dir / "tokenizer.json", self.tokenizer_file.read_bytes())
-        if not conversations:
+        if not conversations and not self.synthetic:
             raise ConfigError(
                 f"data.paths: no usable conversation in {[str(p) for p in self.paths]}: "
                 f"see {self.out_dir / 'manifest.jsonl'}"
@@ -353,6 +363,8 @@ class ChatDataModule(WindowsDataModule):
         self.chat_template = ChatTemplate.from_dict(template) if template else ChatTemplate.chatml()
         chat = ChatTokens(self.chat_template, self.tokenizer)
         conversations, _ = read_conversations(self._files())  # small files: each rank reads them again
+        made_up = synthetic(self.synthetic, self.passages, self.seed)
+        conversations += [Conversation("synthetic", i, messages) for i, messages in enumerate(made_up, start=1)]
         train, val = split_conversations(conversations, self.val_fraction, self.seed)
         token_bytes = token_byte_lengths(self.tokenizer)
         pad = eod_id(self.tokenizer)

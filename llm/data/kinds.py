@@ -200,7 +200,7 @@ REGISTRY = Registry(
         Format(
             "pdf",
             pdf.read,
-            version=3,
+            version=4,  # 4: where each page starts is kept (page_starts)
             extensions=_none(".pdf"),
             magic=PDF_MAGIC,
             heavy=True,

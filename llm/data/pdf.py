@@ -128,7 +128,11 @@ def _read(doc, path: Path, settings: Settings) -> Extraction:
     text = "\n\n".join(pages[p] for p in sorted(pages))
     if not text.strip():
         raise Refused("empty", f"no text found in {n_pages} page(s) (strategy {used})")
-    return Extraction(text, used, pages=n_pages, rotated=rotated or None)
+    starts, at = {}, 0
+    for p in sorted(pages):  # where each page's text begins: the index cites passages by page (llm/retrieval)
+        starts[p] = at
+        at += len(pages[p]) + 2
+    return Extraction(text, used, pages=n_pages, rotated=rotated or None, page_starts=starts)
 
 
 def settings_used(settings: Settings) -> list:

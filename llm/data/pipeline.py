@@ -54,8 +54,10 @@ class Document:
         text_file: Path | None = None,
         language: str | None = None,
         text_key: str = "",
+        page_starts: dict[int, int] | None = None,
     ) -> None:
         self.path = path
+        self.page_starts = page_starts  # paged formats (PDF): page (1-based) -> where its text starts
         self.kind = kind
         self.sha256 = sha256
         self.language = language
@@ -99,9 +101,11 @@ class Record:
     cached: bool = False
     container: str | None = None  # what it came out of: zip, tar+gzip, gzip (notes.txt.gz) ...
     rotated: dict[str, int] | None = None  # OCR: page -> degrees turned clockwise to stand upright (when not 0)
+    page_starts: dict[str, int] | None = None  # paged formats: page -> where its text starts (not in the manifest)
 
     def to_json(self) -> dict:
         d = asdict(self)
+        del d["page_starts"]
         for key in ("reason", "text_path", "language", "container", "rotated"):
             if d[key] is None:
                 del d[key]
@@ -180,6 +184,7 @@ def ingest(
                 text_file=text_file,
                 language=rec.language,
                 text_key=plan.keys[i],
+                page_starts={int(p): at for p, at in rec.page_starts.items()} if rec.page_starts else None,
             )
             result.documents.append(doc)
     if out is not None:
@@ -490,6 +495,7 @@ def _hash(path: Path) -> tuple[str, bytes, bool]:
 
 def _fill(rec: Record, outcome: Mapping) -> None:
     rec.rotated = outcome.get("rotated")
+    rec.page_starts = outcome.get("page_starts")
     rec.status = outcome["status"]
     rec.reason = outcome.get("reason")
     rec.strategy = outcome.get("strategy")

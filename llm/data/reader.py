@@ -74,6 +74,7 @@ class Extraction:
     pages: int = 0  # PDF pages / image frames read, for throughput figures
     language: str | None = None  # code only
     rotated: dict[int, int] | None = None  # OCR: page (1-based) -> degrees it was turned clockwise to stand upright
+    page_starts: dict[int, int] | None = None  # paged formats: page (1-based) -> where its text starts in `text`
     # archives (archive.py): the members, each copied into the run's scratch folder or refused with a reason
     members: list[dict[str, Any]] | None = None
     single: bool = False  # a compressed single file (notes.txt.gz): read as the file inside it

@@ -65,6 +65,8 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
             "pages": ex.pages,
             "language": ex.language,
         }
+        if ex.page_starts:
+            out["page_starts"] = {str(page): at for page, at in ex.page_starts.items()}  # as JSON keeps it
         if ex.rotated:
             out["rotated"] = {str(page): degrees for page, degrees in ex.rotated.items()}  # as JSON keeps it
         if ex.members is not None:  # an archive: its members are read next, each as a file of its own

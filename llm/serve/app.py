@@ -37,6 +37,7 @@ from tokenizers import Tokenizer, decoders
 
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.errors import ConfigError
+from llm.retrieval.context import Retriever
 from llm.sampler import SamplingParams
 from llm.sampler.core import TokenLogprob
 from llm.serve.engine import Engine, EngineStopped, Job, QueueFull
@@ -74,6 +75,7 @@ class Limits:
     default_max_tokens: int
     request_timeout: float
     chat: ChatTokens  # the model's chat template with its tokenizer: /v1/chat/completions' prompts and stops
+    retriever: Retriever | None = None  # retrieval.index: passages for each chat's last user message
 
     @classmethod
     def of(
@@ -83,6 +85,7 @@ class Limits:
         default_max_tokens: int,
         request_timeout: float,
         chat_template: ChatTemplate | None = None,
+        retriever: Retriever | None = None,
     ) -> Limits:
         tokenizer = engine.tokenizer
         return cls(
@@ -95,6 +98,7 @@ class Limits:
             default_max_tokens,
             request_timeout,
             ChatTokens(chat_template or ChatTemplate.plain(), tokenizer),
+            retriever,
         )
 
 
@@ -311,12 +315,20 @@ def chat_jobs(body: ChatRequest, limits: Limits) -> list[Job]:
         message = f"the messages are {size} bytes, so more than the context of {limits.block_size} tokens holds"
         raise BadRequest(400, message, "messages", "context_length_exceeded")
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    hits = []
     try:
+        if limits.retriever is not None:  # the passages fit what the reply leaves of the context
+            reply = max_tokens if max_tokens is not None else min(limits.default_max_tokens, limits.block_size // 4)
+            messages, hits = limits.retriever.ground(limits.chat, messages, limits.block_size - reply)
         ids = limits.chat.prompt_ids(messages)
     except Exception as e:  # the template refused the conversation (raise_exception in its Jinja)
         raise BadRequest(400, f"messages: the chat template refused them: {e}", "messages") from None
     chat = limits.chat
-    return build_jobs(body, [ids], max_tokens, limits, "messages", chat.template.stop_strings, None, chat.end_ids)
+    jobs = build_jobs(body, [ids], max_tokens, limits, "messages", chat.template.stop_strings, None, chat.end_ids)
+    if limits.retriever is not None:
+        for job in jobs:
+            job.sources = [hit.to_dict() for hit in hits]
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------- jobs -> answer
@@ -374,7 +386,10 @@ def completion_response(jobs: Sequence[Job], meta: dict, chat: bool, n: int, tok
         "total_tokens": prompt_tokens + completion_tokens,
     }
     kind = "chat.completion" if chat else "text_completion"
-    return {**meta, "object": kind, "choices": choices, "usage": usage}
+    body = {**meta, "object": kind, "choices": choices, "usage": usage}
+    if jobs[0].sources is not None:  # retrieval: the passages the answer was given, best first
+        body["sources"] = jobs[0].sources
+    return body
 
 
 def chunk(
@@ -496,7 +511,10 @@ async def stream_events(
     try:
         if chat:
             for index in range(len(jobs)):
-                yield sse(chunk(meta, chat, index, "", first=True))
+                first = chunk(meta, chat, index, "", first=True)
+                if index == 0 and jobs[0].sources is not None:  # retrieval: the passages, before any text
+                    first["sources"] = jobs[0].sources
+                yield sse(first)
         deadline, remaining, sent = deadline_of(jobs), len(jobs), [0] * len(jobs)
         while remaining:
             try:
@@ -631,11 +649,13 @@ def create_app(
     max_request_bytes: int,
     api_key: str | None,
     chat_template: ChatTemplate | None = None,
+    retriever: Retriever | None = None,
 ) -> FastAPI:
     """The app for one engine (which the caller starts and stops). request_timeout: seconds a request may take,
     queue wait included; default_max_tokens: max_tokens when a request gives none (cut to the context);
-    api_key: None for none; chat_template: the model's (read_chat_template), None: the plain-text one."""
-    limits = Limits.of(engine, model_name, default_max_tokens, request_timeout, chat_template)
+    api_key: None for none; chat_template: the model's (read_chat_template), None: the plain-text one; retriever:
+    passages for every chat (retrieval.index), named in the answer's `sources`."""
+    limits = Limits.of(engine, model_name, default_max_tokens, request_timeout, chat_template, retriever)
     app = FastAPI(title="llm", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, api_key=api_key, max_bytes=max_request_bytes)
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from llm.checkpoint import load
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
+from llm.retrieval.context import Retriever
 from llm.sampler import resolve_compile
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def serve(cfg: DictConfig) -> None:
         raise ConfigError(f"serve.py needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     from llm.serve.engine import Engine
 
+    retriever = Retriever.from_config(cfg.get("retrieval"), cfg.paths.outputs_root)
     sock = bind(cfg.host, cfg.port)
     model, tokenizer, device, chat_template = load(cfg)
     compile = resolve_compile(cfg.compile, device, kv_cache=True)
@@ -127,6 +129,7 @@ def serve(cfg: DictConfig) -> None:
         cfg.max_request_bytes,
         key,
         chat_template,
+        retriever,
     )
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host

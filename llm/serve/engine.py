@@ -65,6 +65,7 @@ class Job:
     error: str | None = None  # why, when finish_reason is "error"
     cancelled: bool = False  # set from any thread: the engine ends the job at its next step
     deadline: float = 0.0
+    sources: list[dict] | None = None  # retrieval: the passages its prompt was given (the answer names them)
 
     def cancel(self) -> None:
         self.cancelled = True
