@@ -21,11 +21,10 @@ A checkpoint's run folder is <run> for <run>/checkpoints/x.ckpt, else the folder
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from tokenizers import Tokenizer
@@ -36,11 +35,6 @@ from llm.errors import ConfigError
 from llm.lora import fingerprint, merge
 from llm.model import ADDED_SWITCHES, GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-log = logging.getLogger(__name__)
 
 MODEL_CONFIG = "model_config"  # GPTConfig.to_dict()
 TOKENIZER = "tokenizer"  # the tokenizer.json string
@@ -227,27 +221,3 @@ def load_base(model: GPT, base: dict, path: str | Path) -> None:
 def read_chat_template(path: str | Path) -> ChatTemplate:
     """The chat template a checkpoint's model was fine-tuned with; the plain-text one for a model that was not."""
     return ChatTemplate.from_dict(read_checkpoint(path).get(CHAT_TEMPLATE))
-
-
-class Loaded(NamedTuple):
-    """What infer.py, serve.py and llm.evaluate generate with."""
-
-    model: GPT
-    tokenizer: Tokenizer
-    device: torch.device
-    chat_template: ChatTemplate  # the model's (read_chat_template): the plain-text one for a base
-
-
-def load(cfg: DictConfig) -> Loaded:
-    """The model of cfg.ckpt_path (find_checkpoint, under cfg.paths.outputs_root) on cfg.device in cfg.dtype, its
-    tokenizer, the device and its chat template, from one read of the checkpoint."""
-    # Here, not at the top: training writes checkpoints through this module and never loads the sampler package
-    from llm.sampler.device import resolve_device, resolve_dtype
-
-    path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer, ckpt = load_checkpoint(path)
-    model.to(device=device, dtype=dtype)
-    log.info("loaded %s (%.2fM parameters) on %s", path, model.num_params() / 1e6, device)
-    return Loaded(model, tokenizer, device, ChatTemplate.from_dict(ckpt.get(CHAT_TEMPLATE)))

@@ -16,11 +16,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from llm.checkpoint import CONFIG, GLOBAL_STEP, WANDB_RUN_ID, find_checkpoint, load, read_checkpoint, run_folder
+from llm.checkpoint import CONFIG, GLOBAL_STEP, WANDB_RUN_ID, find_checkpoint, read_checkpoint, run_folder
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.evaluation.results import flat_metrics, log_to_run, table, write_results, write_samples
 from llm.evaluation.suite import Plan
+from llm.loading import load
 
 log = logging.getLogger(__name__)
 

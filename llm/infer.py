@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from llm.chat_template import ChatTokens
-from llm.checkpoint import load  # serve.py loads the same way
 from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
+from llm.loading import load  # serve.py loads the same way
 from llm.model import GPT
 from llm.retrieval.context import Retriever, source
 from llm.retrieval.index import Hit

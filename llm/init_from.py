@@ -140,7 +140,7 @@ def _hugging_face(source: str, hub_dir: str | Path | None) -> Start:
 
 def model_for(start: Start, **run_keys) -> GPT:
     """A GPT of start's shape (run_keys: attn, dropout, ...) with its weights: for tools outside train.py."""
-    model = GPT(GPTConfig(**{"attn": "sdpa", "dropout": 0.0} | run_keys | start.model_config))
+    model = GPT(GPTConfig(**{"attn": "sdpa", "dropout": 0.0, "zero_init_proj": False} | run_keys | start.model_config))
     start.load_into(model)
     return model.eval()
 

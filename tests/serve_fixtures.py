@@ -56,10 +56,18 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
     """The app of llm.serve.app over an engine of the checkpoint, listening on a free port until the block ends."""
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
+    from llm.loading import hugging_face_folder
     from llm.serve.app import create_app
     from llm.serve.engine import Engine
 
-    model, tokenizer, _ = load_checkpoint(checkpoint)
+    if hugging_face_folder(checkpoint) is not None:  # a Hugging Face model folder, as serve.py's ckpt_path takes it
+        from llm.init_from import model_for, open_start
+
+        start = open_start(str(checkpoint), None)
+        model, tokenizer, template = model_for(start), start.tokenizer, start.chat_template
+    else:
+        model, tokenizer, _ = load_checkpoint(checkpoint)
+        template = read_chat_template(checkpoint)
     engine_args = dict(max_batch=4, queue_size=16, compile=False)
     engine_args |= {k: settings.pop(k) for k in list(settings) if k in engine_args}
     engine = Engine(model, tokenizer, **engine_args)
@@ -71,7 +79,7 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
             retry_after=1,
             max_request_bytes=8 * 2**20,
             api_key=None,
-            chat_template=read_chat_template(checkpoint),
+            chat_template=template,
         )
         | settings
     )

@@ -201,6 +201,56 @@ def test_infer_prints_the_reply_then_where_its_passages_are(index_of_facts, chec
         infer.infer(compose_infer(f"ckpt_path={checkpoint}", f"retrieval.index={path}"))
 
 
+def test_a_hugging_face_folder_is_served_directly_with_passages_in_its_own_template(index_of_facts, tmp_path) -> None:
+    """A random Qwen2-layout model with Qwen's chat template, saved as transformers saves it, served with
+    ckpt_path= its folder and retrieval: the prompt is apply_chat_template of the messages with the passages."""
+    transformers = pytest.importorskip("transformers")
+    httpx = pytest.importorskip("httpx")
+    import torch
+
+    from llm.loading import load
+    from llm.serve.app import Limits, chat_jobs
+    from llm.serve.engine import Engine
+    from llm.serve.schemas import ChatRequest
+    from tests.serve_fixtures import served
+    from tests.test_chat import QWEN
+    from tests.test_infer import compose_infer
+    from tests.test_interop import NO_SPECIALS, _save_base_tokenizer
+
+    folder = tmp_path / "qwen"
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=1024,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **NO_SPECIALS,
+    )  # fmt: skip
+    transformers.Qwen2ForCausalLM(config).save_pretrained(folder)
+    _save_base_tokenizer("qwen2", folder)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    hf_tok.chat_template = QWEN
+    hf_tok.save_pretrained(folder)
+
+    path, where = index_of_facts
+    retriever = Retriever(Index(path), 3)
+    loaded = load(compose_infer(f"ckpt_path={folder}", "device=cpu", "dtype=float32"))  # infer.py's and serve.py's
+    assert loaded.chat_template.source == QWEN and loaded.model.config.block_size == 1024
+    engine = Engine(loaded.model, loaded.tokenizer, 2, 4, False)
+    limits = Limits.of(engine, "llm", 32, 30.0, loaded.chat_template, retriever)
+    for q in list(where)[:4]:
+        messages = [{"role": "user", "content": q}]
+        (job,) = chat_jobs(ChatRequest(model="llm", messages=messages, max_tokens=16), limits)
+        hits = retriever.index.search(q, 3)[: len(job.sources)]  # best first, as many as fit 1,024 - 16 tokens
+        assert [s["path"] for s in job.sources] == [h.path for h in hits] and job.sources
+        grounded = with_passages(messages, hits)
+        theirs = hf_tok.apply_chat_template(grounded, add_generation_prompt=True, tokenize=True)
+        ids = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+        assert job.prompt_ids == list(ids)
+        assert grounded[0]["role"] == "system" and f"{where[q][0]}" in grounded[0]["content"]
+    with served(folder, retriever=retriever) as server:
+        body = {"model": "llm", "messages": [{"role": "user", "content": q}], "max_tokens": 4, "temperature": 0}
+        answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    assert answer["usage"]["prompt_tokens"] == len(job.prompt_ids) and answer["sources"] == job.sources
+
+
 def test_the_question_and_answer_helpers_agree() -> None:
     entity, attribute, value = facts()[0]
     assert sentence(entity, attribute, value).startswith(f"The {attribute} of {entity} is")

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from llm.checkpoint import load
 from llm.config import config_dir, register_resolvers
 from llm.errors import ConfigError
+from llm.loading import load
 from llm.retrieval.context import Retriever
 from llm.sampler import resolve_compile
 
