@@ -16,7 +16,6 @@ from llm.checkpoint import (
     WANDB_RUN_ID,
     add_entries,
     find_checkpoint,
-    load,
     load_checkpoint,
     read_checkpoint,
     read_resume_state,
@@ -25,6 +24,7 @@ from llm.checkpoint import (
 )
 from llm.config import model_preset
 from llm.errors import ConfigError
+from llm.loading import load
 from llm.model import GPT
 from llm.tokenizer import train_tokenizer
 from llm.training.module import LitGPT

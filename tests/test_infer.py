@@ -243,8 +243,11 @@ def test_configuration_reference_covers_every_infer_key() -> None:
         section = section[:end]
     rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", section, re.M))
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "infer.yaml"), resolve=False)
-    flat = {f"paths.{k}": v for k, v in cfg.pop("paths").items()}
-    flat.update({k: v for k, v in cfg.items() if k not in ("defaults", "hydra")})
+    flat = {}
+    for key, value in cfg.items():
+        if key in ("defaults", "hydra"):
+            continue
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
 
     def written(v: object) -> str:
         if v is None:

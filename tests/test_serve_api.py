@@ -612,6 +612,10 @@ def test_configuration_reference_covers_every_serve_key() -> None:
     section = doc[doc.index("## `serve.py`") :]
     rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", section, re.M))
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "serve.yaml"), resolve=False)
-    flat = {f"paths.{k}": v for k, v in cfg.pop("paths").items()}
-    flat.update({k: "null" if v is None else str(v).lower() for k, v in cfg.items() if k not in ("defaults", "hydra")})
+    flat = {}
+    for key, value in cfg.items():
+        if key in ("defaults", "hydra"):
+            continue
+        nested = {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+        flat.update({k: "null" if v is None else str(v).lower() for k, v in nested.items()})
     assert rows == {k: str(v) for k, v in flat.items()}
