@@ -21,7 +21,7 @@ from llm.config import check_flag, config_dir, register_resolvers
 from llm.errors import ConfigError
 from llm.evaluation.results import flat_metrics, log_to_run, table, write_results, write_samples
 from llm.evaluation.suite import Plan
-from llm.loading import load
+from llm.loading import hugging_face_folder, load
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,28 @@ def evaluate(cfg: DictConfig) -> dict:
         cfg.eval.windows,
         cfg.seed,
         check_flag("log_samples", cfg.log_samples),
+        questions=cfg.eval.questions,
+        retrieval=OmegaConf.to_container(cfg.retrieval, resolve=True),
+        outputs_root=cfg.paths.outputs_root,
     )
     report = check_flag("report", cfg.report)
     paths = OmegaConf.to_object(cfg.eval.paths) if OmegaConf.is_list(cfg.eval.paths) else cfg.eval.paths
     paths = [paths] if isinstance(paths, str) else list(paths or [])
-    path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
-    raw = read_checkpoint(path)
-    run_config = OmegaConf.create(raw[CONFIG]) if raw.get(CONFIG) else None
-    step, wandb_id = int(raw.get(GLOBAL_STEP, 0)), raw.get(WANDB_RUN_ID)
-    del raw
-    run = run_folder(path)
+    folder = hugging_face_folder(cfg.ckpt_path)  # a Hugging Face model: no run of ours, so no report or loggers
+    if folder is not None:
+        if cfg.out is None or (plan.bpb and not paths):
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path} is a Hugging Face folder: give out=DIR for the results (and eval.paths "
+                "for bpb: it has no validation documents of ours)"
+            )
+        path, run_config, step, wandb_id, report = folder, None, 0, None, False
+    else:
+        path = find_checkpoint(cfg.ckpt_path, cfg.paths.outputs_root)
+        raw = read_checkpoint(path)
+        run_config = OmegaConf.create(raw[CONFIG]) if raw.get(CONFIG) else None
+        step, wandb_id = int(raw.get(GLOBAL_STEP, 0)), raw.get(WANDB_RUN_ID)
+        del raw
+    run = run_folder(path) if folder is None else folder
     out = Path(cfg.out).expanduser() if cfg.out else run / "eval"
     documents = None
     if plan.bpb:  # found (folders ingested) before the model loads: a bad path stops here
@@ -60,14 +72,14 @@ def evaluate(cfg: DictConfig) -> dict:
             documents = folder_documents(paths, out / "data", Path(cfg.paths.cache_dir), settings)
         else:
             documents = validation_corpus(run, run_config)
-    model, tokenizer, _, _ = load(cfg)
-    results = plan.score(model, tokenizer, lambda: documents)
+    model, tokenizer, _, template = load(cfg)
+    results = plan.score(model, tokenizer, lambda: documents, template)
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples") or {}
     results = write_results(out, results, {"model": str(path.resolve()), "step": step})
     if plan.log_samples:
         write_samples(out, samples)
-    if cfg.out is None:  # the run's own eval/: its loggers and report card get the scores too
+    if cfg.out is None and folder is None:  # the run's own eval/: its loggers and report card get the scores too
         log_to_run(run, run_config, flat_metrics(results), step, wandb_id)
         if report:
             from llm.evaluation.report import write_report

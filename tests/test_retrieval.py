@@ -251,6 +251,32 @@ def test_a_hugging_face_folder_is_served_directly_with_passages_in_its_own_templ
     assert answer["usage"]["prompt_tokens"] == len(job.prompt_ids) and answer["sources"] == job.sources
 
 
+def test_the_grounded_task_scores_answers_sources_and_recall(index_of_facts, checkpoint, tmp_path, capsys) -> None:
+    from llm.evaluate import evaluate
+    from tests.test_evaluate import compose_evaluate
+
+    path, where = index_of_facts
+    values = {question(e, a): v for e, a, v in facts(seed=3)}
+    lines = [
+        {"question": q, "answer": values[q], "source": p.split("/", 1)[1], "page": pg} for q, (p, pg) in where.items()
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = [f"ckpt_path={checkpoint}", "tasks=[grounded]", f"eval.questions={questions}", f"retrieval.index={path}"]
+    results = evaluate(compose_evaluate(*args, "retrieval.k=3", "max_gen_toks=8", f"out={tmp_path / 'eval'}"))
+    scores = results["results"]["grounded"]
+    assert scores["recall@3,none"] >= 0.95  # retrieval alone: the expected file (and page) among the best 3
+    assert 0 < scores["source_share,none"] <= scores["recall@3,none"]  # what fit the context of 512 - 8
+    assert scores["accuracy,none"] <= 0.2 and scores["accuracy_without,none"] <= 0.2  # a random model knows nothing
+    assert "| grounded | recall@3 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["configs"]["grounded"]["k"] == 3
+    with pytest.raises(ConfigError, match=r"^tasks=\[grounded\] needs retrieval.index"):
+        evaluate(compose_evaluate(f"ckpt_path={checkpoint}", "tasks=[grounded]", f"eval.questions={questions}"))
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(ConfigError, match=r"^eval.questions=.*bad.jsonl: line 1 is not a question"):
+        evaluate(compose_evaluate(*args[:2], f"eval.questions={tmp_path / 'bad.jsonl'}", args[3]))
+
+
 def test_the_question_and_answer_helpers_agree() -> None:
     entity, attribute, value = facts()[0]
     assert sentence(entity, attribute, value).startswith(f"The {attribute} of {entity} is")

@@ -5,18 +5,20 @@ together in lm-eval's results format. `python -m llm.evaluate` and the training 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
+from llm.chat_template import ChatTemplate
 from llm.errors import ConfigError
-from llm.evaluation.tasks import BPB, harness, missing_data, offline, split_tasks, task_manager
+from llm.evaluation.tasks import BPB, GROUNDED, harness, missing_data, offline, split_tasks, task_manager
 from llm.model import GPT
 
 if TYPE_CHECKING:
     from llm.evaluation.bpb import Corpus
+    from llm.evaluation.grounded import GroundedTask
 
 
 def _whole(key: str, value: object, least: int, none: bool = False) -> int | None:
@@ -43,6 +45,7 @@ class Plan:
     windows: int | None
     seed: int
     log_samples: bool
+    grounded: GroundedTask | None = None  # tasks=[grounded]: questions answered with and without retrieval
 
     @classmethod
     def make(
@@ -58,6 +61,9 @@ class Plan:
         seed: int,
         log_samples: bool,
         prefix: str = "",
+        questions: str | None = None,
+        retrieval: Mapping | None = None,
+        outputs_root: str = "outputs",
     ) -> Plan:
         """prefix: where the keys live, for the messages (`callbacks.evaluate.`)."""
         bpb, names = split_tasks(list(tasks) if not isinstance(tasks, str) else tasks)
@@ -78,6 +84,10 @@ class Plan:
             _whole(f"{prefix}seed", seed, 0),
             bool(log_samples),
         )
+        if GROUNDED in (tasks if not isinstance(tasks, str) else [tasks]):
+            from llm.evaluation.grounded import GroundedTask
+
+            plan.grounded = GroundedTask.make(questions, retrieval, outputs_root)
         if names:
             is_offline = offline()
             harness()
@@ -88,8 +98,11 @@ class Plan:
                     raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         return plan
 
-    def score(self, model: GPT, tokenizer: Tokenizer, corpus: Callable[[], Corpus]) -> dict:
-        """The scores, in lm-eval's results format (with "samples" when log_samples). corpus: bpb's documents."""
+    def score(
+        self, model: GPT, tokenizer: Tokenizer, corpus: Callable[[], Corpus], template: ChatTemplate | None = None
+    ) -> dict:
+        """The scores, in lm-eval's results format (with "samples" when log_samples). corpus: bpb's documents;
+        template: the model's chat template, for grounded."""
         results: dict = {"results": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}}
         results["n-samples"] = {}
         if self.names:
@@ -100,6 +113,23 @@ class Plan:
             results = run_harness(
                 lm, self.manager, self.names, self.num_fewshot, self.limit, self.seed, self.log_samples
             )
+        if self.grounded is not None:
+            start = time.perf_counter()
+            scores = self.grounded.score(
+                model, tokenizer, template or ChatTemplate.plain(), self.max_gen_toks, self.batch_size
+            )
+            results["results"][GROUNDED] = {"alias": GROUNDED, **{f"{k},none": v for k, v in scores.items()}}
+            n = len(self.grounded.questions)
+            results["configs"][GROUNDED] = {
+                "task": GROUNDED,
+                "index": str(self.grounded.retriever.index.path),
+                "k": self.grounded.retriever.k,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            results["versions"][GROUNDED] = 1
+            results["n-shot"][GROUNDED] = 0
+            results["higher_is_better"][GROUNDED] = {k: k != "accuracy_without" for k in scores}
+            results["n-samples"][GROUNDED] = {"original": n, "effective": n}
         if self.bpb:
             from llm.evaluation.bpb import bits_per_byte
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
 BPB = "bpb"  # our own task: bits per byte on held-out documents
+GROUNDED = "grounded"  # our own task: questions about the documents, with and without retrieval (grounded.py)
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets' loaders of local files
 
 
@@ -39,7 +40,7 @@ def split_tasks(tasks: object) -> tuple[bool, list[str]]:
     if not isinstance(tasks, Sequence) or not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ConfigError(f"tasks={tasks!r} must be a non-empty list of task names, e.g. 'tasks=[bpb,arc_easy]'")
     names = list(dict.fromkeys(tasks))
-    return BPB in names, [t for t in names if t != BPB]
+    return BPB in names, [t for t in names if t not in (BPB, GROUNDED)]
 
 
 def harness() -> None:
