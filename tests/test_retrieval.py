@@ -281,3 +281,37 @@ def test_the_question_and_answer_helpers_agree() -> None:
     entity, attribute, value = facts()[0]
     assert sentence(entity, attribute, value).startswith(f"The {attribute} of {entity} is")
     assert question(entity, attribute).endswith("?")
+
+
+def test_made_up_grounded_conversations_hold_their_answer_in_one_passage() -> None:
+    import re
+
+    from llm.retrieval.grounded import synthetic
+
+    made = synthetic(200, passages=3, seed=5)
+    assert made == synthetic(200, passages=3, seed=5) and made != synthetic(200, passages=3, seed=6)
+    questions = set()
+    for system, user, assistant in made:
+        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+        blocks = re.split(r"\n\n(?=\[\d\] )", system["content"])[1:]
+        assert [b[:4] for b in blocks] == ["[1] ", "[2] ", "[3] "]  # numbered as retrieval numbers them
+        value = re.match(r"The (.+) of (.+) is (.+)\.$", assistant["content"]).group(3)
+        assert sum(value in b for b in blocks) >= 1  # the answer is there to be read
+        questions.add(user["content"].split()[0])
+    assert len(questions) >= 5  # many question forms
+
+
+def test_a_context_field_is_written_as_retrieval_writes_passages() -> None:
+    from llm.data.conversations import parse_line
+    from llm.retrieval.context import passages_text
+
+    turns = [{"role": "user", "content": "code?"}, {"role": "assistant", "content": "wren3"}]
+    line = {"messages": turns, "context": [{"path": "a.pdf", "page": 2, "text": "The code is wren3."}, "More."]}
+    messages = parse_line(json.dumps(line))
+    assert messages[0] == {
+        "role": "system",
+        "content": passages_text([("a.pdf", 2, "The code is wren3."), ("context", None, "More.")]),
+    }
+    assert "[1] a.pdf, page 2\nThe code is wren3." in messages[0]["content"] and messages[1:] == turns
+    with pytest.raises(ValueError, match="context"):
+        parse_line(json.dumps({"messages": turns, "context": [{"no": "text"}]}))

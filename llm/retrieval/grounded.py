@@ -2,14 +2,12 @@
 
 Each conversation is what a retrieval-grounded chat looks like at answer time (llm/retrieval/context.py): a system
 message with numbered passages and where each is from, a user's question, and the assistant's answer, which is in
-one of the passages; the others are distractors. Three sources:
+one of the passages; the others are distractors. Two sources:
 
 - **made up** (`synthetic`): made-up entities ("vault 17", "project Tovaru"), attributes and values, written in many
   sentence forms and asked in many question forms, the answer's passage among passages about the same entity's
   other attributes, the same attribute of other entities and filler. No two runs of a seed differ; nothing is
   written by hand, so a model trained from scratch learns to find and copy the answer, not any fact.
-- **your documents** (`documents`): every sentence of the form "X is Y." in the corpus's passages becomes the
-  question "What is X?" answered by the sentence, its passage among the index's other hits for the question.
 - **your own** grounded conversations (`.jsonl` in data.paths): OpenAI messages with the passages in the system
   message, or a `context` field (a string, or a list of strings or {"path", "page", "text"}) that is put there.
 """
@@ -17,8 +15,7 @@ one of the passages; the others are distractors. Three sources:
 from __future__ import annotations
 
 import random
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from llm.retrieval.context import passages_text
 
@@ -89,7 +86,10 @@ def _cap(text: str) -> str:
 
 
 def _fact(rng: random.Random, entity: str, attribute: str, value: str) -> str:
-    return rng.choice(FACTS).format(a=attribute, e=entity, E=_cap(entity), v=value)
+    """The fact in one of FACTS' forms; half the time the first, the answer's own form: a reply that copies the
+    sentence it read is the first thing a small model learns, the other forms come after."""
+    form = FACTS[0] if rng.random() < 0.5 else rng.choice(FACTS)
+    return form.format(a=attribute, e=entity, E=_cap(entity), v=value)
 
 
 def _passage(rng: random.Random, sentences: list[str]) -> str:
@@ -135,19 +135,6 @@ def synthetic(n: int, passages: int, seed: int) -> list[list[dict[str, str]]]:
     """n made-up grounded conversations, the same for the same seed."""
     rng = random.Random(seed)
     return [synthetic_conversation(rng, passages) for _ in range(n)]
-
-
-_IS = re.compile(r"(?:^|(?<=[.!?]\s))([A-Z][^.!?\n]{2,80}?) (is|are|was|were) ([^.!?\n]{1,80})\.")
-
-
-def document_questions(text: str) -> Iterator[tuple[str, str]]:
-    """(question, answer) for each sentence "X is Y." of a passage: "What is X?", answered by the sentence."""
-    for match in _IS.finditer(text):
-        subject, verb, _ = match.groups()
-        if len(subject.split()) > 10:
-            continue
-        subject = subject[0].lower() + subject[1:] if not subject.split()[0].isupper() else subject
-        yield f"What {verb} {subject}?", match.group(0).strip()
 
 
 def context_messages(obj: Mapping) -> list[dict[str, str]]:
