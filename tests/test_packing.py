@@ -94,6 +94,14 @@ def test_each_epoch_packs_the_conversations_anew_and_the_same_seed_packs_the_sam
     assert torch.equal(fixed.packed(0)[0], fixed.packed(5)[0]) and "bytes" in fixed[0]  # validation: one packing
 
 
+def test_a_piece_of_a_cut_conversation_with_nothing_to_learn_is_left_out() -> None:
+    long_system = (list(range(3, 83)), [False] * 70 + [True] * 10)  # 80 tokens, the assistant's at the end
+    x, y, pos, n_bytes = pack([long_system, *examples([5, 6])], 31, 0, BYTES)
+    assert len(x) >= 2 and bool(((y != IGNORE).sum(1) > 0).all())  # every window has something to learn
+    learned = (y != IGNORE).sum().item()
+    assert learned == 10 + 3 + 3  # the long one's 10 (none lost), and the second halves of the short ones
+
+
 def test_conversations_refuse_a_loader_made_once(tmp_path: Path) -> None:
     from llm.data.datamodule import ChatDataModule
     from llm.errors import ConfigError

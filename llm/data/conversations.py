@@ -129,7 +129,8 @@ def pack(
     learned, positions (N, T) that restart at 0 where each sequence starts (each padding token is a sequence of its
     own), and the UTF-8 bytes each window's targets stand for (N,). A sequence that fits in what is left of the
     current window goes there, else it opens the next; one longer than a window is cut into windows. The
-    positions are what keeps packed sequences apart: the model attends within each (model.document_mask)."""
+    positions are what keeps packed sequences apart: the model attends within each (model.document_mask). A window
+    with no target (a piece of a cut conversation that holds no assistant token) is left out."""
     span = block_size + 1  # a window reads T + 1 tokens: inputs and targets shifted by one
     windows: list[list[tuple[list[int], list[bool]]]] = []  # each window: its sequences
     current: list[tuple[list[int], list[bool]]] = []
@@ -152,23 +153,27 @@ def pack(
         windows.append(current)
     if cut and warn:
         log.warning("%d conversations are longer than the context (%d tokens): each was cut into windows", cut, span)
-    x = torch.full((len(windows), block_size), pad_id, dtype=torch.long)
-    y = torch.full((len(windows), block_size), IGNORE, dtype=torch.long)
-    pos = torch.zeros((len(windows), block_size), dtype=torch.long)  # padding: position 0, each its own sequence
-    n_bytes = torch.zeros(len(windows), dtype=torch.long)
-    for w, window in enumerate(windows):
+    rows = []
+    for window in windows:
         seq = [t for ids, _ in window for t in ids]
         mask = [m for _, learn in window for m in learn]
-        n = len(seq) - 1
-        x[w, :n] = torch.tensor(seq[:-1])
         targets = torch.tensor(seq[1:])
         scored = torch.tensor(mask[1:], dtype=torch.bool)
         # A target is the next token of the same sequence: the last token of one sequence does not predict the
         # first of the next (that token is a sequence's start, which nothing before it in the window leads to)
         firsts = np.cumsum([len(ids) for ids, _ in window])[:-1]  # where each sequence after the first starts
         scored[firsts - 1] = False
-        y[w, :n] = torch.where(scored, targets, torch.full_like(targets, IGNORE))
-        pos[w, :n] = torch.cat([torch.arange(len(ids)) for ids, _ in window])[:-1]
+        if not scored.any():  # a piece of a cut conversation with no assistant token: nothing to learn (and 0/0)
+            continue
+        positions = torch.cat([torch.arange(len(ids)) for ids, _ in window])[:-1]
+        rows.append((torch.tensor(seq[:-1]), torch.where(scored, targets, IGNORE), positions, scored, targets))
+    x = torch.full((len(rows), block_size), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), block_size), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), block_size), dtype=torch.long)  # padding: position 0, each its own sequence
+    n_bytes = torch.zeros(len(rows), dtype=torch.long)
+    for w, (inputs, labels, positions, scored, targets) in enumerate(rows):
+        n = len(inputs)
+        x[w, :n], y[w, :n], pos[w, :n] = inputs, labels, positions
         n_bytes[w] = int(token_bytes[targets[scored].numpy()].sum())
     return x, y, pos, n_bytes
 
