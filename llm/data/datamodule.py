@@ -298,8 +298,8 @@ class ChatDataModule(WindowsDataModule):
         num_workers: int,
         tokenizer: str | None,  # the model's tokenizer.json (init_from sets it)
         chat_template: str | None,  # a JSON file of the template (init_from sets it); null: ChatML
-        synthetic: int = 0,  # made-up grounded conversations added (experiment=grounded, llm/retrieval/grounded.py)
-        passages: int = 3,  # passages in each made-up conversation: one holds the answer
+        synthetic: int,  # made-up grounded conversations added (experiment=grounded, llm/retrieval/grounded.py)
+        passages: int,  # passages in each made-up conversation: one holds the answer
     ) -> None:
         super().__init__()
         if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:

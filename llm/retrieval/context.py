@@ -90,15 +90,26 @@ class Retriever:
         log.info("retrieval: %s, %d passages a question", path, k)
         return cls(Index(path), k)
 
+    def search(self, messages: Sequence[Mapping[str, str]]) -> list[Hit]:
+        """The k best passages for the conversation's last user message."""
+        return self.index.search(question_of(messages), self.k)
+
     def ground(
         self, chat: ChatTokens, messages: Sequence[Mapping[str, str]], budget: int
     ) -> tuple[list[dict[str, str]], list[Hit]]:
         """The conversation with the best passages for its last user message, as many of the k as keep its prompt
-        within budget tokens (best first: a passage that does not fit ends the list), and those passages."""
-        hits = self.index.search(question_of(messages), self.k)
-        used: list[Hit] = []
-        for hit in hits:
-            if len(chat.prompt_ids(with_passages(messages, [*used, hit]))) > budget:
-                break
-            used.append(hit)
-        return with_passages(messages, used), used
+        within budget tokens, and those passages."""
+        return fit(chat, messages, self.search(messages), budget)
+
+
+def fit(
+    chat: ChatTokens, messages: Sequence[Mapping[str, str]], hits: Sequence[Hit], budget: int
+) -> tuple[list[dict[str, str]], list[Hit]]:
+    """The conversation with as many of hits as keep its prompt within budget tokens (best first: a passage that does
+    not fit ends the list), and those passages."""
+    used: list[Hit] = []
+    for hit in hits:
+        if len(chat.prompt_ids(with_passages(messages, [*used, hit]))) > budget:
+            break
+        used.append(hit)
+    return with_passages(messages, used), used

@@ -37,7 +37,7 @@ from tokenizers import Tokenizer, decoders
 
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.errors import ConfigError
-from llm.retrieval.context import Retriever
+from llm.retrieval.context import Retriever, fit
 from llm.sampler import SamplingParams
 from llm.sampler.core import TokenLogprob
 from llm.serve.engine import Engine, EngineStopped, Job, QueueFull
@@ -315,11 +315,11 @@ def chat_jobs(body: ChatRequest, limits: Limits) -> list[Job]:
         message = f"the messages are {size} bytes, so more than the context of {limits.block_size} tokens holds"
         raise BadRequest(400, message, "messages", "context_length_exceeded")
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    hits = []
+    hits = limits.retriever.search(messages) if limits.retriever is not None else []
     try:
-        if limits.retriever is not None:  # the passages fit what the reply leaves of the context
+        if hits:  # as many as fit what the reply leaves of the context
             reply = max_tokens if max_tokens is not None else min(limits.default_max_tokens, limits.block_size // 4)
-            messages, hits = limits.retriever.ground(limits.chat, messages, limits.block_size - reply)
+            messages, hits = fit(limits.chat, messages, hits, limits.block_size - reply)
         ids = limits.chat.prompt_ids(messages)
     except Exception as e:  # the template refused the conversation (raise_exception in its Jinja)
         raise BadRequest(400, f"messages: the chat template refused them: {e}", "messages") from None
