@@ -18,7 +18,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from llm.config import model_preset
 from llm.model import GPT, GPTConfig
@@ -31,7 +31,8 @@ from llm.training.optim import optim_preset
 def batches(config: GPTConfig, batch: int, seq: int, n: int, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, config.vocab_size, (n * batch, seq + 1), generator=g)
-    return DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch, pin_memory=torch.cuda.is_available())
+    rows = [{"input": row[:-1], "target": row[1:]} for row in data]  # LitGPT's batches: dicts of (B, T)
+    return DataLoader(rows, batch_size=batch, pin_memory=torch.cuda.is_available())
 
 
 def sync() -> None:
@@ -85,7 +86,8 @@ def plain_loop(model, step_loss, config, args, precision) -> float:
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(enabled=precision == "16-mixed")
     t0 = 0.0
-    for i, (x, y) in enumerate(batches(config, args.batch, args.seq, args.warmup + args.steps)):
+    for i, batch in enumerate(batches(config, args.batch, args.seq, args.warmup + args.steps)):
+        x, y = batch["input"], batch["target"]
         if i == args.warmup:
             sync()
             t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from llm.config import model_preset
 from llm.errors import ConfigError
@@ -231,7 +231,7 @@ def test_lightning_trains_with_muon_under_accumulation_clipping_and_bf16(tmp_pat
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))
+    trainer.fit(module, DataLoader([{"input": row[:-1], "target": row[1:]} for row in data], batch_size=2))
     assert trainer.global_step == 3
     assert all(not torch.equal(p, start[n]) for n, p in net.named_parameters())  # every weight moved
     trainer.save_checkpoint(tmp_path / "x.ckpt")

@@ -34,7 +34,7 @@ def test_throughput_leaves_validation_time_out(monkeypatch) -> None:
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
     cb, module = Throughput(every_n_steps=2), _Module()
     trainer = SimpleNamespace(world_size=1, global_step=0)
-    batch = (torch.zeros(10, 100, dtype=torch.long),)
+    batch = {"input": torch.zeros(10, 100, dtype=torch.long)}
     for step in (1, 2, 3):  # the first batch only starts the clock
         if step == 3:  # a validation between steps 2 and 3
             cb.on_validation_start(trainer, module)

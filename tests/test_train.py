@@ -183,7 +183,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_compiled_training_matches_eager() -> None:
     """compile=true (the default on CUDA) compiles the model and the loss; the weights follow eager's."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
     from llm.training import LitGPT
     from llm.training.optim import optim_preset
@@ -199,7 +199,7 @@ def test_compiled_training_matches_eager() -> None:
         module = LitGPT(GPT(config), optim_preset("adamw", lr=1e-2, warmup_steps=1), compile=compile, seed=0)
         quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
         trainer = L.Trainer(max_steps=3, accelerator="cpu", enable_model_summary=False, **quiet)
-        trainer.fit(module, DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2))
+        trainer.fit(module, DataLoader([{"input": row[:-1], "target": row[1:]} for row in data], batch_size=2))
         assert hasattr(module._cross_entropy, "_torchdynamo_orig_callable") == compile  # the loss compiled too
         weights[compile] = dict(module.net.named_parameters())  # names unchanged by compiling
     for name, eager in weights[False].items():
