@@ -57,7 +57,7 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     from llm.loading import hugging_face_folder
-    from llm.serve.app import create_app
+    from llm.serve.app import allowed_host_names, create_app
     from llm.serve.engine import Engine
 
     if hugging_face_folder(checkpoint) is not None:  # a Hugging Face model folder, as serve.py's ckpt_path takes it
@@ -83,9 +83,10 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
         )
         | settings
     )
-    app = create_app(engine, **app_args)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    app_args.setdefault("allowed_hosts", allowed_host_names("127.0.0.1", sock.getsockname()[1]))
+    app = create_app(engine, **app_args)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     if start_engine:

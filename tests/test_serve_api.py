@@ -619,3 +619,55 @@ def test_configuration_reference_covers_every_serve_key() -> None:
         nested = {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
         flat.update({k: "null" if v is None else str(v).lower() for k, v in nested.items()})
     assert rows == {k: str(v) for k, v in flat.items()}
+
+
+def test_a_web_page_cannot_post_to_the_local_server(server) -> None:
+    """A browser sends a cross-site form or a "simple" fetch (text/plain) without asking the server first: neither
+    is JSON by its Content-Type, so neither generates. DNS rebinding reaches it under another Host: refused."""
+    url = f"{server.url}/v1/completions"
+    body = json.dumps({"model": "llm", "prompt": "hi", "max_tokens": 2})
+    for kind in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = httpx.post(url, content=body.encode(), headers={"content-type": kind})
+        assert response.status_code == 415 and "application/json" in response.json()["error"]["message"], kind
+    form = httpx.post(url, data={"user": body})  # what <form enctype=...> sends
+    assert form.status_code == 415
+    assert httpx.post(url, content=body.encode()).status_code == 415  # no Content-Type at all
+    port = server.url.rsplit(":", 1)[1]
+    assert httpx.post(url, content=body, headers={"content-type": "Application/JSON; charset=utf-8"}).status_code == 200
+    for host, status in [("attacker.example", 421), (f"attacker.example:{port}", 421), (f"127.0.0.1:{port}", 200)]:
+        response = httpx.post(url, content=body, headers={"content-type": "application/json", "host": host})
+        assert response.status_code == status, host
+    assert httpx.get(f"{server.url}/health", headers={"host": f"localhost:{port}"}).status_code == 200
+    assert httpx.get(f"{server.url}/health", headers={"host": "attacker.example"}).status_code == 421
+
+
+def test_controls_that_would_overflow_are_refused_or_clamped(server) -> None:
+    url = f"{server.url}/v1/completions"
+
+    def text(**controls) -> httpx.Response:
+        body = {"model": "llm", "prompt": "def ", "max_tokens": 12, "seed": 3, **controls}
+        return httpx.post(url, json=body, timeout=60)
+
+    huge = text(top_k=2**63)
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "top_k"
+    greedy = text(temperature=0).json()["choices"][0]["text"]
+    assert text(temperature=1e-300).json()["choices"][0]["text"] == greedy  # below 1e-5: greedy, as vLLM's
+    clamped = text(temperature=0, repetition_penalty=0.01).json()["choices"][0]
+    tiny = text(temperature=0, repetition_penalty=1e-300).json()["choices"][0]
+    assert tiny == clamped and tiny["text"].strip()  # the clamp at 0.01, never NaN
+    assert text(temperature=0.7, repetition_penalty=1e300).status_code == 200
+
+
+def test_content_parts_of_type_text_are_the_string_they_join(server) -> None:
+    url = f"{server.url}/v1/chat/completions"
+
+    def chat(content) -> httpx.Response:
+        body = {"model": "llm", "messages": [{"role": "user", "content": content}], "max_tokens": 8, "temperature": 0}
+        return httpx.post(url, json=body, timeout=60)
+
+    plain = chat("hello there").json()["choices"][0]["message"]["content"]
+    parts = chat([{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}])
+    assert parts.status_code == 200 and parts.json()["choices"][0]["message"]["content"] == plain
+    image = chat([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}])
+    error = image.json()["error"]
+    assert image.status_code == 400 and "'image_url'" in error["message"] and error["param"] == "messages.0.content"

@@ -42,6 +42,10 @@ def generation_defaults() -> dict[str, Any]:
     return values
 
 
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy, as vLLM's: dividing by less overflows the logits
+PENALTY_RANGE = (1e-2, 1e2)  # repetition_penalty is clamped into it: dividing by less (or by more) overflows
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How each next token is chosen; temperature 0 is greedy; top_k 0, top_p 1, min_p 0 and
@@ -85,7 +89,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """temperature 0, or one so small that dividing the logits by it would overflow them (MIN_TEMPERATURE)."""
+        return self.temperature < MIN_TEMPERATURE
+
+    @property
+    def penalty(self) -> float:
+        """repetition_penalty clamped into PENALTY_RANGE: a positive value that underflows never makes NaN."""
+        return min(max(self.repetition_penalty, PENALTY_RANGE[0]), PENALTY_RANGE[1])
 
 
 def check_max_new_tokens(value: object) -> int:

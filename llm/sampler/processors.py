@@ -123,7 +123,7 @@ class RowSettings:
             "top_k": [p.top_k for p in params],
             "top_p": [p.top_p for p in params],
             "min_p": [p.min_p for p in params],
-            "repetition_penalty": [p.repetition_penalty for p in params],
+            "repetition_penalty": [p.penalty for p in params],
             "greedy": [p.greedy for p in params],
         }
         for name, column in values.items():
@@ -139,7 +139,7 @@ class RowSettings:
         params = [self.params[r] for r in rows if self.params[r] is not None]
         sampled = [p for p in params if not p.greedy]
         return Controls(
-            penalty=any(p.repetition_penalty != 1.0 for p in params),
+            penalty=any(p.penalty != 1.0 for p in params),
             sample=bool(sampled),
             top_k=min(max((p.top_k for p in sampled), default=0), vocab_size),
             top_p=any(p.top_p < 1.0 for p in sampled),

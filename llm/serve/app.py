@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -573,6 +574,32 @@ class BodyTooLarge(Exception):
     pass
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_host_names(host: str, port: int, extra: Sequence[str] = ()) -> list[str] | None:
+    """The Host headers a server bound to host:port answers: the address it is bound to and, on a loopback address,
+    this machine's loopback names, each with the port (and bare on port 80), plus `extra` (allowed_hosts: a name,
+    with or without its port). Bound to every interface (0.0.0.0, ::) with no extra names: None, any Host, since
+    the names it is reached by cannot be known here."""
+    every = host in ("0.0.0.0", "::", "")
+    if every and not extra:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    names = [] if every else [shown]
+    if shown in LOOPBACK_NAMES or host.startswith("127."):
+        names += LOOPBACK_NAMES
+    out = set()
+    for name in [*names, *extra]:
+        if re.search(r":\d+$", name):  # carries its port
+            out.add(name)
+            continue
+        out.add(f"{name}:{port}")
+        if port == 80:  # a browser leaves the default port out
+            out.add(name)
+    return sorted(out)
+
+
 def authorized(header: bytes | None, key: bytes) -> bool:
     """Whether an Authorization header is "Bearer <key>" (compared in constant time)."""
     scheme, _, token = (header or b"").partition(b" ")
@@ -587,18 +614,32 @@ async def send_json(send: Send, status: int, body: dict, headers: Sequence[tuple
 
 
 class Guard:
-    """Pure ASGI middleware, before the app reads a byte: with an API key, every path but /health needs
-    "Authorization: Bearer <key>" (else 401); a body over max_bytes is a 413, from its Content-Length before it
-    is read, or counted as it is read (a chunked body)."""
+    """Pure ASGI middleware, before the app reads a byte: a Host header that names none of allowed_hosts is a 421
+    (a page on another site reaching a local server by DNS rebinding); a POST whose Content-Type is not
+    application/json is a 415 (a cross-site form or a "simple" fetch, which a browser sends without asking); with an
+    API key, every path but /health needs "Authorization: Bearer <key>" (else 401); a body over max_bytes is a 413,
+    from its Content-Length before it is read, or counted as it is read (a chunked body)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, max_bytes: int, allowed_hosts: Sequence[str] | None = None
+    ) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.key = None if api_key is None else api_key.encode("utf-8")
+        self.hosts = None if allowed_hosts is None else {h.lower().encode("latin-1") for h in allowed_hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").lower()
+        if self.hosts is not None and host not in self.hosts:
+            shown = host.decode("latin-1")[:100]
+            message = f"Host {shown!r} is not this server's (allowed_hosts adds names it is reached by)"
+            return await send_json(send, 421, error_body(message, "invalid_request_error", None, "misdirected"))
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope.get("method") == "POST" and kind != b"application/json":
+            message = f"Content-Type {kind.decode('latin-1')[:100]!r} is not accepted: send application/json"
+            return await send_json(send, 415, error_body(message, "invalid_request_error", None, "unsupported_media"))
         if (
             self.key is not None
             and scope["path"] != "/health"
@@ -650,14 +691,16 @@ def create_app(
     api_key: str | None,
     chat_template: ChatTemplate | None = None,
     retriever: Retriever | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The app for one engine (which the caller starts and stops). request_timeout: seconds a request may take,
     queue wait included; default_max_tokens: max_tokens when a request gives none (cut to the context);
     api_key: None for none; chat_template: the model's (read_chat_template), None: the plain-text one; retriever:
-    passages for every chat (retrieval.index), named in the answer's `sources`."""
+    passages for every chat (retrieval.index), named in the answer's `sources`; allowed_hosts: the Host headers
+    served (allowed_host_names), None for any."""
     limits = Limits.of(engine, model_name, default_max_tokens, request_timeout, chat_template, retriever)
     app = FastAPI(title="llm", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, api_key=api_key, max_bytes=max_request_bytes)
+    app.add_middleware(Guard, api_key=api_key, max_bytes=max_request_bytes, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, exc: BadRequest) -> JSONResponse:

@@ -100,7 +100,7 @@ def serve(cfg: DictConfig) -> None:
     try:
         import uvicorn
 
-        from llm.serve.app import create_app
+        from llm.serve.app import allowed_host_names, create_app
     except ImportError as e:
         raise ConfigError(f"serve.py needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     from llm.serve.engine import Engine
@@ -130,6 +130,7 @@ def serve(cfg: DictConfig) -> None:
         key,
         chat_template,
         retriever,
+        allowed_host_names(cfg.host, sock.getsockname()[1], list(cfg.allowed_hosts or [])),
     )
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host

@@ -8,9 +8,9 @@ written for either samples as it expects.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -24,7 +24,7 @@ class Sampling(Strict):
     max_tokens: int | None = Field(None, ge=1)  # None: the server's default_max_tokens, cut to the context
     temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=-1)  # the k most likely tokens; 0 or -1 (vLLM's "off"): off
+    top_k: int = Field(0, ge=-1, le=2**31 - 1)  # the k most likely tokens; 0 or -1 (vLLM's "off"): off
     min_p: float = Field(0.0, ge=0, lt=1)  # drop tokens below min_p x the top probability; 0: off
     repetition_penalty: float = Field(1.0, gt=0)  # > 1 discourages tokens already seen; 1: off
     n: int = Field(1, ge=1, le=16)  # completions per prompt
@@ -48,8 +48,23 @@ class CompletionRequest(Sampling):
 
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant"]
+    # a string, or OpenAI's content parts: [{"type": "text", "text": "..."}, ...], joined (other types refused)
     content: str
     name: str | None = None  # accepted and ignored
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def text_of_parts(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content  # a string, or the error of one
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
+                shown = kind if isinstance(kind, str) else type(part).__name__
+                raise ValueError(f"content parts of type {shown!r} are not supported: only text parts")
+            texts.append(part["text"])
+        return "".join(texts)
 
 
 class ChatRequest(Sampling):
