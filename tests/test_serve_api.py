@@ -419,7 +419,7 @@ def test_a_dead_engine_thread_ends_its_requests_then_answers_503(serve_checkpoin
 
     with served(serve_checkpoint, max_batch=2) as s:
         server = SimpleNamespace(should_exit=False)  # what serve.py's on_death stops
-        died = exit_on_death(s.engine, server)
+        died = exit_on_death(s.engine, server, 60.0)
         step = s.engine.core.step
 
         def dying(*args, **kwargs):
@@ -449,7 +449,11 @@ def test_a_dead_engine_thread_ends_its_requests_then_answers_503(serve_checkpoin
         assert plain.status_code == 500 and "Killed: injected" in plain.json()["error"]["message"], plain.text
         assert '"type": "server_error"' in streamed and "Killed: injected" in streamed
         assert streamed.rstrip().endswith("data: [DONE]")
-        assert server.should_exit and died == [s.engine.died] and "Killed: injected" in died[0]
+        assert (
+            server.should_exit
+            and died == [f"the engine thread died: {s.engine.died}"]
+            and "Killed: injected" in died[0]
+        )
 
         started = time.monotonic()
         response = post(s.url, greedy())
@@ -671,3 +675,69 @@ def test_content_parts_of_type_text_are_the_string_they_join(server) -> None:
     image = chat([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}])
     error = image.json()["error"]
     assert image.status_code == 400 and "'image_url'" in error["message"] and error["param"] == "messages.0.content"
+
+
+def test_a_hung_decode_step_turns_health_to_503_within_the_liveness_time(serve_checkpoint: Path) -> None:  # noqa: F811
+    from llm.serve.cli import exit_on_death
+
+    release = threading.Event()
+    with served(serve_checkpoint, liveness_timeout=0.5) as s:
+        server = SimpleNamespace(should_exit=False)
+        died = exit_on_death(s.engine, server, 0.5)
+        step = s.engine.core.step
+
+        def hanging(*args, **kwargs):
+            release.wait(20)  # a step that does not return
+            return step(*args, **kwargs)
+
+        assert httpx.get(f"{s.url}/health").json()["status"] == "ok"
+        s.engine.core.step = hanging
+        threading.Thread(target=lambda: post(s.url, greedy(max_tokens=2)), daemon=True).start()
+        started = time.monotonic()
+        assert wait_until(lambda: httpx.get(f"{s.url}/health").status_code == 503, 5)
+        assert time.monotonic() - started < 0.5 + 1.5  # the liveness time, and the time to get the step going
+        health = httpx.get(f"{s.url}/health").json()
+        assert health["status"] == "hung" and "liveness_timeout=0.5" in health["reason"]
+        assert wait_until(lambda: server.should_exit, 3) and "has not returned" in died[0]
+        release.set()
+        assert wait_until(lambda: httpx.get(f"{s.url}/health").status_code == 200, 5)  # the step returned
+
+
+def test_serve_py_exits_1_when_a_decode_step_hangs(serve_checkpoint: Path) -> None:  # noqa: F811
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import time
+
+        from llm.sampler.core import DecodeCore
+
+
+        def step(self, *args, **kwargs):
+            time.sleep(600)
+
+
+        DecodeCore.step = step
+        sys.argv = ["serve.py", "ckpt_path={serve_checkpoint}", "port=0", "liveness_timeout=1"]
+        from llm.serve.cli import main
+
+        main()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            if "serving llm" in line:
+                url = line.split(" on ")[1].split()[0]
+                break
+        assert url, "no 'serving ... on http://...' line"
+        assert wait_until(lambda: ok(f"{url}/health"), 30)
+        threading.Thread(target=lambda: post(url, greedy(max_tokens=2)), daemon=True).start()
+        started = time.monotonic()
+        rest = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 1 and "a decode step has not returned for" in rest, rest
+        assert time.monotonic() - started < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

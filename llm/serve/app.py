@@ -433,17 +433,22 @@ def stopped_body(exc: EngineStopped) -> dict:
     return error_body(f"{exc}; this server cannot generate (see its log)", "server_error", None, "engine_stopped")
 
 
-def health_body(engine: Engine, model_name: str) -> tuple[int, dict]:
+def health_body(engine: Engine, model_name: str, liveness_timeout: float | None = None) -> tuple[int, dict]:
+    """200 "ok" while the engine runs; 503 "stopped" once it has died, or "hung" while a decode step has not
+    returned for liveness_timeout seconds (with the reason)."""
     alive = engine.alive
+    stalled = engine.stalled(liveness_timeout) if alive and liveness_timeout is not None else None
     body = {
-        "status": "ok" if alive else "stopped",
+        "status": "ok" if alive and stalled is None else "hung" if alive else "stopped",
         "model": model_name,
         "active": engine.active(),
         "queued": engine.queued(),
         "max_batch": engine.max_batch,
         "queue_size": engine.queue_size,
     }
-    return (200 if alive else 503), body
+    if stalled is not None:
+        body["reason"] = f"a decode step has not returned for {stalled:.1f} s (liveness_timeout={liveness_timeout})"
+    return (200 if alive and stalled is None else 503), body
 
 
 def models_body(limits: Limits) -> dict:
@@ -692,12 +697,14 @@ def create_app(
     chat_template: ChatTemplate | None = None,
     retriever: Retriever | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    liveness_timeout: float | None = None,
 ) -> FastAPI:
     """The app for one engine (which the caller starts and stops). request_timeout: seconds a request may take,
     queue wait included; default_max_tokens: max_tokens when a request gives none (cut to the context);
     api_key: None for none; chat_template: the model's (read_chat_template), None: the plain-text one; retriever:
     passages for every chat (retrieval.index), named in the answer's `sources`; allowed_hosts: the Host headers
-    served (allowed_host_names), None for any."""
+    served (allowed_host_names), None for any; liveness_timeout: seconds a decode step may run before /health says
+    503 "hung", None for no limit."""
     limits = Limits.of(engine, model_name, default_max_tokens, request_timeout, chat_template, retriever)
     app = FastAPI(title="llm", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, api_key=api_key, max_bytes=max_request_bytes, allowed_hosts=allowed_hosts)
@@ -731,7 +738,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        status, body = health_body(engine, model_name)
+        status, body = health_body(engine, model_name, liveness_timeout)
         return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")

@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING
 
 import hydra
@@ -42,6 +44,7 @@ def check(cfg: DictConfig) -> None:
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= 1")
     positive("request_timeout", cfg.request_timeout, 0.001)
+    positive("liveness_timeout", cfg.liveness_timeout, 0.001)
     positive("retry_after", cfg.retry_after, 0)
     if isinstance(cfg.port, bool) or not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port={cfg.port!r} must be an integer in [0, 65535] (0: any free port)")
@@ -68,17 +71,28 @@ def loopback(host: str) -> bool:
         return False
 
 
-def exit_on_death(engine: Engine, server: uvicorn.Server) -> list[str]:
-    """Make the engine thread's death stop the server: engine.on_death records why in the list returned and tells
-    uvicorn to exit, and serve() then exits with status 1. The thread is not restarted: the device state it died
-    with may be corrupt, and a process supervisor restarts the whole process cleanly (docs/serving.md)."""
+def exit_on_death(engine: Engine, server: uvicorn.Server, liveness_timeout: float) -> list[str]:
+    """Make the engine thread's death, or a decode step that has not returned for liveness_timeout seconds, stop the
+    server: why goes in the list returned, uvicorn is told to exit, and serve() then exits with status 1. Neither is
+    restarted in place: the device state may be corrupt, and a process supervisor restarts the whole process
+    cleanly (docs/serving.md)."""
     died: list[str] = []
 
     def on_death() -> None:  # on the engine thread
-        died.append(engine.died or "see the error logged above")
+        died.append(f"the engine thread died: {engine.died or 'see the error logged above'}")
         server.should_exit = True
 
+    def watch() -> None:  # a thread of its own: the engine's may be the one that hangs
+        while not server.should_exit:
+            stalled = engine.stalled(liveness_timeout)
+            if stalled is not None:
+                died.append(f"a decode step has not returned for {stalled:.1f} s (liveness_timeout={liveness_timeout})")
+                server.should_exit = True
+                return
+            time.sleep(min(1.0, liveness_timeout / 4))
+
     engine.on_death = on_death
+    threading.Thread(target=watch, name="llm-liveness", daemon=True).start()
     return died
 
 
@@ -131,6 +145,7 @@ def serve(cfg: DictConfig) -> None:
         chat_template,
         retriever,
         allowed_host_names(cfg.host, sock.getsockname()[1], list(cfg.allowed_hosts or [])),
+        cfg.liveness_timeout,
     )
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
@@ -143,15 +158,15 @@ def serve(cfg: DictConfig) -> None:
         port,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5))
-    died = exit_on_death(engine, server)
+    died = exit_on_death(engine, server, cfg.liveness_timeout)
     engine.start()
     try:
         server.run(sockets=[sock])
     finally:
-        engine.stop()
+        engine.stop(wait=cfg.liveness_timeout)  # a hung step is not waited for: its thread is a daemon
         sock.close()
     if died:
-        log.error("the engine thread died: %s; exiting with status 1 for a supervisor to restart serve.py", died[0])
+        log.error("%s; exiting with status 1 for a supervisor to restart serve.py", died[0])
         sys.exit(1)
 
 

@@ -107,6 +107,7 @@ class Engine:
         self.thread: threading.Thread | None = None
         self.running = False
         self.died: str | None = None  # why the engine thread died, once it has
+        self.step_since: float | None = None  # when the step running now began (time.monotonic); None between
         self.on_death: Callable[[], None] | None = None  # called on the engine thread when it dies
 
     # ------------------------------------------------------------------------------------------ any thread
@@ -137,6 +138,14 @@ class Engine:
                 self.waiting.append(job)
             self.wake.notify()
 
+    def stalled(self, limit: float) -> float | None:
+        """How long the step running now has run, when that is over limit seconds: the engine is hung."""
+        since = self.step_since
+        if since is None:
+            return None
+        running = time.monotonic() - since
+        return running if running > limit else None
+
     def active(self) -> int:
         """Slots in use."""
         return sum(job is not None for job in self.slots)
@@ -153,13 +162,14 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self.thread.start()
 
-    def stop(self) -> None:
-        """End the thread after its current step; jobs still running or waiting end as cancelled."""
+    def stop(self, wait: float | None = None) -> None:
+        """End the thread after its current step; jobs still running or waiting end as cancelled. wait: seconds to
+        wait for the step to end (None: as long as it takes; a hung step is not waited for)."""
         with self.wake:
             self.running = False
             self.wake.notify()
         if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
+            self.thread.join(wait)
         self._end_all("cancelled")
 
     # ------------------------------------------------------------------------------------------ engine thread
@@ -173,12 +183,15 @@ class Engine:
                     if not self.running:
                         return
                 try:
+                    self.step_since = time.monotonic()
                     self.step()
                 except Exception as e:  # a failed step ends the jobs in it, not the server
                     log.exception("decode step failed: its requests end with an error")
                     for slot, job in enumerate(self.slots):
                         if job is not None:
                             self._end(slot, "error", f"the decode step failed: {e}")
+                finally:
+                    self.step_since = None
         except BaseException as e:  # the loop itself failed: the thread ends here (no other thread can catch it)
             self.died = f"{type(e).__name__}: {e}"
             log.critical("the engine thread died", exc_info=True)
