@@ -78,6 +78,8 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
             default_max_tokens=32,
             retry_after=1,
             max_request_bytes=8 * 2**20,
+            max_request_values=262_144,
+            max_messages=4_096,
             api_key=None,
             chat_template=template,
         )

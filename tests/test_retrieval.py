@@ -234,7 +234,7 @@ def test_a_hugging_face_folder_is_served_directly_with_passages_in_its_own_templ
     loaded = load(compose_infer(f"ckpt_path={folder}", "device=cpu", "dtype=float32"))  # infer.py's and serve.py's
     assert loaded.chat_template.source == QWEN and loaded.model.config.block_size == 1024
     engine = Engine(loaded.model, loaded.tokenizer, 2, 4, False)
-    limits = Limits.of(engine, "llm", 32, 30.0, loaded.chat_template, retriever)
+    limits = Limits.of(engine, "llm", 32, 30.0, 262_144, 4_096, loaded.chat_template, retriever)
     for q in list(where)[:4]:
         messages = [{"role": "user", "content": q}]
         (job,) = chat_jobs(ChatRequest(model="llm", messages=messages, max_tokens=16), limits)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -741,3 +742,57 @@ def test_serve_py_exits_1_when_a_decode_step_hangs(serve_checkpoint: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def rss_mb() -> float:
+    """This process's resident memory (the server runs in it), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_a_body_of_millions_of_values_holds_up_nobody_and_keeps_no_memory(server) -> None:
+    """Bodies under max_request_bytes made of 4M token ids, or 280k messages, are refused before they are parsed,
+    while another client polls /health and a third streams: nobody waits, and memory comes back."""
+    ids = b'{"model":"llm","prompt":[' + b"0," * 3_999_999 + b"0]}"
+    chats = b'{"model":"llm","messages":[' + b",".join([b'{"role":"user","content":""}'] * 280_000) + b"]}"
+    assert len(ids) < 8 * 2**20 and len(chats) < 8 * 2**20  # under the size limit: read, then counted
+    before = rss_mb()
+    polls: list[float] = []
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+            polls.append(time.monotonic() - started)
+            time.sleep(0.01)
+
+    def stream() -> None:
+        body = greedy(max_tokens=96, stream=True)
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response:
+            last = time.monotonic()
+            for _ in response.iter_lines():
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+    threads = [threading.Thread(target=poll), threading.Thread(target=stream)]
+    for thread in threads:
+        thread.start()
+    answers = []
+    for raw, path in [(ids, "completions"), (chats, "chat/completions"), (ids, "completions")]:
+        headers = {"content-type": "application/json"}
+        answers.append(httpx.post(f"{server.url}/v1/{path}", content=raw, headers=headers, timeout=30))
+    time.sleep(0.2)
+    done.set()
+    for thread in threads:
+        thread.join(30)
+    assert [a.status_code for a in answers] == [413, 413, 413], [a.text[:200] for a in answers]
+    assert "values" in answers[0].json()["error"]["message"] and "values" in answers[1].json()["error"]["message"]
+    assert max(polls) < 0.5 and statistics.median(polls) < 0.1, (max(polls), statistics.median(polls))
+    assert gaps and max(gaps) < 0.5, max(gaps)
+    del ids, chats, answers
+    assert rss_mb() - before < 100, (before, rss_mb())

@@ -37,7 +37,7 @@ def tok() -> Tokenizer:
 @pytest.fixture(scope="module")
 def limits(tok: Tokenizer) -> Limits:
     chat = ChatTokens(ChatTemplate.plain(), tok)
-    return Limits("llm", tok, 128, 320, 16, app.longest_token_bytes(tok), 32, 30.0, chat)
+    return Limits("llm", tok, 128, 320, 16, app.longest_token_bytes(tok), 32, 30.0, chat, 262_144, 4_096)
 
 
 def completion(**fields) -> CompletionRequest:
@@ -71,7 +71,7 @@ def test_the_longest_token_bounds_the_tokens_of_any_text(tok: Tokenizer) -> None
 
 
 def test_parse_body_names_what_is_wrong() -> None:
-    body = app.parse_body(CompletionRequest, b'{"model": "llm", "prompt": [[1, 2], [3]], "top_k": -1}')
+    body = app.parse_body(CompletionRequest, b'{"model": "llm", "prompt": [[1, 2], [3]], "top_k": -1}', 100, 10)
     assert body.prompt == [[1, 2], [3]] and body.top_k == -1
     cases = [
         (b'{"model": "llm", "prompt": "x", "best_of": 2}', "best_of", "unknown field 'best_of': the fields are"),
@@ -85,10 +85,17 @@ def test_parse_body_names_what_is_wrong() -> None:
         (b"[1, 2]", None, "body: Input should be an object"),
     ]
     for raw, param, words in cases:
-        error = refused(app.parse_body, CompletionRequest, raw)
+        error = refused(app.parse_body, CompletionRequest, raw, 100, 10)
         assert (error.status, error.param) == (400, param) and words in error.message, (raw, error.message)
     chat = b'{"model": "llm", "messages": [{"role": "robot", "content": "hi"}]}'
-    assert refused(app.parse_body, ChatRequest, chat).param == "messages.0.role"
+    assert refused(app.parse_body, ChatRequest, chat, 100, 10).param == "messages.0.role"
+    many = b'{"model": "llm", "prompt": [' + b",".join([b"1"] * 100) + b"]}"
+    error = refused(app.parse_body, CompletionRequest, many, 100, 10)
+    assert error.status == 413 and "the most a request may hold is 100" in error.message
+    assert app.parse_body(CompletionRequest, many.replace(b"1,1,", b"1,", 1), 100, 10).prompt == [1] * 99
+    chats = b'{"model": "llm", "messages": [' + b",".join([b'{"role": "user", "content": "a"}'] * 11) + b"]}"
+    error = refused(app.parse_body, ChatRequest, chats, 100, 10)
+    assert (error.status, error.param) == (413, "messages") and "the most a chat may have is 10" in error.message
 
 
 def test_check_model() -> None:
@@ -427,12 +434,13 @@ def test_guard_limits_the_body() -> None:
 def test_serve_py_exits_when_the_engine_thread_dies(monkeypatch: pytest.MonkeyPatch) -> None:
     from llm.serve import cli
 
-    engine, server = SimpleNamespace(died=None, on_death=None), SimpleNamespace(should_exit=False)
-    died = cli.exit_on_death(engine, server)
+    engine = SimpleNamespace(died=None, on_death=None, stalled=lambda limit: None)
+    server = SimpleNamespace(should_exit=False)
+    died = cli.exit_on_death(engine, server, 60.0)
     assert died == [] and not server.should_exit
     engine.died = "RuntimeError: CUDA error: an illegal memory access was encountered"
     engine.on_death()  # on the engine thread, after every job ended with "error"
-    assert server.should_exit and died == [engine.died]
+    assert server.should_exit and died == [f"the engine thread died: {engine.died}"]
 
     monkeypatch.delenv("LLM_API_KEY", raising=False)
     assert cli.read_api_key(None) is None and cli.read_api_key("k") == "k"

@@ -76,6 +76,8 @@ class Limits:
     default_max_tokens: int
     request_timeout: float
     chat: ChatTokens  # the model's chat template with its tokenizer: /v1/chat/completions' prompts and stops
+    max_values: int  # serve.yaml's max_request_values: JSON values a body may hold
+    max_messages: int  # serve.yaml's max_messages: messages a chat may have
     retriever: Retriever | None = None  # retrieval.index: passages for each chat's last user message
 
     @classmethod
@@ -85,6 +87,8 @@ class Limits:
         model_name: str,
         default_max_tokens: int,
         request_timeout: float,
+        max_values: int,
+        max_messages: int,
         chat_template: ChatTemplate | None = None,
         retriever: Retriever | None = None,
     ) -> Limits:
@@ -99,6 +103,8 @@ class Limits:
             default_max_tokens,
             request_timeout,
             ChatTokens(chat_template or ChatTemplate.plain(), tokenizer),
+            max_values,
+            max_messages,
             retriever,
         )
 
@@ -128,8 +134,20 @@ def longest_token_bytes(tokenizer: Tokenizer) -> int:
 # ---------------------------------------------------------------------------------------------- request -> jobs
 
 
-def parse_body(schema: type[Sampling], raw: bytes) -> Sampling:
-    """The body as schema, or BadRequest naming the first thing wrong. Parses JSON: call it off the event loop."""
+def parse_body(schema: type[Sampling], raw: bytes, max_values: int, max_messages: int) -> Sampling:
+    """The body as schema, or BadRequest naming the first thing wrong. Parses JSON: call it off the event loop.
+
+    Validating costs time and memory per value, with the GIL held: a body of millions of token ids or messages
+    under the size limit would stop every other request for seconds. So before parsing, two counts over the raw
+    bytes (milliseconds for the largest body) bound what it can hold: its commas bound its values, and its
+    '"role"' keys bound its messages (a '"' inside a JSON string is escaped, so only keys and values count)."""
+    values = raw.count(b",") + 1
+    if values > max_values:
+        message = f"the body holds up to {values:,} values: the most a request may hold is {max_values:,}"
+        raise BadRequest(413, message, None, "request_too_large")
+    if schema is ChatRequest and (messages := raw.count(b'"role"')) > max_messages:
+        message = f"the body holds up to {messages:,} messages: the most a chat may have is {max_messages:,}"
+        raise BadRequest(413, message, "messages", "request_too_large")
     try:
         return schema.model_validate_json(raw)
     except ValidationError as e:
@@ -550,7 +568,7 @@ async def answer(
     request: Request, schema: type[Sampling], make_jobs: Callable[..., list[Job]], engine: Engine, limits: Limits
 ) -> object:
     """One request, from its body to its answer."""
-    body = await asyncio.to_thread(parse_body, schema, await request.body())
+    body = await asyncio.to_thread(parse_body, schema, await request.body(), limits.max_values, limits.max_messages)
     check_model(body, limits.model_name)
     if not engine.alive:  # before any tokenizing
         raise EngineStopped("the engine is not running")
@@ -693,6 +711,8 @@ def create_app(
     default_max_tokens: int,
     retry_after: int,
     max_request_bytes: int,
+    max_request_values: int,
+    max_messages: int,
     api_key: str | None,
     chat_template: ChatTemplate | None = None,
     retriever: Retriever | None = None,
@@ -705,7 +725,16 @@ def create_app(
     passages for every chat (retrieval.index), named in the answer's `sources`; allowed_hosts: the Host headers
     served (allowed_host_names), None for any; liveness_timeout: seconds a decode step may run before /health says
     503 "hung", None for no limit."""
-    limits = Limits.of(engine, model_name, default_max_tokens, request_timeout, chat_template, retriever)
+    limits = Limits.of(
+        engine,
+        model_name,
+        default_max_tokens,
+        request_timeout,
+        max_request_values,
+        max_messages,
+        chat_template,
+        retriever,
+    )
     app = FastAPI(title="llm", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, api_key=api_key, max_bytes=max_request_bytes, allowed_hosts=allowed_hosts)
 

@@ -45,6 +45,8 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} must be an integer >= 1")
     positive("request_timeout", cfg.request_timeout, 0.001)
     positive("liveness_timeout", cfg.liveness_timeout, 0.001)
+    positive("max_request_values", cfg.max_request_values)
+    positive("max_messages", cfg.max_messages)
     positive("retry_after", cfg.retry_after, 0)
     if isinstance(cfg.port, bool) or not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port={cfg.port!r} must be an integer in [0, 65535] (0: any free port)")
@@ -141,6 +143,8 @@ def serve(cfg: DictConfig) -> None:
         cfg.default_max_tokens,
         int(cfg.retry_after),
         cfg.max_request_bytes,
+        cfg.max_request_values,
+        cfg.max_messages,
         key,
         chat_template,
         retriever,
