@@ -6,6 +6,7 @@ exits 1). The request functions one by one, without a server: tests/test_serve_a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import statistics
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -463,28 +465,21 @@ def test_a_dead_engine_thread_ends_its_requests_then_answers_503(serve_checkpoin
         assert time.monotonic() - started < 1.0
 
 
-def test_serve_py_exits_1_when_the_engine_thread_dies(serve_checkpoint: Path) -> None:  # noqa: F811
-    script = textwrap.dedent(
-        f"""
-        import sys
-
-        from llm.sampler.core import DecodeCore
-
-
-        class Killed(BaseException):
-            pass
-
-
-        def step(self, *args, **kwargs):
-            raise Killed("injected")
-
-
-        DecodeCore.step = step
-        sys.argv = ["serve.py", "ckpt_path={serve_checkpoint}", "port=0"]
-        from llm.serve.cli import main
-
-        main()
-        """
+@contextlib.contextmanager
+def serve_py_with_step(checkpoint: Path, step_source: str, *overrides: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """serve.py in a process of its own, its DecodeCore.step replaced by step_source (a `def step(self, ...)`
+    with what it needs above it), on a free port: the process and its URL, once /health answers."""
+    argv = ["serve.py", f"ckpt_path={checkpoint}", "port=0", *overrides]
+    script = "\n".join(
+        [
+            "import sys",
+            "from llm.sampler.core import DecodeCore",
+            textwrap.dedent(step_source),
+            "DecodeCore.step = step",
+            f"sys.argv = {argv!r}",
+            "from llm.serve.cli import main",
+            "main()",
+        ]
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -495,14 +490,27 @@ def test_serve_py_exits_1_when_the_engine_thread_dies(serve_checkpoint: Path) ->
                 break
         assert url, "no 'serving ... on http://...' line"
         assert wait_until(lambda: ok(f"{url}/health"), 30)
-        response = httpx.post(f"{url}/v1/completions", json=greedy(), timeout=30)
-        assert response.status_code == 500 and "Killed: injected" in response.text
-        rest = proc.communicate(timeout=30)[1]
-        assert proc.returncode == 1 and "the engine thread died: Killed: injected" in rest, rest
+        yield proc, url
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_py_exits_1_when_the_engine_thread_dies(serve_checkpoint: Path) -> None:  # noqa: F811
+    step = """
+        class Killed(BaseException):
+            pass
+
+
+        def step(self, *args, **kwargs):
+            raise Killed("injected")
+        """
+    with serve_py_with_step(serve_checkpoint, step) as (proc, url):
+        response = httpx.post(f"{url}/v1/completions", json=greedy(), timeout=30)
+        assert response.status_code == 500 and "Killed: injected" in response.text
+        rest = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 1 and "the engine thread died: Killed: injected" in rest, rest
 
 
 def slow_steps(engine, seconds: float) -> list[Job]:
@@ -705,43 +713,19 @@ def test_a_hung_decode_step_turns_health_to_503_within_the_liveness_time(serve_c
 
 
 def test_serve_py_exits_1_when_a_decode_step_hangs(serve_checkpoint: Path) -> None:  # noqa: F811
-    script = textwrap.dedent(
-        f"""
-        import sys
+    step = """
         import time
-
-        from llm.sampler.core import DecodeCore
 
 
         def step(self, *args, **kwargs):
             time.sleep(600)
-
-
-        DecodeCore.step = step
-        sys.argv = ["serve.py", "ckpt_path={serve_checkpoint}", "port=0", "liveness_timeout=1"]
-        from llm.serve.cli import main
-
-        main()
         """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        url = None
-        for line in proc.stderr:
-            if "serving llm" in line:
-                url = line.split(" on ")[1].split()[0]
-                break
-        assert url, "no 'serving ... on http://...' line"
-        assert wait_until(lambda: ok(f"{url}/health"), 30)
+    with serve_py_with_step(serve_checkpoint, step, "liveness_timeout=1") as (proc, url):
         threading.Thread(target=lambda: post(url, greedy(max_tokens=2)), daemon=True).start()
         started = time.monotonic()
         rest = proc.communicate(timeout=30)[1]
         assert proc.returncode == 1 and "a decode step has not returned for" in rest, rest
         assert time.monotonic() - started < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def rss_mb() -> float:
