@@ -61,19 +61,14 @@ _WORDS = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class Hit:
-    """A passage found for a question: where it is (path; page for paged formats; kind) and its BM25 score (higher
-    is better)."""
+    """A passage found for a question: where it is (path, an archive's member as `notes.zip!/a/b.pdf`; page for paged
+    formats; kind) and its BM25 score (higher is better)."""
 
     path: str
     page: int | None
     kind: str
     score: float
     text: str
-
-    @property
-    def member(self) -> str | None:
-        """The archive member it came from (`notes.zip!/a/b.pdf` -> `a/b.pdf`), None for a file on disk."""
-        return self.path.split("!/", 1)[1] if "!/" in self.path else None
 
     def to_dict(self) -> dict:
         return {
