@@ -315,3 +315,31 @@ def test_a_context_field_is_written_as_retrieval_writes_passages() -> None:
     assert "[1] a.pdf, page 2\nThe code is wren3." in messages[0]["content"] and messages[1:] == turns
     with pytest.raises(ValueError, match="context"):
         parse_line(json.dumps({"messages": turns, "context": [{"no": "text"}]}))
+
+
+def _index_in_a_process(cache: str, out: str, rounds: int) -> None:
+    from llm.retrieval.build import write_index
+
+    docs = [Document(f"d{i}.md", "text", f"Vault {i} has the code wren{i}. " * 30, f"k{i}") for i in range(30)]
+    for r in range(rounds):  # each round changes one document: both processes write
+        docs[r % 30] = Document(docs[r % 30].path, "text", f"Vault {r} changed, round {r}.", f"k{r % 30}-{r}")
+        write_index(docs, ["corpus"], cache, out)
+
+
+def test_three_processes_indexing_one_corpus_into_one_run_at_once(tmp_path: Path) -> None:
+    """The nodes of a job on one machine run ingestion side by side: the cached index and the run's copy stay
+    whole (a shared temporary file once made SQLite fail with a disk I/O error)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    args = (str(tmp_path / "cache"), str(tmp_path / "run" / "data"), 20)
+    workers = [ctx.Process(target=_index_in_a_process, args=args) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    with Index(tmp_path / "run" / "data" / "index.sqlite") as index:
+        assert index.search("vault 29 code", 1)[0].path == "d29.md"
+        assert index.db.execute("SELECT count(DISTINCT path) FROM passages").fetchone()[0] == 30
+    assert not list((tmp_path / "run" / "data").glob("*.tmp"))

@@ -13,11 +13,12 @@ holds some of the words still ranks. Nothing left, or nothing found: no hits.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,23 +31,24 @@ if TYPE_CHECKING:  # the server searches an index without loading the ingestion 
 
 FILE = "index.sqlite"
 VERSION = "1"  # the schema and the passage rules: an index of another version is rebuilt
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (path TEXT PRIMARY KEY, text_key TEXT NOT NULL, kind TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS passages (
-    id INTEGER PRIMARY KEY, path TEXT NOT NULL, page INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS passages_by_path ON passages (path);
-CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5 (
-    text, content='passages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER IF NOT EXISTS passages_added AFTER INSERT ON passages BEGIN
-    INSERT INTO passages_fts (rowid, text) VALUES (new.id, new.text);
-END;
-CREATE TRIGGER IF NOT EXISTS passages_removed AFTER DELETE ON passages BEGIN
-    INSERT INTO passages_fts (passages_fts, rowid, text) VALUES ('delete', old.id, old.text);
-END;
-"""
+SCHEMA = [  # one statement each: they run inside one transaction (executescript would commit before them)
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS documents (path TEXT PRIMARY KEY, text_key TEXT NOT NULL, kind TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS passages (
+        id INTEGER PRIMARY KEY, path TEXT NOT NULL, page INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS passages_by_path ON passages (path)",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5 (
+        text, content='passages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS passages_added AFTER INSERT ON passages BEGIN
+        INSERT INTO passages_fts (rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS passages_removed AFTER DELETE ON passages BEGIN
+        INSERT INTO passages_fts (passages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END""",
+]
+DROP = ["DROP TABLE IF EXISTS passages_fts", "DROP TABLE IF EXISTS passages", "DROP TABLE IF EXISTS documents"]
 # Words that say nothing about which passage answers (a question's "what is the ... of ..."): left out of queries
 STOPWORDS = frozenset(
     """a about above after again all am an and any are as at be been being below between both but by can could did
@@ -96,25 +98,39 @@ class Index:
             raise ConfigError(f"retrieval.index: no index at {self.path} (build one with python -m llm.index)")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        try:  # autocommit: transactions are begun explicitly (_writing), so a writer holds the lock from its start
+            self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
             if create:
                 self._create()
             version = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"retrieval.index: {self.path} is not a readable index ({e})") from None
         if version is None or version[0] != VERSION:
-            if not create:
-                raise ConfigError(f"retrieval.index: {self.path} is an index of another version: build it again")
-            self.db.close()
-            self.path.unlink()
-            self.__init__(path, create=True)
+            raise ConfigError(f"retrieval.index: {self.path} is an index of another version: build it again")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, begun IMMEDIATE: two processes indexing one corpus at once (the nodes of a job on
+        one machine) take turns, neither sees the other's half-made schema or passages."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def _create(self) -> None:
-        with self.db:
-            self.db.executescript(SCHEMA)
-            if self.db.execute("SELECT count(*) FROM documents").fetchone()[0] == 0:
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (VERSION,))
+        """The tables, made once; an index of another version is emptied and made again."""
+        with self._writing():
+            has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+            version = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() if has_meta else None
+            if version is not None and version[0] != VERSION:
+                for statement in DROP:
+                    self.db.execute(statement)
+            for statement in SCHEMA:
+                self.db.execute(statement)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (VERSION,))
 
     def close(self) -> None:
         self.db.close()
@@ -128,10 +144,10 @@ class Index:
     def update(self, documents: Iterable[Document]) -> dict[str, int]:
         """Make the index hold exactly `documents`: new and changed ones (re)indexed, gone ones removed. Returns the
         counts: added, changed, removed, unchanged documents, and passages in the index."""
-        known = dict(self.db.execute("SELECT path, text_key FROM documents"))
         counts = dict.fromkeys(("added", "changed", "removed", "unchanged"), 0)
         seen = set()
-        with self.db:
+        with self._writing():
+            known = dict(self.db.execute("SELECT path, text_key FROM documents"))
             for doc in documents:
                 seen.add(doc.path)
                 before = known.get(doc.path)
@@ -164,13 +180,19 @@ class Index:
         return [Hit(path, page, kind, -rank, text) for path, page, kind, rank, text in rows]
 
     def copy_to(self, path: str | Path) -> Path:
-        """A consistent copy of the whole index at path (SQLite's backup, safe while others read it)."""
+        """A consistent copy of the whole index at path (SQLite's backup, safe while others read it), put in place
+        by a rename: two processes copying to one path at once each write a file of their own, the last one stays."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.unlink(missing_ok=True)
-        with sqlite3.connect(tmp) as target:
-            self.db.backup(target)
-        target.close()
-        shutil.move(tmp, path)
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                self.db.backup(target)
+            finally:
+                target.close()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
