@@ -26,8 +26,6 @@ from llm.model import GPT
 from llm.retrieval.context import Retriever
 from llm.retrieval.index import Hit
 
-GROUNDED = "grounded"
-
 
 @dataclass(frozen=True)
 class Question:
