@@ -116,8 +116,10 @@ def chatml():
 
 
 def test_passages_go_in_the_system_message_and_never_past_the_budget(tmp_path: Path, chatml) -> None:
-    docs = [Document(f"d{i}.md", "text", f"Vault {i} has the code wren{i}. " + "Filler words here. " * 20, f"k{i}")
-            for i in range(40)]  # fmt: skip
+    docs = [
+        Document(f"d{i}.md", "text", f"Vault {i} has the code wren{i}. " + "Filler words here. " * 20, f"k{i}")
+        for i in range(40)
+    ]
     with Index(tmp_path / "i.sqlite", create=True) as index:
         index.update(docs)
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "code of vault 7?"}]
@@ -220,9 +222,16 @@ def test_a_hugging_face_folder_is_served_directly_with_passages_in_its_own_templ
     folder = tmp_path / "qwen"
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
-        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=1024,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **NO_SPECIALS,
-    )  # fmt: skip
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        max_position_embeddings=1024,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        **NO_SPECIALS,
+    )
     transformers.Qwen2ForCausalLM(config).save_pretrained(folder)
     _save_base_tokenizer("qwen2", folder)
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -315,6 +324,8 @@ def test_a_context_field_is_written_as_retrieval_writes_passages() -> None:
     assert "[1] a.pdf, page 2\nThe code is wren3." in messages[0]["content"] and messages[1:] == turns
     with pytest.raises(ValueError, match="context"):
         parse_line(json.dumps({"messages": turns, "context": [{"no": "text"}]}))
+    with pytest.raises(ValueError, match=r"messages\[0\] is not an object"):  # a bad line, reported: never a crash
+        parse_line(json.dumps({"messages": [1], "context": "passage"}))
 
 
 def _index_in_a_process(cache: str, out: str, rounds: int) -> None:

@@ -58,7 +58,9 @@ def parse_line(text: str) -> list[dict[str, str]]:
     if not isinstance(obj, dict):
         raise ValueError('not a JSON object: expected {"messages": [...]} or {"prompt": ..., "completion": ...}')
     if "messages" in obj:
-        messages = check_messages(context_messages(obj) if "context" in obj else obj["messages"])
+        messages = check_messages(obj["messages"])
+        if "context" in obj:
+            messages = context_messages(messages, obj["context"])
     elif "prompt" in obj and "completion" in obj:
         if not isinstance(obj["prompt"], str) or not isinstance(obj["completion"], str):
             raise ValueError("prompt and completion must be strings")

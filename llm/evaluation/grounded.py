@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.errors import ConfigError
 from llm.model import GPT
-from llm.retrieval.context import Retriever
+from llm.retrieval.context import Retriever, fit
 from llm.retrieval.index import Hit
 
 
@@ -96,18 +96,20 @@ class GroundedTask:
         chat = ChatTokens(template, tokenizer)
         k, budget = self.retriever.k, model.config.block_size - max_new_tokens
         asked = [[{"role": "user", "content": q.question}] for q in self.questions]
-        grounded = [self.retriever.ground(chat, messages, budget) for messages in asked]
+        top = [self.retriever.search(messages) for messages in asked]  # the k best: recall@k
+        grounded = [fit(chat, messages, hits, budget) for messages, hits in zip(asked, top, strict=True)]
         with_passages, without = answers([m for m, _ in grounded]), answers(asked)
         n = len(self.questions)
 
         def right(replies) -> float:
             return sum(q.answer.lower() in r.text.lower() for q, r in zip(self.questions, replies, strict=True)) / n
 
-        sourced = [q for q in self.questions if q.source is not None]
-        top = [self.retriever.index.search(q.question, k) for q in sourced]
-        used = [hits for q, (_, hits) in zip(self.questions, grounded, strict=True) if q.source is not None]
+        def share(found: list) -> float:  # of the questions with a source, those whose passages hold it
+            pairs = [(q, hits) for q, hits in zip(self.questions, found, strict=True) if q.source is not None]
+            return sum(q.found_in(hits) for q, hits in pairs) / len(pairs)
+
         scores = {"accuracy": right(with_passages), "accuracy_without": right(without)}
-        if sourced:
-            scores["source_share"] = sum(q.found_in(h) for q, h in zip(sourced, used, strict=True)) / len(sourced)
-            scores[f"recall@{k}"] = sum(q.found_in(h) for q, h in zip(sourced, top, strict=True)) / len(sourced)
+        if any(q.source is not None for q in self.questions):
+            scores["source_share"] = share([hits for _, hits in grounded])  # the passages that fit the context
+            scores[f"recall@{k}"] = share(top)
         return scores

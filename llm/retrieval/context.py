@@ -32,17 +32,21 @@ def passages_text(passages: Sequence[tuple[str, int | None, str]]) -> str:
     return "\n\n".join([INTRO, *blocks])
 
 
-def with_passages(messages: Sequence[Mapping[str, str]], hits: Sequence[Hit]) -> list[dict[str, str]]:
-    """The conversation with the passages in its system message: added after the user's own system message where
-    there is one (chat templates expect one system message, first), else a new first message."""
+def in_system_message(messages: Sequence[Mapping[str, str]], text: str) -> list[dict[str, str]]:
+    """The conversation with text in its system message: added after the user's own system message where there is
+    one (chat templates expect one system message, first), else a new first message."""
     messages = [dict(m) for m in messages]
-    if not hits:
-        return messages
-    text = passages_text([(h.path, h.page, h.text) for h in hits])
-    if messages and messages[0]["role"] == "system":
+    if messages and messages[0].get("role") == "system":
         messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
         return messages
     return [{"role": "system", "content": text}, *messages]
+
+
+def with_passages(messages: Sequence[Mapping[str, str]], hits: Sequence[Hit]) -> list[dict[str, str]]:
+    """The conversation with the passages in its system message (in_system_message); unchanged without any."""
+    if not hits:
+        return [dict(m) for m in messages]
+    return in_system_message(messages, passages_text([(h.path, h.page, h.text) for h in hits]))
 
 
 def question_of(messages: Sequence[Mapping[str, str]]) -> str:

@@ -17,18 +17,18 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from llm.retrieval.context import passages_text
+from llm.retrieval.context import in_system_message, passages_text
 
-ATTRIBUTES = [
-    "code", "owner", "colour", "password", "budget", "location", "leader", "version", "port", "deadline", "motto",
-    "capacity", "founder", "status", "rating", "weight", "key", "mascot", "supplier", "contact", "zone", "signal",
-]  # fmt: skip
+ATTRIBUTES = (
+    "code owner colour password budget location leader version port deadline motto capacity founder "
+    "status rating weight key mascot supplier contact zone signal"
+).split()
 NOUNS = ["vault", "project", "room", "ship", "team", "station", "unit", "file", "site", "lab", "account", "route"]
 SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "zo", "pe", "ni", "sa", "do", "gu", "bre", "tal", "qui", "fen"]
-WORDS = [
-    "wren", "oak", "flint", "moss", "quill", "ember", "brook", "slate", "thorn", "cedar", "plume", "ridge", "amber",
-    "frost", "maple", "onyx", "pearl", "raven", "sage", "tide", "violet", "willow", "zinc", "copper", "dune", "fern",
-]  # fmt: skip
+WORDS = (
+    "wren oak flint moss quill ember brook slate thorn cedar plume ridge amber frost maple onyx pearl "
+    "raven sage tide violet willow zinc copper dune fern"
+).split()
 FACTS = [  # how a document states "the attribute of the entity is the value"
     "The {a} of {e} is {v}.",
     "{E}'s {a} is {v}.",
@@ -137,12 +137,9 @@ def synthetic(n: int, passages: int, seed: int) -> list[list[dict[str, str]]]:
     return [synthetic_conversation(rng, passages) for _ in range(n)]
 
 
-def context_messages(obj: Mapping) -> list[dict[str, str]]:
-    """A grounded .jsonl line's messages: its `context` (passages) put into the system message as at answer time."""
-    messages = [dict(m) for m in obj["messages"]]
-    context = obj.get("context")
-    if context is None:
-        return messages
+def context_messages(messages: Sequence[Mapping[str, str]], context: object) -> list[dict[str, str]]:
+    """A grounded .jsonl line's checked messages with its `context` (passages) put into the system message, as
+    retrieval puts them there at answer time; ValueError for a context of another shape."""
     items = [context] if isinstance(context, str) else context
     if not isinstance(items, Sequence) or not items:
         raise ValueError("context: a string, or a non-empty list of strings or {path, page, text} objects")
@@ -154,8 +151,4 @@ def context_messages(obj: Mapping) -> list[dict[str, str]]:
             passages.append((str(item.get("path", "context")), item.get("page"), item["text"]))
         else:
             raise ValueError("context: each passage is a string or an object with a text")
-    text = passages_text(passages)
-    if messages and messages[0].get("role") == "system":
-        messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
-        return messages
-    return [{"role": "system", "content": text}, *messages]
+    return in_system_message(messages, passages_text(passages))
