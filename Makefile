@@ -1,5 +1,6 @@
 # make train  — train the tiny model on the built-in corpus (installs first when needed)
 # make test   — check formatting and lint (ruff), then run the test suite
+# make test-long — the tests that train for minutes to check a whole capability (CI runs them after make test)
 # make install — create .venv and install the project with its dev, ingest, sweep, hf, serve, ray, eval and lora extras
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-long lint clean
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ train: install
 
 test: install lint
 	$(PY) -m pytest -q $(ARGS)
+
+test-long: install
+	$(PY) -m pytest -q -m long $(ARGS)
 
 lint: install
 	$(PY) -m ruff format --check --quiet .

@@ -292,22 +292,31 @@ def test_the_question_and_answer_helpers_agree() -> None:
     assert question(entity, attribute).endswith("?")
 
 
-def test_made_up_grounded_conversations_hold_their_answer_in_one_passage() -> None:
+def test_made_up_grounded_conversations_hold_each_answer_in_one_passage_and_fit_the_context() -> None:
     import re
 
     from llm.retrieval.grounded import synthetic
 
-    made = synthetic(200, passages=3, seed=5)
-    assert made == synthetic(200, passages=3, seed=5) and made != synthetic(200, passages=3, seed=6)
-    questions = set()
-    for system, user, assistant in made:
-        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+    made = synthetic(300, passages=4, questions=3, seed=5)
+    assert made == synthetic(300, passages=4, questions=3, seed=5) and made != synthetic(300, 4, 3, seed=6)
+    forms, shapes = set(), set()
+    for system, *turns in made:
+        assert system["role"] == "system" and [t["role"] for t in turns] == ["user", "assistant"] * (len(turns) // 2)
         blocks = re.split(r"\n\n(?=\[\d\] )", system["content"])[1:]
-        assert [b[:4] for b in blocks] == ["[1] ", "[2] ", "[3] "]  # numbered as retrieval numbers them
-        value = re.match(r"The (.+) of (.+) is (.+)\.$", assistant["content"]).group(3)
-        assert sum(value in b for b in blocks) >= 1  # the answer is there to be read
-        questions.add(user["content"].split()[0])
-    assert len(questions) >= 5  # many question forms
+        assert [b[:4] for b in blocks] == [f"[{i}] " for i in range(1, len(blocks) + 1)]  # numbered as retrieval does
+        asked = [re.match(r"The (.+) of (.+) is (.+)\.$", a["content"]).groups() for a in turns[1::2]]
+        assert len(set(asked)) == len(asked)  # never the same question twice
+        for attribute, entity, value in asked:
+            assert (
+                sum(value in b and entity.lower() in b.lower() for b in blocks) >= 1
+            )  # the answer is there to be read
+        forms |= {t["content"].split()[0] for t in turns[::2]}
+        shapes.add((len(blocks), len(asked)))
+    assert len(forms) >= 5  # many question forms
+    assert {(1, 1), (4, 3)} <= shapes and len(shapes) >= 8  # one to four passages, one to three questions
+    short = synthetic(50, passages=4, questions=3, seed=5, fits=lambda m: len(m[0]["content"]) < 250)
+    assert all(len(m[0]["content"]) < 250 or (len(m) == 3 and m[0]["content"].count("\n[") == 1) for m in short)
+    assert max(len(m) for m in short) > 3  # fitting drops passages first, then questions
 
 
 def test_a_context_field_is_written_as_retrieval_writes_passages() -> None:

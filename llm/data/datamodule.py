@@ -299,14 +299,16 @@ class ChatDataModule(WindowsDataModule):
         tokenizer: str | None,  # the model's tokenizer.json (init_from sets it)
         chat_template: str | None,  # a JSON file of the template (init_from sets it); null: ChatML
         synthetic: int,  # made-up grounded conversations added (experiment=grounded, llm/retrieval/grounded.py)
-        passages: int,  # passages in each made-up conversation: one holds the answer
+        passages: int,  # at most this many passages in each made-up conversation
+        questions: int,  # at most this many questions asked of each made-up conversation's passages
     ) -> None:
         super().__init__()
         if isinstance(synthetic, bool) or not isinstance(synthetic, int) or synthetic < 0:
             raise ConfigError(f"data.synthetic={synthetic!r} must be a whole number of conversations, 0 for none")
-        if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:
-            raise ConfigError(f"data.passages={passages!r} must be at least 1")
-        self.synthetic, self.passages = synthetic, passages
+        for key, value in (("data.passages", passages), ("data.questions", questions)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}={value!r} must be a whole number, at least 1")
+        self.synthetic, self.passages, self.questions = synthetic, passages, questions
         self.paths = expand_paths(paths, key="data.paths") if (paths or not synthetic) else []
         if tokenizer is None:
             raise ConfigError(
@@ -363,7 +365,8 @@ class ChatDataModule(WindowsDataModule):
         self.chat_template = ChatTemplate.from_dict(template) if template else ChatTemplate.chatml()
         chat = ChatTokens(self.chat_template, self.tokenizer)
         conversations, _ = read_conversations(self._files())  # small files: each rank reads them again
-        made_up = synthetic(self.synthetic, self.passages, self.seed)
+        fits = lambda messages: len(chat.training_example(messages)[0]) <= self.block_size + 1  # noqa: E731
+        made_up = synthetic(self.synthetic, self.passages, self.questions, self.seed, fits)
         conversations += [Conversation("synthetic", i, messages) for i, messages in enumerate(made_up, start=1)]
         train, val = split_conversations(conversations, self.val_fraction, self.seed)
         token_bytes = token_byte_lengths(self.tokenizer)

@@ -15,7 +15,7 @@ one of the passages; the others are distractors. Two sources:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from llm.retrieval.context import in_system_message, passages_text
 
@@ -93,8 +93,8 @@ def _fact(rng: random.Random, entity: str, attribute: str, value: str) -> str:
 
 
 def _passage(rng: random.Random, sentences: list[str]) -> str:
-    """The sentences among filler, in a random order."""
-    text = sentences + rng.sample(FILLER, rng.randint(0, 1))
+    """The sentences among filler, in a random order: a paragraph as an index's passage holds it."""
+    text = sentences + rng.sample(FILLER, rng.randint(0, 2))
     rng.shuffle(text)
     return " ".join(text)
 
@@ -105,36 +105,54 @@ def _where(rng: random.Random) -> tuple[str, int | None]:
     return path, rng.randint(1, 12) if suffix == ".pdf" else None
 
 
-def synthetic_conversation(rng: random.Random, passages: int) -> list[dict[str, str]]:
-    """One made-up grounded conversation with `passages` passages, one of which holds the answer."""
-    entity, attribute, value = _entity(rng), rng.choice(ATTRIBUTES), _value(rng)
-    others = rng.sample([a for a in ATTRIBUTES if a != attribute], 2)
-    hard = [
-        _fact(rng, entity, others[0], _value(rng)),  # the same entity, another attribute
-        _fact(rng, _entity(rng), attribute, _value(rng)),  # the same attribute, another entity
-    ]
-    answer_passage = _passage(rng, [_fact(rng, entity, attribute, value), *hard[: rng.randint(0, 1)]])
-    blocks = [answer_passage]
-    while len(blocks) < passages:
-        sentences = [
-            rng.choice(hard) if rng.random() < 0.6 else _fact(rng, _entity(rng), rng.choice(others), _value(rng))
-        ]
-        blocks.append(_passage(rng, sentences))
-    rng.shuffle(blocks)
-    system = passages_text([(*_where(rng), text) for text in blocks])
-    question = rng.choice(QUESTIONS).format(a=attribute, e=entity, E=_cap(entity))
-    reply = f"The {attribute} of {entity} is {value}."
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": reply},
-    ]
+def _facts(rng: random.Random, n: int) -> dict[tuple[str, str], str]:
+    """n facts {(entity, attribute): value}, no pair twice; alike as retrieval's hits are: many about one entity
+    (its other attributes), some the same attribute of other entities."""
+    facts: dict[tuple[str, str], str] = {}
+    subject = _entity(rng)
+    while len(facts) < n:
+        entity = subject if rng.random() < 0.4 else _entity(rng)
+        seen = [a for _, a in facts]
+        attribute = rng.choice(seen) if seen and rng.random() < 0.3 else rng.choice(ATTRIBUTES)
+        facts.setdefault((entity, attribute), _value(rng))
+    return facts
 
 
-def synthetic(n: int, passages: int, seed: int) -> list[list[dict[str, str]]]:
+def synthetic_conversation(
+    rng: random.Random, passages: int, questions: int, fits: Callable[[list[dict[str, str]]], bool] | None = None
+) -> list[dict[str, str]]:
+    """One made-up grounded conversation: 1 to `passages` passages of one to three facts each, then 1 to `questions`
+    questions about them, each answered from its passage; every other fact is a distractor. fits: whether a
+    conversation fits the context; one that does not is made again with a passage fewer (then a question fewer),
+    as retrieval trims passages to the context's budget."""
+    n, asks = rng.randint(1, passages), rng.randint(1, questions)
+    while True:
+        sizes = [rng.randint(1, 3) for _ in range(n)]
+        facts = _facts(rng, sum(sizes))
+        pairs = iter(facts)
+        blocks = [[next(pairs) for _ in range(size)] for size in sizes]
+        texts = [_passage(rng, [_fact(rng, e, a, facts[e, a]) for e, a in block]) for block in blocks]
+        messages = [{"role": "system", "content": passages_text([(*_where(rng), text) for text in texts])}]
+        for entity, attribute in rng.sample(list(facts), min(asks, len(facts))):
+            question = rng.choice(QUESTIONS).format(a=attribute, e=entity, E=_cap(entity))
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": answer(entity, attribute, facts[entity, attribute])})
+        if fits is None or fits(messages) or (n == 1 and asks == 1):
+            return messages
+        n, asks = (n - 1, asks) if n > 1 else (n, asks - 1)
+
+
+def answer(entity: str, attribute: str, value: str) -> str:
+    """The reply a grounded conversation teaches: the question's words, then the value read from the passage."""
+    return f"The {attribute} of {entity} is {value}."
+
+
+def synthetic(
+    n: int, passages: int, questions: int, seed: int, fits: Callable[[list[dict[str, str]]], bool] | None = None
+) -> list[list[dict[str, str]]]:
     """n made-up grounded conversations, the same for the same seed."""
     rng = random.Random(seed)
-    return [synthetic_conversation(rng, passages) for _ in range(n)]
+    return [synthetic_conversation(rng, passages, questions, fits) for _ in range(n)]
 
 
 def context_messages(messages: Sequence[Mapping[str, str]], context: object) -> list[dict[str, str]]:
