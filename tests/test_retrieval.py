@@ -306,7 +306,7 @@ def test_made_up_grounded_conversations_hold_each_answer_in_one_passage_and_fit_
         assert [b[:4] for b in blocks] == [f"[{i}] " for i in range(1, len(blocks) + 1)]  # numbered as retrieval does
         asked = [re.match(r"The (.+) of (.+) is (.+)\.$", a["content"]).groups() for a in turns[1::2]]
         assert len(set(asked)) == len(asked)  # never the same question twice
-        for attribute, entity, value in asked:
+        for _, entity, value in asked:
             assert (
                 sum(value in b and entity.lower() in b.lower() for b in blocks) >= 1
             )  # the answer is there to be read
