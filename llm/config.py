@@ -6,11 +6,14 @@ top-level `conf/` folder. Resolvers are registered by the entry points (`registe
 
 from __future__ import annotations
 
+import logging
+import sys
 import sysconfig
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llm.errors import ConfigError
 
@@ -66,6 +69,34 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def run_command(
+    name: str, job: Callable[[DictConfig], object], exits: Mapping[type[Exception], int] | None = None
+) -> None:
+    """The command line of every entry point: Hydra reads conf/<name>.yaml with the overrides of sys.argv and calls
+    job(cfg). A ConfigError (and each exception of `exits`) is one line on stderr, logged as `llm.<name>`, and that
+    exit status (a ConfigError's 2), no traceback; in a multirun it is raised instead, so the sweep goes on and
+    reports the failed job at its end. The job is named `name`, as Hydra names it after a module `llm.<name>`."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    codes = {ConfigError: 2, **(exits or {})}
+    log = logging.getLogger(f"llm.{name}")
+
+    def task(cfg: DictConfig) -> object:
+        try:
+            return job(cfg)
+        except tuple(codes) as e:
+            log.error("%s", e)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            sys.exit(next(code for kind, code in codes.items() if isinstance(e, kind)))
+
+    task.__module__ = f"llm.{name}"  # Hydra's job name: the last part of the task's module
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)(task)()
 
 
 def _cuda_device_count() -> int:

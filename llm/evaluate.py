@@ -10,14 +10,12 @@ report.md; the table is printed on stdout. See conf/evaluate.yaml and docs/evalu
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from llm.checkpoint import CONFIG, GLOBAL_STEP, WANDB_RUN_ID, find_checkpoint, read_checkpoint, run_folder
-from llm.config import check_flag, config_dir, register_resolvers
+from llm.config import check_flag, run_command
 from llm.errors import ConfigError
 from llm.evaluation.results import flat_metrics, log_to_run, table, write_results, write_samples
 from llm.evaluation.suite import Plan
@@ -101,19 +99,8 @@ def validation_corpus(run: Path, run_config: DictConfig | None):
     return validation_documents(run / "data", run_config.data.val_fraction, run_config.data.seed)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
-def _hydra_main(cfg: DictConfig) -> None:
-    """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
-    try:
-        evaluate(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
 def main() -> None:
-    register_resolvers()
-    _hydra_main()
+    run_command("evaluate", evaluate)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,11 @@ CHAT_TEMPLATE) goes into both: tokenizer_config.json's chat_template, GGUF's tok
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
 
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.checkpoint import CHAT_TEMPLATE, find_checkpoint, load_checkpoint, run_folder
-from llm.config import config_dir, register_resolvers
+from llm.config import run_command
 from llm.errors import ConfigError
 from llm.interop.gguf import check_dtype, write_gguf
 from llm.interop.hf import export_layout, save_pretrained
@@ -64,19 +60,8 @@ def export(
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
-    try:
-        print(export(cfg.ckpt_path, cfg.format, cfg.out, cfg.paths.outputs_root, cfg.dtype))
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
 def main() -> None:
-    register_resolvers()
-    _hydra_main()
+    run_command("export", lambda c: print(export(c.ckpt_path, c.format, c.out, c.paths.outputs_root, c.dtype)))
 
 
 if __name__ == "__main__":

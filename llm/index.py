@@ -8,13 +8,11 @@ what is gone. Ask with `python infer.py chat=true retrieval.index=DIR ...` or `p
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from llm.config import config_dir, register_resolvers
+from llm.config import run_command
 from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
 from llm.data.pipeline import ingest
 from llm.errors import ConfigError
@@ -35,19 +33,8 @@ def build(cfg: DictConfig) -> Path:
     return write_index(result.documents, paths, cfg.paths.cache_dir, out)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="index")
-def _hydra_main(cfg: DictConfig) -> None:
-    """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
-    try:
-        print(build(cfg))
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
 def main() -> None:
-    register_resolvers()
-    _hydra_main()
+    run_command("index", lambda cfg: print(build(cfg)))
 
 
 if __name__ == "__main__":

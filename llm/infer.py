@@ -17,13 +17,12 @@ import dataclasses
 import logging
 import sys
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from llm.chat_template import ChatTokens
-from llm.config import check_flag, config_dir, register_resolvers
+from llm.config import check_flag, run_command
 from llm.errors import ConfigError
 from llm.loading import load  # serve.py loads the same way
 from llm.model import GPT
@@ -146,19 +145,8 @@ def repl(
         write_sources(hits)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="infer")
-def _hydra_main(cfg: DictConfig) -> None:
-    """Bad config or input: one line naming the key on stderr, exit code 2, no traceback."""
-    try:
-        infer(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
 def main() -> None:
-    register_resolvers()
-    _hydra_main()
+    run_command("infer", infer)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,16 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llm import provenance
 from llm.atomic import write_text
 from llm.checkpoint import find_checkpoint, run_folder
-from llm.config import check_flag, config_dir, register_resolvers
+from llm.config import check_flag, run_command
 from llm.errors import ConfigError
 from llm.init_from import Start, lora_resume, open_start, use_lora
 from llm.lora import count_parameters, lora_config
@@ -153,32 +150,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = train(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        if multirun:
-            raise  # a failed job: the sweep goes on and reports it at the end
-        sys.exit(2)
-    except NonFiniteLossError as e:
-        log.error("%s", e)
-        if multirun:
-            raise
-        sys.exit(1)
-    return metrics.get("val/loss")  # what a sweeper minimises
-
-
 def main() -> None:
-    register_resolvers()
     try:
         sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    # what a sweeper minimises: the job's val/loss; a loss gone NaN or inf is exit status 1
+    run_command("train", lambda cfg: train(cfg).get("val/loss"), {NonFiniteLossError: 1})
 
 
 if __name__ == "__main__":

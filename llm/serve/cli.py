@@ -15,10 +15,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig
 
-from llm.config import config_dir, register_resolvers
+from llm.config import run_command
 from llm.errors import ConfigError
 from llm.loading import load
 from llm.retrieval.context import Retriever
@@ -174,19 +173,8 @@ def serve(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="serve")
-def _hydra_main(cfg: DictConfig) -> None:
-    """Bad config: one line naming the key on stderr, exit code 2, no traceback."""
-    try:
-        serve(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
-
-
 def main() -> None:
-    register_resolvers()
-    _hydra_main()
+    run_command("serve", serve)
 
 
 if __name__ == "__main__":
