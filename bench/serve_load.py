@@ -33,6 +33,7 @@ PROMPTS = ["def ", "The ", "import ", "class Model", "# Training", "A tokenizer"
 
 def random_checkpoint(preset: str, block_size: int, folder: Path) -> Path:
     """A checkpoint of random weights, with a byte-level BPE trained on the docs (the shapes are what count)."""
+    from llm.checkpoint import save_model
     from llm.config import model_preset
     from llm.model import GPT
     from llm.tokenizer import train_tokenizer
@@ -42,11 +43,7 @@ def random_checkpoint(preset: str, block_size: int, folder: Path) -> Path:
     config = model_preset(preset, vocab_size=tokenizer.get_vocab_size(), block_size=block_size)
     torch.manual_seed(0)
     model = GPT(config)
-    path = folder / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
-    state = {f"net.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"model_config": config.to_dict(), "tokenizer": tokenizer.to_str(), "state_dict": state}, path)
-    return path
+    return save_model(folder / "checkpoints" / "last.ckpt", model, tokenizer)
 
 
 def start_server(

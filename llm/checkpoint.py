@@ -33,7 +33,7 @@ from llm.atomic import atomic_open
 from llm.chat_template import ChatTemplate
 from llm.errors import ConfigError
 from llm.lora import fingerprint, merge
-from llm.model import ADDED_SWITCHES, GPT, GPTConfig
+from llm.model import GPT, GPTConfig
 from llm.tokenizer import load_tokenizer
 
 MODEL_CONFIG = "model_config"  # GPTConfig.to_dict()
@@ -46,6 +46,9 @@ STATE_DICT = "state_dict"  # Lightning's: the module's weights, the network's un
 GLOBAL_STEP = "global_step"  # Lightning's: optimizer steps taken
 WEIGHTS_PREFIX = "net."  # LitGPT.net
 REQUIRED = (MODEL_CONFIG, TOKENIZER, STATE_DICT)  # what a checkpoint needs to be loaded
+# GPTConfig switches added after checkpoints were written: a saved config without one had it off, and is read so
+# (saved_model_config); a new run's preset names each, like every other switch.
+ADDED_SWITCHES = {"value_embeds": 0, "unet_skips": False}
 
 
 def add_entries(
@@ -78,6 +81,22 @@ def write_checkpoint(checkpoint: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
         torch.save(checkpoint, f)
+
+
+def save_model(
+    path: str | Path,
+    model: GPT,
+    tokenizer: Tokenizer | None,
+    chat_template: dict | None = None,
+    step: int = 0,
+) -> Path:
+    """A checkpoint of a bare model, as train.py writes one without the training state: its weights under
+    WEIGHTS_PREFIX, its shape, its tokenizer (when given) and chat template (when given), `step` as global_step.
+    load_checkpoint, infer.py, serve.py and the export read it; a resume needs a checkpoint of train.py's own."""
+    state = {WEIGHTS_PREFIX + name: tensor for name, tensor in model.state_dict().items()}
+    checkpoint = add_entries({STATE_DICT: state, GLOBAL_STEP: step}, model.config, tokenizer, None, chat_template)
+    write_checkpoint(checkpoint, path)
+    return Path(path)
 
 
 def run_folder(ckpt: str | Path) -> Path:

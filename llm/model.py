@@ -18,10 +18,6 @@ from torch import nn
 
 from llm.errors import ConfigError
 
-# Switches added after checkpoints were written: a saved config without one had it off (llm/checkpoint.py reads
-# them so); a new run's preset names each, like every other switch.
-ADDED_SWITCHES = {"value_embeds": 0, "unet_skips": False}
-
 CHOICES = {
     "attn": ("explicit", "sdpa"),
     "pos": ("rope", "learned"),

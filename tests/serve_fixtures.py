@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.checkpoint import load_checkpoint, read_chat_template
+from llm.checkpoint import load_checkpoint, read_chat_template, save_model
 from llm.config import model_preset
 from llm.model import GPT
 from llm.tokenizer import train_tokenizer
@@ -34,10 +34,7 @@ def write_checkpoint(path: Path, block_size: int = 128) -> Path:
         for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.5 if name == "wte.weight" else 0.2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {f"net.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, path)
-    return path
+    return save_model(path, model, tok)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.chat_template import CHATML, ChatTemplate, ChatTokens
+from llm.checkpoint import save_model
 from llm.data.conversations import pack, parse_line, read_conversations, split_conversations
 from llm.data.tokens import token_byte_lengths
 from llm.tokenizer import IGNORE, IM_END, IM_START, eod_id, train_tokenizer
@@ -310,10 +311,7 @@ def test_an_older_checkpoint_gets_the_chat_markers_and_its_embedding_grows(tmp_p
     config = model_preset("tiny", vocab_size=320, block_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1)
     torch.manual_seed(0)
     base = GPT(config)
-    state = {f"net.{k}": v for k, v in base.state_dict().items()}
-    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
-    torch.save({"model_config": config.to_dict(), "tokenizer": old.to_str(), "state_dict": state}, path)
+    path = save_model(tmp_path / "run" / "checkpoints" / "last.ckpt", base, old)
 
     start = open_start(str(path.parent.parent), None)  # a run folder
     assert start.chat_template is None

@@ -13,8 +13,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
+from llm.checkpoint import save_model
 from llm.errors import ConfigError
-from llm.model import GPT, Block
+from llm.model import GPT, Block, GPTConfig
 from llm.tokenizer import train_tokenizer
 from llm.training.precision import resolve_precision
 from tests.conftest import CONF_DIR, compose_train
@@ -130,7 +131,7 @@ def test_bad_values_are_named_before_any_data_work(tmp_path, corpus, override, m
 
     (tmp_path / "bad.ckpt").write_text("hello")
     shape = instantiate(compose_train(tmp_path, [], corpus).module.net).config.to_dict()
-    torch.save({"model_config": {**shape, "n_embd": 64}, "tokenizer": "{}", "state_dict": {}}, tmp_path / "other.ckpt")
+    save_model(tmp_path / "other.ckpt", GPT(GPTConfig(**{**shape, "n_embd": 64})), train_tokenizer(["a b"], 300))
     override = override.replace("NOT_A_CKPT", str(tmp_path / "bad.ckpt"))
     override = override.replace("OTHER_SHAPE", str(tmp_path / "other.ckpt"))
     with pytest.raises(ConfigError) as err:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from llm.checkpoint import save_model
 from llm.config import model_preset
 from llm.model import GPT, GPTConfig
 from tools import explain
@@ -409,9 +410,7 @@ def _write_checkpoint(path: Path, cfg: GPTConfig | None = None) -> GPTConfig:
         cfg = model_preset("tiny", vocab_size=300, block_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=16)
     tok = train_tokenizer([TOKENIZER_TEXT], vocab_size=cfg.vocab_size)
     torch.manual_seed(0)
-    state = {f"net.{k}": v for k, v in GPT(cfg).state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "model_config": cfg.to_dict(), "tokenizer": tok.to_str()}, path)
+    save_model(path, GPT(cfg), tok)
     return cfg
 
 

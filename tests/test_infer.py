@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from llm import infer
-from llm.checkpoint import load_checkpoint
+from llm.checkpoint import load_checkpoint, save_model
 from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.model import GPT
@@ -41,11 +41,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         **switches,
     )
     model = GPT(config)
-    path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt"
-    path.parent.mkdir()
-    state = {f"net.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, path)
-    return path
+    return save_model(tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt", model, tok)
 
 
 def compose_infer(*overrides: str) -> DictConfig:

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("safetensors")
 
-from llm.checkpoint import load_checkpoint  # noqa: E402
+from llm.checkpoint import load_checkpoint, save_model  # noqa: E402
 from llm.config import model_preset  # noqa: E402
 from llm.errors import ConfigError  # noqa: E402
 from llm.export import export  # noqa: E402
@@ -349,8 +349,7 @@ def test_export_cli_refuses_the_default_recipe_by_name(tmp_path) -> None:
     ckpt = tmp_path / "default.ckpt"
     config = model_preset("tiny", vocab_size=300)
     tok = train_tokenizer(["hello world " * 50], 300)
-    state = {f"net.{k}": v for k, v in GPT(config).state_dict().items()}
-    torch.save({"model_config": config.to_dict(), "tokenizer": tok.to_str(), "state_dict": state}, ckpt)
+    save_model(ckpt, GPT(config), tok)
     with pytest.raises(
         ConfigError,
         match=r"mlp=relu2 \(Qwen3's MLP is SwiGLU\);.* Train with model.config.norm=rmsnorm model.config.mlp=swiglu",

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from llm.checkpoint import LORA, add_entries, load_checkpoint, read_checkpoint, write_checkpoint
+from llm.checkpoint import LORA, STATE_DICT, load_checkpoint, read_checkpoint, save_model, write_checkpoint
 from llm.config import model_preset
 from llm.errors import ConfigError
 from llm.lora import A_SUFFIX, B_SUFFIX, LoraConfig, add_adapters, count_parameters, fingerprint, lora_config
@@ -124,9 +124,8 @@ def test_a_12_layer_model_trains_under_2_percent_and_its_base_stays_bit_identica
     config = GPTConfig(**{**ckpt["model_config"], **shape})
     big = _corpus(base).parent / "big" / "checkpoints" / "last.ckpt"  # beside the corpus, as _lora_run expects
     torch.manual_seed(0)
-    state = {f"net.{k}": v for k, v in GPT(config).state_dict().items()}  # random: a base as far as LoRA cares
-    tokenizer = load_tokenizer(ckpt["tokenizer"])  # the small base's: the same vocabulary
-    write_checkpoint(add_entries({"state_dict": state, "global_step": 0}, config, tokenizer, None), big)
+    # random weights: a base as far as LoRA cares; the small base's tokenizer: the same vocabulary
+    save_model(big, GPT(config), load_tokenizer(ckpt["tokenizer"]))
     run = _lora_run(tmp_path / "run", big, "lora.r=8", "trainer.max_steps=2", "data.batch_size=2")
     after = torch.load(tmp_path / "run" / "params.pt", weights_only=True)
     trained = sum(p.numel() for p, grad in after.values() if grad)
@@ -196,8 +195,8 @@ def test_a_resume_refuses_other_adapters_and_loading_refuses_a_changed_base(tmp_
         train(compose_train(tmp_path / "b", again))
     moved = tmp_path / "base-copy.ckpt"  # the base changes under the adapters: refused by its fingerprint
     ckpt = read_checkpoint(base)
-    state = {k: v + 1 if k.endswith("norm.weight") else v for k, v in ckpt["state_dict"].items()}
-    write_checkpoint({**ckpt, "state_dict": state}, moved)
+    state = {k: v + 1 if k.endswith("norm.weight") else v for k, v in ckpt[STATE_DICT].items()}
+    write_checkpoint({**ckpt, STATE_DICT: state}, moved)
     changed = {**read_checkpoint(run / "checkpoints" / "last.ckpt")}
     changed[LORA] = {**changed[LORA], "base": {**changed[LORA]["base"], "path": str(moved)}}
     write_checkpoint(changed, tmp_path / "changed.ckpt")

@@ -10,8 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from llm.checkpoint import save_model
+from llm.config import model_preset
 from llm.errors import ConfigError
+from llm.model import GPT
 from llm.resume import check_resume, resume_argv, resume_logger_kwargs
+from llm.tokenizer import train_tokenizer
 from tests.test_scale import ROOT, final_weights, run_train
 from train import train
 
@@ -53,7 +57,8 @@ def test_a_checkpoint_outside_a_recorded_run_resumes_with_this_command_line_only
 
 def test_the_loggers_continue_from_the_checkpoints_step_and_wandb_run(tmp_path):
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"model_config": {}, "tokenizer": "{}", "state_dict": {}, "global_step": 4}, ckpt)
+    model = GPT(model_preset("tiny", vocab_size=300, n_layer=1, n_embd=16))
+    save_model(ckpt, model, train_tokenizer(["hello world"], 300), step=4)
     assert resume_logger_kwargs({"_target_": "llm.training.loggers.CSVLogger"}, ckpt) == {"resume_step": 4}
     tensorboard = {"_target_": "lightning.pytorch.loggers.TensorBoardLogger"}
     assert resume_logger_kwargs(tensorboard, ckpt) == {"purge_step": 4}
