@@ -54,8 +54,9 @@ def served(checkpoint: Path, start_engine: bool = True, **settings) -> Iterator[
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     from llm.loading import hugging_face_folder
-    from llm.serve.app import allowed_host_names, create_app
+    from llm.serve.app import create_app
     from llm.serve.engine import Engine
+    from llm.serve.gate import allowed_host_names
 
     if hugging_face_folder(checkpoint) is not None:  # a Hugging Face model folder, as serve.py's ckpt_path takes it
         from llm.init_from import model_for, open_start

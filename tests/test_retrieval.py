@@ -211,8 +211,8 @@ def test_a_hugging_face_folder_is_served_directly_with_passages_in_its_own_templ
     import torch
 
     from llm.loading import load
-    from llm.serve.app import Limits, chat_jobs
     from llm.serve.engine import Engine
+    from llm.serve.request import Limits, chat_jobs
     from llm.serve.schemas import ChatRequest
     from tests.serve_fixtures import served
     from tests.test_chat import QWEN

@@ -1,4 +1,4 @@
-"""The server's request functions one by one (llm/serve/app.py), without a server or an engine thread: the body
+"""The server's request functions one by one (llm/serve/request.py, response.py, gate.py, app.py), without a server or an engine thread: the body
 and its messages, the prompt forms, sampling settings and seeds, a text refused as too long before it is
 tokenized, jobs, the JSON and server-sent-event formats, logprobs, waits that end at their deadline whatever the
 engine does, the API key and body limit (Guard), and serve.py's way out when the engine thread dies."""
@@ -21,9 +21,10 @@ pytest.importorskip("fastapi")
 from llm.chat_template import PLAIN_STOPS, ChatTemplate, ChatTokens  # noqa: E402
 from llm.sampler import SamplingParams  # noqa: E402
 from llm.sampler.core import RowOutput, TokenLogprob  # noqa: E402
-from llm.serve import app  # noqa: E402
-from llm.serve.app import BadRequest, Guard, Limits  # noqa: E402
+from llm.serve import app, gate, request, response  # noqa: E402
 from llm.serve.engine import Job  # noqa: E402
+from llm.serve.gate import Guard  # noqa: E402
+from llm.serve.request import BadRequest, Limits  # noqa: E402
 from llm.serve.schemas import ChatRequest, CompletionRequest  # noqa: E402
 from llm.tokenizer import EOD, eod_id, train_tokenizer  # noqa: E402
 from tests.serve_fixtures import TEXTS  # noqa: E402
@@ -37,7 +38,7 @@ def tok() -> Tokenizer:
 @pytest.fixture(scope="module")
 def limits(tok: Tokenizer) -> Limits:
     chat = ChatTokens(ChatTemplate.plain(), tok)
-    return Limits("llm", tok, 128, 320, 16, app.longest_token_bytes(tok), 32, 30.0, chat, 262_144, 4_096)
+    return Limits("llm", tok, 128, 320, 16, request.longest_token_bytes(tok), 32, 30.0, chat, 262_144, 4_096)
 
 
 def completion(**fields) -> CompletionRequest:
@@ -54,7 +55,7 @@ def refused(call, *args) -> BadRequest:
 
 
 def test_the_longest_token_bounds_the_tokens_of_any_text(tok: Tokenizer) -> None:
-    longest = app.longest_token_bytes(tok)
+    longest = request.longest_token_bytes(tok)
     special = {t.content for t in tok.get_added_tokens_decoder().values()}  # text cannot produce them
     assert longest == max(len(t) for t in tok.get_vocab() if t not in special)  # byte level: a character, a byte
     rng = random.Random(0)
@@ -67,11 +68,11 @@ def test_the_longest_token_bounds_the_tokens_of_any_text(tok: Tokenizer) -> None
 
     words = Tokenizer(models.WordLevel({"日本語": 0, "[UNK]": 1}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert app.longest_token_bytes(words) == 9  # not byte level: a token's UTF-8 bytes
+    assert request.longest_token_bytes(words) == 9  # not byte level: a token's UTF-8 bytes
 
 
 def test_parse_body_names_what_is_wrong() -> None:
-    body = app.parse_body(CompletionRequest, b'{"model": "llm", "prompt": [[1, 2], [3]], "top_k": -1}', 100, 10)
+    body = request.parse_body(CompletionRequest, b'{"model": "llm", "prompt": [[1, 2], [3]], "top_k": -1}', 100, 10)
     assert body.prompt == [[1, 2], [3]] and body.top_k == -1
     cases = [
         (b'{"model": "llm", "prompt": "x", "best_of": 2}', "best_of", "unknown field 'best_of': the fields are"),
@@ -85,49 +86,49 @@ def test_parse_body_names_what_is_wrong() -> None:
         (b"[1, 2]", None, "body: Input should be an object"),
     ]
     for raw, param, words in cases:
-        error = refused(app.parse_body, CompletionRequest, raw, 100, 10)
+        error = refused(request.parse_body, CompletionRequest, raw, 100, 10)
         assert (error.status, error.param) == (400, param) and words in error.message, (raw, error.message)
     chat = b'{"model": "llm", "messages": [{"role": "robot", "content": "hi"}]}'
-    assert refused(app.parse_body, ChatRequest, chat, 100, 10).param == "messages.0.role"
+    assert refused(request.parse_body, ChatRequest, chat, 100, 10).param == "messages.0.role"
     many = b'{"model": "llm", "prompt": [' + b",".join([b"1"] * 100) + b"]}"
-    error = refused(app.parse_body, CompletionRequest, many, 100, 10)
+    error = refused(request.parse_body, CompletionRequest, many, 100, 10)
     assert error.status == 413 and "the most a request may hold is 100" in error.message
-    assert app.parse_body(CompletionRequest, many.replace(b"1,1,", b"1,", 1), 100, 10).prompt == [1] * 99
+    assert request.parse_body(CompletionRequest, many.replace(b"1,1,", b"1,", 1), 100, 10).prompt == [1] * 99
     chats = b'{"model": "llm", "messages": [' + b",".join([b'{"role": "user", "content": "a"}'] * 11) + b"]}"
-    error = refused(app.parse_body, ChatRequest, chats, 100, 10)
+    error = refused(request.parse_body, ChatRequest, chats, 100, 10)
     assert (error.status, error.param) == (413, "messages") and "the most a chat may have is 10" in error.message
 
 
 def test_check_model() -> None:
-    app.check_model(completion(), "llm")
-    error = refused(app.check_model, completion(model="gpt-4"), "llm")
+    request.check_model(completion(), "llm")
+    error = refused(request.check_model, completion(model="gpt-4"), "llm")
     assert (error.status, error.code) == (404, "model_not_found") and "serves 'llm'" in error.message
 
 
 def test_every_prompt_form() -> None:
-    assert app.completion_prompts("x") == ["x"]
-    assert app.completion_prompts(["a", "b"]) == ["a", "b"]
-    assert app.completion_prompts([1, 2]) == [[1, 2]]
-    assert app.completion_prompts([[1], [2, 3]]) == [[1], [2, 3]]
-    assert "empty" in refused(app.completion_prompts, []).message
+    assert request.completion_prompts("x") == ["x"]
+    assert request.completion_prompts(["a", "b"]) == ["a", "b"]
+    assert request.completion_prompts([1, 2]) == [[1, 2]]
+    assert request.completion_prompts([[1], [2, 3]]) == [[1], [2, 3]]
+    assert "empty" in refused(request.completion_prompts, []).message
 
 
 def test_sampling_params_one_per_job_with_seed_plus_j() -> None:
     body = completion(temperature=0.7, top_k=-1, top_p=0.9, min_p=0.1, repetition_penalty=1.2, seed=10)
-    params = app.sampling_params(body, 4)
+    params = request.sampling_params(body, 4)
     assert [p.seed for p in params] == [10, 11, 12, 13]
     assert params[0] == SamplingParams(0.7, 0, 0.9, 0.1, 1.2, 10)  # top_k -1 (vLLM's off) is 0
-    assert [p.seed for p in app.sampling_params(completion(), 3)] == [None] * 3  # the engine draws each
+    assert [p.seed for p in request.sampling_params(completion(), 3)] == [None] * 3  # the engine draws each
     unchecked = CompletionRequest.model_construct(**(completion().model_dump() | {"top_p": 0.0}))
-    error = refused(app.sampling_params, unchecked, 1)  # SamplingParams' own check, as a 400 naming the field
+    error = refused(request.sampling_params, unchecked, 1)  # SamplingParams' own check, as a 400 naming the field
     assert (error.status, error.param) == (400, "top_p") and "top_p=0.0" in error.message
 
 
 def test_stops() -> None:
-    assert app.stops(completion(stop="\n", stop_token_ids=[0, 5]), 320) == (["\n"], [0, 5])
-    assert app.stops(completion(stop=["a", ""]), 320) == (["a"], [])
-    assert "at most 4" in refused(app.stops, completion(stop=list("abcde")), 320).message
-    error = refused(app.stops, completion(stop_token_ids=[3, 320]), 320)
+    assert request.stops(completion(stop="\n", stop_token_ids=[0, 5]), 320) == (["\n"], [0, 5])
+    assert request.stops(completion(stop=["a", ""]), 320) == (["a"], [])
+    assert "at most 4" in refused(request.stops, completion(stop=list("abcde")), 320).message
+    error = refused(request.stops, completion(stop_token_ids=[3, 320]), 320)
     assert error.param == "stop_token_ids" and "320 is not a token id" in error.message
 
 
@@ -142,41 +143,41 @@ def test_a_text_that_cannot_fit_is_refused_without_tokenizing(limits: Limits) ->
     most = (limits.block_size - 1) * limits.token_bytes
     untouchable = Limits(**(vars(limits) | {"tokenizer": Untouchable()}))
     for text in ("a" * (most + 1), "€" * (most // 3 + 1), "x" * 20_000_000):
-        error = refused(app.prompt_ids, ["short", text], untouchable, "prompt")
+        error = refused(request.prompt_ids, ["short", text], untouchable, "prompt")
         assert error.code == "context_length_exceeded" and f"prompt 1 is {len(text.encode())} bytes" in error.message
         assert "the context holds 128" in error.message
-    error = refused(app.prompt_ids, ["The lazy dog. " * 30], limits, "messages")  # tokenized, then counted
+    error = refused(request.prompt_ids, ["The lazy dog. " * 30], limits, "messages")  # tokenized, then counted
     assert (error.param, error.code) == ("messages", "context_length_exceeded") and "tokens" in error.message
-    assert refused(app.prompt_ids, [[1] * 128], untouchable, "prompt").code == "context_length_exceeded"
-    assert "320 is not a token id" in refused(app.prompt_ids, [[1, 320]], untouchable, "prompt").message
-    assert "prompt 1 is empty" in refused(app.prompt_ids, ["x", ""], untouchable, "prompt").message
-    ids = app.prompt_ids(["def add", [5, 6, 7]], limits, "prompt")
+    assert refused(request.prompt_ids, [[1] * 128], untouchable, "prompt").code == "context_length_exceeded"
+    assert "320 is not a token id" in refused(request.prompt_ids, [[1, 320]], untouchable, "prompt").message
+    assert "prompt 1 is empty" in refused(request.prompt_ids, ["x", ""], untouchable, "prompt").message
+    ids = request.prompt_ids(["def add", [5, 6, 7]], limits, "prompt")
     assert ids == [limits.tokenizer.encode("def add").ids, [5, 6, 7]]
 
 
 def test_budgets(limits: Limits) -> None:
-    assert app.budgets([[1] * 10, [1] * 120], None, limits) == [32, 8]  # default_max_tokens, cut to the context
-    assert app.budgets([[1] * 10], 118, limits) == [118]
-    error = refused(app.budgets, [[1] * 10], 119, limits)
+    assert request.budgets([[1] * 10, [1] * 120], None, limits) == [32, 8]  # default_max_tokens, cut to the context
+    assert request.budgets([[1] * 10], 118, limits) == [118]
+    error = refused(request.budgets, [[1] * 10], 119, limits)
     assert (error.param, error.code) == ("max_tokens", "context_length_exceeded") and "at most 118" in error.message
 
 
 def test_build_jobs_n_per_prompt_in_order(limits: Limits) -> None:
     body = completion(prompt=["def add", "The"], n=2, seed=5, stop="\n", stop_token_ids=[7], logprobs=2)
-    jobs = app.completion_jobs(body, limits)
+    jobs = request.completion_jobs(body, limits)
     a, b = (limits.tokenizer.encode(text).ids for text in ("def add", "The"))
     assert [job.prompt_ids for job in jobs] == [a, a, b, b]
     assert [job.params.seed for job in jobs] == [5, 6, 7, 8]  # job j = prompt i's choice c: seed + i * n + c
     assert all(job.stop == ["\n"] and job.stop_token_ids == [7] and job.logprobs == 2 for job in jobs)
     assert all(job.timeout == 30.0 and job.max_tokens == 32 for job in jobs)
-    error = refused(app.completion_jobs, completion(prompt=["a"] * 4, n=5), limits)
+    error = refused(request.completion_jobs, completion(prompt=["a"] * 4, n=5), limits)
     assert error.param == "n" and "exceeds the queue of 16" in error.message
 
 
 def test_chat_jobs(limits: Limits) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     body = ChatRequest.model_validate({"model": "llm", "messages": messages, "max_completion_tokens": 5})
-    (job,) = app.chat_jobs(body, limits)
+    (job,) = request.chat_jobs(body, limits)
     messages = [m.model_dump(include={"role", "content"}) for m in body.messages]
     prompt = ChatTemplate.plain().render(messages, add_generation_prompt=True)
     assert job.prompt_ids == limits.tokenizer.encode(prompt).ids
@@ -184,7 +185,7 @@ def test_chat_jobs(limits: Limits) -> None:
     both = ChatRequest.model_validate(
         {"model": "llm", "messages": messages, "max_tokens": 5, "max_completion_tokens": 5}
     )
-    assert refused(app.chat_jobs, both, limits).param == "max_completion_tokens"
+    assert refused(request.chat_jobs, both, limits).param == "max_completion_tokens"
 
 
 # ---------------------------------------------------------------------------------------------- jobs -> answer
@@ -198,7 +199,7 @@ def entries_of(tok: Tokenizer, text: str) -> list[TokenLogprob]:
 def test_logprobs_body(tok: Tokenizer) -> None:
     entries = entries_of(tok, "héllo 日本語 fox")
     ids = [e.token for e in entries]
-    body = app.logprobs_body(tok, entries)
+    body = response.logprobs_body(tok, entries)
     assert body["tokens"] == [tok.decode([t], skip_special_tokens=False) for t in ids]
     assert body["token_logprobs"] == [e.logprob for e in entries]
     assert body["text_offset"] == [len(tok.decode(ids[:k]).rstrip("\ufffd")) for k in range(len(ids))]
@@ -208,13 +209,13 @@ def test_logprobs_body(tok: Tokenizer) -> None:
         for token, lp, top in zip(body["tokens"], body["token_logprobs"], body["top_logprobs"], strict=True)
     )
     parts = [
-        app.logprobs_body(tok, entries, 0, 3),
-        app.logprobs_body(tok, entries, 3, 5),
-        app.logprobs_body(tok, entries, 5),
+        response.logprobs_body(tok, entries, 0, 3),
+        response.logprobs_body(tok, entries, 3, 5),
+        response.logprobs_body(tok, entries, 5),
     ]
     assert {key: sum((part[key] for part in parts), []) for key in body} == body  # streamed pieces add up
     halves = [TokenLogprob(250, -1.0, [(250, -1.0), (251, -2.0)])]  # two partial bytes, one text: the likelier
-    assert app.logprobs_body(tok, halves)["top_logprobs"] == [{"\ufffd": -1.0}]
+    assert response.logprobs_body(tok, halves)["top_logprobs"] == [{"\ufffd": -1.0}]
 
 
 def finished(tok: Tokenizer, prompt: list[int], text: str, reason: str = "length", logprobs: int | None = None) -> Job:
@@ -229,9 +230,9 @@ def finished(tok: Tokenizer, prompt: list[int], text: str, reason: str = "length
 
 
 def test_completion_response(tok: Tokenizer) -> None:
-    meta = app.new_meta(False, "llm")
+    meta = response.new_meta(False, "llm")
     jobs = [finished(tok, [1, 2, 3], "one"), finished(tok, [1, 2, 3], "two", "stop"), finished(tok, [4], "three")]
-    out = app.completion_response(jobs, meta, False, 1, tok)
+    out = response.completion_response(jobs, meta, False, 1, tok)
     assert out["object"] == "text_completion" and out["id"].startswith("cmpl-") and out["model"] == "llm"
     assert [c["text"] for c in out["choices"]] == ["one", "two", "three"]
     assert [c["finish_reason"] for c in out["choices"]] == ["length", "stop", "length"]
@@ -241,11 +242,11 @@ def test_completion_response(tok: Tokenizer) -> None:
         "completion_tokens": completion_tokens,
         "total_tokens": 7 + completion_tokens,
     }
-    assert app.completion_response(jobs[:2], meta, False, 2, tok)["usage"]["prompt_tokens"] == 3  # one prompt, n=2
+    assert response.completion_response(jobs[:2], meta, False, 2, tok)["usage"]["prompt_tokens"] == 3  # one prompt, n=2
     with_logprobs = finished(tok, [1], "fox", logprobs=1)
-    choice = app.completion_response([with_logprobs], meta, False, 1, tok)["choices"][0]
-    assert choice["logprobs"] == app.logprobs_body(tok, with_logprobs.token_logprobs)
-    chat = app.completion_response(jobs[:1], app.new_meta(True, "llm"), True, 1, tok)
+    choice = response.completion_response([with_logprobs], meta, False, 1, tok)["choices"][0]
+    assert choice["logprobs"] == response.logprobs_body(tok, with_logprobs.token_logprobs)
+    chat = response.completion_response(jobs[:1], response.new_meta(True, "llm"), True, 1, tok)
     assert chat["object"] == "chat.completion" and chat["choices"][0]["message"] == {
         "role": "assistant",
         "content": "one",
@@ -254,31 +255,31 @@ def test_completion_response(tok: Tokenizer) -> None:
 
 def test_chunks_and_events() -> None:
     meta = {"id": "cmpl-1", "created": 0, "model": "llm"}
-    assert app.chunk(meta, False, 1, "hi")["choices"] == [
+    assert response.chunk(meta, False, 1, "hi")["choices"] == [
         {"index": 1, "text": "hi", "finish_reason": None, "logprobs": None}
     ]
-    assert app.chunk(meta, False, 0, "", "stop")["choices"][0]["finish_reason"] == "stop"
-    first = app.chunk(meta, True, 0, "", first=True)
+    assert response.chunk(meta, False, 0, "", "stop")["choices"][0]["finish_reason"] == "stop"
+    first = response.chunk(meta, True, 0, "", first=True)
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"] == {
         "role": "assistant",
         "content": "",
     }
-    assert app.chunk(meta, True, 0, "")["choices"][0]["delta"] == {}
-    assert app.sse("[DONE]") == "data: [DONE]\n\n"
-    assert json.loads(app.sse({"a": 1})[6:]) == {"a": 1}
+    assert response.chunk(meta, True, 0, "")["choices"][0]["delta"] == {}
+    assert response.sse("[DONE]") == "data: [DONE]\n\n"
+    assert json.loads(response.sse({"a": 1})[6:]) == {"a": 1}
 
 
 def test_failures_and_health() -> None:
-    status, body = app.failure("timeout", None, 7.0)
+    status, body = response.failure("timeout", None, 7.0)
     assert status == 504 and body["error"]["type"] == "timeout" and "request_timeout=7.0 s" in body["error"]["message"]
-    assert app.failure("cancelled", None, 7.0)[1]["error"]["code"] == "engine_stopped"
-    status, body = app.failure("error", "the engine stopped: Killed", 7.0)
+    assert response.failure("cancelled", None, 7.0)[1]["error"]["code"] == "engine_stopped"
+    status, body = response.failure("error", "the engine stopped: Killed", 7.0)
     assert status == 500 and "the engine stopped: Killed" in body["error"]["message"]
     engine = SimpleNamespace(alive=False, active=lambda: 0, queued=lambda: 2, max_batch=4, queue_size=8)
-    status, body = app.health_body(engine, "llm")
+    status, body = response.health_body(engine, "llm")
     assert status == 503 and body["status"] == "stopped" and body["queued"] == 2
     engine.alive = True
-    assert app.health_body(engine, "llm") == (200, {**body, "status": "ok"})
+    assert response.health_body(engine, "llm") == (200, {**body, "status": "ok"})
 
 
 # ---------------------------------------------------------------------------------------------- waiting
@@ -363,7 +364,7 @@ def test_stream_events(tok: Tokenizer, limits: Limits, monkeypatch: pytest.Monke
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     parts = [c["choices"][0]["logprobs"] for c in chunks]
     assert all(len(part["tokens"]) == 1 for part in parts[:-1])
-    assert {k: sum((p[k] for p in parts), []) for k in parts[0]} == app.logprobs_body(tok, entries)
+    assert {k: sum((p[k] for p in parts), []) for k in parts[0]} == response.logprobs_body(tok, entries)
 
     jobs = waiting_jobs(2, 0.2)  # one ends with an error, the other never
     out = asyncio.run(stream(jobs, event(jobs[0], "done", "error")))
@@ -386,7 +387,7 @@ def guarded(
             read[0] += len(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        await app.send_json(send, 200, {"read": read[0]})
+        await gate.send_json(send, 200, {"read": read[0]})
 
     async def run() -> tuple[int, dict]:
         messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]

@@ -115,7 +115,8 @@ def serve(cfg: DictConfig) -> None:
     try:
         import uvicorn
 
-        from llm.serve.app import allowed_host_names, create_app
+        from llm.serve.app import create_app
+        from llm.serve.gate import allowed_host_names
     except ImportError as e:
         raise ConfigError(f"serve.py needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     from llm.serve.engine import Engine
