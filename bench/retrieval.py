@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llm import provenance
-from llm.data.pipeline import Document
+from llm.data.document import Document
 from llm.retrieval.index import Index
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "zo", "pe", "ni", "sa", "do", "gu", "bre", "tal", "qui", "fen", "or"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm.data.pipeline import Document
+from llm.data.document import Document
 from llm.data.tokens import (
     IGNORE,
     EpochSampler,
@@ -272,7 +272,7 @@ def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, 
     """Two runs may build the same entry at once: each in its own folder; the first to finish is kept."""
     import shutil
 
-    import llm.data.datamodule as datamodule
+    import llm.data.tokens as tokens
 
     def make():
         return make_datamodule(tmp_path, [str(corpus)], vocab_size=300, block_size=16, batch_size=2)
@@ -285,13 +285,13 @@ def test_a_token_cache_finished_by_another_run_meanwhile_wins(tmp_path, corpus, 
     shutil.rmtree(entry)
     stale = entry.with_name(f"{entry.name}.999999999.tmp")  # a killed run's build folder
     stale.mkdir()
-    build = datamodule.train_tokenizer
+    build = tokens.train_tokenizer
 
     def meanwhile(*args, **kwargs):  # another run finishes the same entry while this one trains its tokenizer
         shutil.copytree(tmp_path / "saved", entry)
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(datamodule, "train_tokenizer", meanwhile)
+    monkeypatch.setattr(tokens, "train_tokenizer", meanwhile)
     second = make()
     second.prepare_data()
     second.setup("fit")

@@ -111,7 +111,9 @@ def test_conversations_refuse_a_loader_made_once(tmp_path: Path) -> None:
         current_epoch = 0
 
     (tmp_path / "tok.json").write_text("{}")
-    dm = ChatDataModule(tmp_path, str(tmp_path / "out"), 32, 2, 0.1, 0, None, 0, str(tmp_path / "tok.json"), None, 0, 3)
+    dm = ChatDataModule(
+        tmp_path, str(tmp_path / "out"), 32, 2, 0.1, 0, None, 0, str(tmp_path / "tok.json"), None, 0, 3, 3
+    )
     dm.trainer = Trainer()
     with pytest.raises(ConfigError, match=r"trainer.reload_dataloaders_every_n_epochs=0 must be 1"):
         dm.train_dataloader()

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.config import config_dir
-from llm.data.pipeline import Document
+from llm.data.document import Document
 from llm.errors import ConfigError
 from llm.retrieval.context import Retriever, question_of, resolve_index, with_passages
 from llm.retrieval.index import Index, fts_query

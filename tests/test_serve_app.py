@@ -1,7 +1,8 @@
-"""The server's request functions one by one (llm/serve/request.py, response.py, gate.py, app.py), without a server or an engine thread: the body
-and its messages, the prompt forms, sampling settings and seeds, a text refused as too long before it is
-tokenized, jobs, the JSON and server-sent-event formats, logprobs, waits that end at their deadline whatever the
-engine does, the API key and body limit (Guard), and serve.py's way out when the engine thread dies."""
+"""The server's request functions one by one (llm/serve/request.py, response.py, gate.py, app.py), without a
+server or an engine thread: the body and its messages, the prompt forms, sampling settings and seeds, a text
+refused as too long before it is tokenized, jobs, the JSON and server-sent-event formats, logprobs, waits that end
+at their deadline whatever the engine does, the API key and body limit (Guard), and serve.py's way out when the
+engine thread dies."""
 
 from __future__ import annotations
 

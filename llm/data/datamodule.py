@@ -8,11 +8,8 @@ and the settings, so an unchanged corpus is tokenized once and its tokenizer reu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from llm.atomic import fsync_dir, remove_stale_temps, write_bytes, write_text
+from llm.atomic import remove_stale_temps, write_bytes, write_text
 from llm.chat_template import ChatTemplate, ChatTokens
 from llm.data.conversations import Conversation, PackedWindows, read_conversations, split_conversations, tokenize
 from llm.data.discover import DEFAULT_EXCLUDE, expand_paths
@@ -31,20 +28,15 @@ from llm.data.tokens import (
     EpochSampler,
     TokenWindows,
     check_align,
-    split_documents,
     token_byte_lengths,
-    token_dtype,
-    tokenizer_sample,
-    write_tokens,
+    token_cache,
 )
 from llm.errors import ConfigError
 from llm.retrieval.build import write_index
 from llm.retrieval.grounded import synthetic
-from llm.tokenizer import IGNORE, eod_id, load_tokenizer, train_tokenizer
+from llm.tokenizer import IGNORE, eod_id, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 3  # bump when the token files or the tokenizer recipe change (3: ChatML's markers reserved)
 
 
 class WindowsDataModule(L.LightningDataModule):
@@ -193,61 +185,18 @@ class TextDataModule(WindowsDataModule):
                 f"data.paths: no usable document under {self.paths}: see {self.out_dir / 'manifest.jsonl'}"
             )
         write_index(docs, self.paths, self.cache_dir, self.out_dir)  # answers cite the run's documents (retrieval)
-        settings = [FORMAT_VERSION, self.vocab_size, self.val_fraction, self.seed, self.tokenizer_sample_mb]
-        if self.tokenizer_file is not None:  # a given tokenizer: its content, not a vocab size, fixes the ids
-            settings.append(hashlib.sha256(self.tokenizer_file.read_bytes()).hexdigest())
-        # text_key changes with the source, the ingester's version and its settings: new text, new tokens
-        digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())
-        folder = self.cache_dir / digest.hexdigest()[:16]
-        if (folder / "meta.json").exists():
-            log.info("corpus unchanged: reusing tokenizer and tokens in %s", folder)
-        else:
-            self._build(docs, folder)
+        folder = token_cache(
+            docs,
+            self.cache_dir,
+            self.vocab_size,
+            self.val_fraction,
+            self.seed,
+            self.tokenizer_sample_mb,
+            self.tokenizer_file,
+        )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_bytes(self.out_dir / "tokenizer.json", (folder / "tokenizer.json").read_bytes())
         write_text(self.pointer, json.dumps({"folder": str(folder.resolve())}))
-
-    def _build(self, docs, folder: Path) -> None:
-        train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        for old in folder.parent.glob(f"{folder.name}.*.tmp"):  # left by a run that was killed while building
-            if not _alive(old.name.split(".")[1]):
-                shutil.rmtree(old, ignore_errors=True)
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # two runs building at once never share it
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if self.tokenizer_file is not None:
-            tok = load_tokenizer(self.tokenizer_file)
-            if tok.get_vocab_size() > self.vocab_size:
-                raise ConfigError(
-                    f"data.tokenizer={self.tokenizer_file} has {tok.get_vocab_size()} tokens, more than "
-                    f"data.vocab_size={self.vocab_size} (model.config.vocab_size)"
-                )
-        else:
-            sample = tokenizer_sample(train_docs, int(self.tokenizer_sample_mb * 2**20), self.seed)
-            tok = train_tokenizer(sample, self.vocab_size)
-        write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))
-        meta = {
-            "dtype": token_dtype(tok.get_vocab_size()).name,
-            "vocab_size": tok.get_vocab_size(),
-            "train_tokens": write_tokens(train_docs, tok, tmp / "train.bin"),
-            "val_tokens": write_tokens(val_docs, tok, tmp / "val.bin") if val_docs else 0,
-            "train_docs": [d.path for d in train_docs],
-            "val_docs": [d.path for d in val_docs],
-        }
-        write_text(tmp / "meta.json", json.dumps(meta, indent=1))
-        if (folder / "meta.json").exists():  # another run finished the same entry first: use that one
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        try:
-            tmp.rename(folder)  # the cache entry appears whole or not at all
-            fsync_dir(folder.parent)
-        except OSError:
-            if not (folder / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical entry
-        counts = f"{meta['train_tokens']} train / {meta['val_tokens']} val tokens, vocab {meta['vocab_size']}"
-        log.info("tokenized %d docs: %s -> %s", len(docs), counts, folder)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
@@ -266,17 +215,6 @@ class TextDataModule(WindowsDataModule):
             token_bytes = token_byte_lengths(self.tokenizer)
             val = folder / "val.bin"
             self.val_set = TokenWindows(val, dtype, self.block_size, eod, None, "none", token_bytes, mask)
-
-
-def _alive(pid: str) -> bool:
-    """Whether process pid still runs: the build folder it owns is not stale."""
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:  # it runs, as another user
-        return True
-    except (ValueError, ProcessLookupError):
-        return False
-    return True
 
 
 class ChatDataModule(WindowsDataModule):

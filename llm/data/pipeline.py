@@ -29,6 +29,7 @@ from llm.atomic import atomic_open
 from llm.data import archive, kinds, offline, pdf
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, discover, printable
+from llm.data.document import Document
 from llm.data.reader import Settings
 from llm.data.worker import Pool, Task, cpu_count
 
@@ -39,49 +40,6 @@ __all__ = ["Document", "IngestResult", "Record", "format_summary", "ingest", "wr
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "unpacked", "empty", "duplicate", "skipped", "error", "excluded")
-
-
-class Document:
-    """One extracted text. `text` is read from its file on use, so a corpus never sits in memory whole."""
-
-    def __init__(
-        self,
-        path: str,
-        kind: str,
-        text: str | None = None,
-        sha256: str = "",
-        *,
-        text_file: Path | None = None,
-        language: str | None = None,
-        text_key: str = "",
-        page_starts: dict[int, int] | None = None,
-    ) -> None:
-        self.path = path
-        self.page_starts = page_starts  # paged formats (PDF): page (1-based) -> where its text starts
-        self.kind = kind
-        self.sha256 = sha256
-        self.language = language
-        self._text = text
-        self.text_file = text_file
-        # names this exact text: the source's hash with its reader's version and settings (the cache key)
-        self.text_key = text_key or sha256
-
-    @property
-    def text(self) -> str:
-        if self._text is not None:
-            return self._text
-        with open(self.text_file, encoding="utf-8", newline="") as f:  # as extracted: \r\n stays \r\n
-            return f.read()
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Document):
-            return NotImplemented
-        return (self.path, self.kind, self.sha256, self.text) == (other.path, other.kind, other.sha256, other.text)
-
-    __hash__ = None  # mutable: compared by value, never hashed
-
-    def __repr__(self) -> str:
-        return f"Document({self.path!r}, {self.kind!r}, sha256={self.sha256[:12]!r})"
 
 
 @dataclass

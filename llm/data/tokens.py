@@ -1,5 +1,8 @@
 """Documents -> one flat token file per split on disk -> windows of block_size + 1 tokens.
 
+The tokenizer and the token files of a corpus are one cache entry (token_cache), found again by the documents'
+text keys and the settings, so an unchanged corpus is never tokenized twice.
+
 Each document is followed by the end-of-document token, so the model learns where texts stop and a
 window that crosses a boundary still reads sensibly. The split is by document: no text is on both sides.
 """
@@ -9,6 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
+import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,10 +24,14 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from torch.utils.data import Dataset, Sampler
 
-from llm.atomic import atomic_open
-from llm.data.pipeline import Document
+from llm.atomic import atomic_open, fsync_dir, write_text
+from llm.data.document import Document
 from llm.errors import ConfigError
-from llm.tokenizer import IGNORE, eod_id
+from llm.tokenizer import IGNORE, eod_id, load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 3  # bump when the token files or the tokenizer recipe change (3: ChatML's markers reserved)
 
 
 def split_documents(docs: Sequence[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
@@ -139,6 +150,83 @@ def write_tokens(
 
 
 ALIGNS = ("none", "document")  # data.align
+
+
+def token_cache(
+    docs: Sequence[Document],
+    cache_dir: Path,
+    vocab_size: int,
+    val_fraction: float,
+    seed: int,
+    tokenizer_sample_mb: float,
+    tokenizer_file: Path | None,
+) -> Path:
+    """The cache entry of this corpus's tokenizer and token files (tokenizer.json, train.bin, val.bin, meta.json):
+    <cache_dir>/<digest of the settings and each document's text_key>, built when it is missing. A given
+    tokenizer_file is used as it is (its content is part of the digest); else a BPE of vocab_size is trained on a
+    sample of tokenizer_sample_mb of the training documents. Built in a folder of this process's own and renamed
+    into place: two runs building one corpus at once never share a half-written entry."""
+    settings = [FORMAT_VERSION, vocab_size, val_fraction, seed, tokenizer_sample_mb]
+    if tokenizer_file is not None:  # a given tokenizer: its content, not a vocab size, fixes the ids
+        settings.append(hashlib.sha256(tokenizer_file.read_bytes()).hexdigest())
+    # text_key changes with the source, the ingester's version and its settings: new text, new tokens
+    digest = hashlib.sha256(json.dumps([settings, sorted((d.path, d.text_key) for d in docs)]).encode())
+    folder = cache_dir / digest.hexdigest()[:16]
+    if (folder / "meta.json").exists():
+        log.info("corpus unchanged: reusing tokenizer and tokens in %s", folder)
+        return folder
+    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for old in folder.parent.glob(f"{folder.name}.*.tmp"):  # left by a run that was killed while building
+        if not _alive(old.name.split(".")[1]):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # two runs building at once never share it
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    if tokenizer_file is not None:
+        tok = load_tokenizer(tokenizer_file)
+        if tok.get_vocab_size() > vocab_size:
+            raise ConfigError(
+                f"data.tokenizer={tokenizer_file} has {tok.get_vocab_size()} tokens, more than "
+                f"data.vocab_size={vocab_size} (model.config.vocab_size)"
+            )
+    else:
+        sample = tokenizer_sample(train_docs, int(tokenizer_sample_mb * 2**20), seed)
+        tok = train_tokenizer(sample, vocab_size)
+    write_text(tmp / "tokenizer.json", tok.to_str(pretty=True))
+    meta = {
+        "dtype": token_dtype(tok.get_vocab_size()).name,
+        "vocab_size": tok.get_vocab_size(),
+        "train_tokens": write_tokens(train_docs, tok, tmp / "train.bin"),
+        "val_tokens": write_tokens(val_docs, tok, tmp / "val.bin") if val_docs else 0,
+        "train_docs": [d.path for d in train_docs],
+        "val_docs": [d.path for d in val_docs],
+    }
+    write_text(tmp / "meta.json", json.dumps(meta, indent=1))
+    if (folder / "meta.json").exists():  # another run finished the same entry first: use that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+    try:
+        tmp.rename(folder)  # the cache entry appears whole or not at all
+        fsync_dir(folder.parent)
+    except OSError:
+        if not (folder / "meta.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # lost the race to an identical entry
+    counts = f"{meta['train_tokens']} train / {meta['val_tokens']} val tokens, vocab {meta['vocab_size']}"
+    log.info("tokenized %d docs: %s -> %s", len(docs), counts, folder)
+    return folder
+
+
+def _alive(pid: str) -> bool:
+    """Whether process pid still runs: the build folder it owns is not stale."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # it runs, as another user
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    return True
 
 
 def check_align(align: str) -> str:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from llm.data.pipeline import Document, ingest
+from llm.data.document import Document
+from llm.data.pipeline import ingest
 from llm.data.tokens import TokenWindows, split_documents, token_byte_lengths, token_dtype, write_tokens
 from llm.errors import ConfigError
 from llm.model import GPT

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from llm.retrieval.index import FILE, Index
 
 if TYPE_CHECKING:
-    from llm.data.pipeline import Document
+    from llm.data.document import Document
 
 log = logging.getLogger(__name__)
 

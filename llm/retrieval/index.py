@@ -27,7 +27,7 @@ from llm.errors import ConfigError
 from llm.retrieval.passages import split_passages
 
 if TYPE_CHECKING:  # the server searches an index without loading the ingestion stack
-    from llm.data.pipeline import Document
+    from llm.data.document import Document
 
 FILE = "index.sqlite"
 VERSION = "1"  # the schema and the passage rules: an index of another version is rebuilt
