@@ -319,14 +319,15 @@ def test_wait_all_ends_at_the_deadline_whatever_the_engine_does(monkeypatch: pyt
 
     async def wait(jobs: list[Job], disconnected=never, *calls) -> tuple[str, float]:
         events = app.connect(jobs, asyncio.get_running_loop())
-        started = time.monotonic()
         engine_thread(*calls)
         return await app.wait_all(events, jobs, disconnected), time.monotonic() - started
 
+    started = time.monotonic()  # before the jobs: their deadlines count from their making
     jobs = waiting_jobs(2, 0.2)  # the engine never answers
     outcome, took = asyncio.run(wait(jobs))
     assert outcome == "timeout" and 0.3 <= took < 1.0 and all(job.cancelled for job in jobs)
 
+    started = time.monotonic()
     jobs = waiting_jobs(2, 5.0)
     calls = [event(jobs[0], "text", "a"), event(jobs[1], "done", "stop"), event(jobs[0], "done", "length")]
     outcome, took = asyncio.run(wait(jobs, never, *calls))
@@ -335,6 +336,7 @@ def test_wait_all_ends_at_the_deadline_whatever_the_engine_does(monkeypatch: pyt
     async def gone() -> bool:
         return True
 
+    started = time.monotonic()
     jobs = waiting_jobs(1, 5.0)
     outcome, took = asyncio.run(wait(jobs, gone))
     assert outcome == "disconnected" and took < 1.0 and jobs[0].cancelled

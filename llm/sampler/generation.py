@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from tokenizers import Tokenizer
@@ -95,11 +95,9 @@ def row_params(params: SamplingParams, rows: int) -> list[SamplingParams]:
     rows draw nothing: the stream is left as it was)."""
     if params.greedy:
         return [params] * rows
-    if params.seed is None:
-        seeds = torch.randint(0, 2**62, (rows,)).tolist()  # the global CPU stream: torch.manual_seed repeats it
-    else:
-        seeds = [params.seed + r for r in range(rows)]
-    return [replace(params, seed=seed) for seed in seeds]
+    if params.seed is None:  # from the global CPU stream: torch.manual_seed repeats them
+        return [replace(params, seed=seed) for seed in torch.randint(0, 2**62, (rows,)).tolist()]
+    return [params.for_row(r) for r in range(rows)]
 
 
 # ---------------------------------------------------------------------------------------------- decode
@@ -248,21 +246,20 @@ def generate(
     stop: a string or strings that end a row (left out of its text). stop_tokens: ids that end a row; default
     the tokenizer's end-of-document token. on_text(row, text) streams. compile, cache_len: see generate_ids.
     """
-    settings = generation_defaults()
-    if params is not None:
-        settings.update(asdict(params))
+    defaults = generation_defaults()  # conf/infer.yaml, read once per process
     given = {
-        "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "top_k": top_k,
         "top_p": top_p,
         "min_p": min_p,
         "repetition_penalty": repetition_penalty,
         "seed": seed,
-        "stop": stop,
-        "kv_cache": kv_cache,
     }
-    settings.update({key: value for key, value in given.items() if value is not None})
+    params = replace(
+        params or SamplingParams.from_config(defaults), **{k: v for k, v in given.items() if v is not None}
+    )
+    settings = {"max_new_tokens": max_new_tokens, "stop": stop, "kv_cache": kv_cache}
+    settings = {key: defaults[key] if value is None else value for key, value in settings.items()}
     stop = settings["stop"]
     if isinstance(stop, str):
         stop = [stop]
@@ -280,7 +277,7 @@ def generate(
         model,
         ids,
         settings["max_new_tokens"],
-        SamplingParams.from_config(settings),
+        params,
         stop_tokens=stop_tokens,
         tokenizer=tokenizer,
         stop_strings=list(stop),

@@ -7,6 +7,7 @@ The defaults of the keys infer.py and the Python `generate()` share are written 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence, Sized
@@ -35,10 +36,16 @@ SHARED_KEYS = (
 
 
 def generation_defaults() -> dict[str, Any]:
-    """conf/infer.yaml's values of SHARED_KEYS, stop read as by read_stop."""
+    """conf/infer.yaml's values of SHARED_KEYS, stop read as by read_stop: a copy of what was read once."""
+    values = _read_defaults()
+    return {**values, "stop": list(values["stop"])}
+
+
+@functools.cache
+def _read_defaults() -> dict[str, Any]:
     cfg = OmegaConf.to_container(OmegaConf.load(INFER_YAML), resolve=False)
     values = {key: cfg[key] for key in SHARED_KEYS}
-    values["stop"] = read_stop(values["stop"])
+    values["stop"] = tuple(read_stop(values["stop"]))
     return values
 
 
@@ -86,6 +93,11 @@ class SamplingParams:
     def defaults(cls, **changes: Any) -> SamplingParams:
         """conf/infer.yaml's settings with `changes` applied: `SamplingParams.defaults(temperature=0)`."""
         return replace(cls.from_config(generation_defaults()), **changes)
+
+    def for_row(self, row: int) -> SamplingParams:
+        """The settings of row `row` of a call (or job `row` of a request) seeded s: seed s + row, so each row draws
+        its own numbers and the same call draws them again; unseeded, as they are."""
+        return self if self.seed is None else replace(self, seed=self.seed + row)
 
     @property
     def greedy(self) -> bool:

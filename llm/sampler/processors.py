@@ -99,8 +99,6 @@ def choose(
 class RowSettings:
     """The sampling settings of `rows` rows: columns (B, 1) on the device, the SamplingParams on the host."""
 
-    NEUTRAL = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
-
     def __init__(self, rows: int, device: torch.device) -> None:
         self.params: list[SamplingParams | None] = [None] * rows
         self.knobs = {

@@ -92,7 +92,6 @@ class Engine:
     """The decode core over max_batch slots, and the queue; start() runs step() on a thread of its own."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int, queue_size: int, compile: bool) -> None:
-        self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.queue_size = queue_size
@@ -100,7 +99,7 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.eod = eod_id(tokenizer)
         # one cache for every step, whoever joins; compiled for the weights as they are now: the engine serves them
-        self.core = DecodeCore(model, max_batch, self.block_size, compile=compile)
+        self.core = DecodeCore(model.eval(), max_batch, self.block_size, compile=compile)
         self.slots: list[Job | None] = [None] * max_batch
         self.waiting: deque[Job] = deque()
         self.wake = threading.Condition()

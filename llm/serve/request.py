@@ -160,19 +160,18 @@ def completion_prompts(prompt: str | list) -> list[Prompt]:
 
 
 def sampling_params(body: Sampling, jobs: int) -> list[SamplingParams]:
-    """One SamplingParams per job: job j draws with seed + j (no seed: the engine draws a fresh one for each)."""
+    """One SamplingParams per job: job j draws with seed + j (SamplingParams.for_row; no seed: the engine draws a
+    fresh one for each)."""
     try:
-        return [
-            SamplingParams(
-                temperature=body.temperature,
-                top_k=max(body.top_k, 0),  # vLLM's -1 is off, as 0
-                top_p=body.top_p,
-                min_p=body.min_p,
-                repetition_penalty=body.repetition_penalty,
-                seed=None if body.seed is None else body.seed + j,
-            )
-            for j in range(jobs)
-        ]
+        params = SamplingParams(
+            temperature=body.temperature,
+            top_k=max(body.top_k, 0),  # vLLM's -1 is off, as 0
+            top_p=body.top_p,
+            min_p=body.min_p,
+            repetition_penalty=body.repetition_penalty,
+            seed=body.seed,
+        )
+        return [params.for_row(j) for j in range(jobs)]
     except ConfigError as e:  # its message starts with the key: "top_k=... must be ..."
         key = str(e).split("=", 1)[0]
         raise BadRequest(400, str(e), key if key in Sampling.model_fields else None) from None
