@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llm.data import kinds
-from llm.data.kinds import Format, Registry
+from llm.data import formats
+from llm.data.formats import Format, Registry
 from tools import make_sample
 
 text_pdf = make_sample.text_pdf
@@ -29,9 +29,9 @@ needs_ocr = pytest.mark.skipif(
 )
 
 
-def use_formats(monkeypatch: pytest.MonkeyPatch, *formats: Format) -> None:
+def use_formats(monkeypatch: pytest.MonkeyPatch, *extra: Format) -> None:
     """The registry of file kinds, plus these formats, for one test."""
-    monkeypatch.setattr(kinds, "REGISTRY", Registry([*kinds.REGISTRY.formats, *formats]))
+    monkeypatch.setattr(formats, "REGISTRY", Registry([*formats.REGISTRY.formats, *extra]))
 
 
 CODE = '''def greet(name):

@@ -253,7 +253,7 @@ def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypa
     """The token cache is keyed by the text (source hash, reader version and settings), not the source alone."""
     import dataclasses
 
-    from llm.data import kinds
+    from llm.data import formats
 
     def folder():
         dm = make_datamodule(tmp_path, [str(corpus)], vocab_size=300, block_size=16, batch_size=2)
@@ -263,8 +263,8 @@ def test_new_text_from_the_same_files_gets_new_tokens(tmp_path, corpus, monkeypa
 
     before = folder()
     assert folder() == before
-    bumped = [dataclasses.replace(f, version=99) if f.kind == "text" else f for f in kinds.REGISTRY.formats]
-    monkeypatch.setattr(kinds, "REGISTRY", kinds.Registry(bumped))
+    bumped = [dataclasses.replace(f, version=99) if f.kind == "text" else f for f in formats.REGISTRY.formats]
+    monkeypatch.setattr(formats, "REGISTRY", formats.Registry(bumped))
     assert folder() != before  # the text reader changed: its text may have too
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm.data.kinds import REGISTRY, Format, Registry
+from llm.data.formats import REGISTRY, Format, Registry
 from llm.data.pipeline import ingest
 from tests.ingest_fixtures import CODE, LATIN1, kinds_corpus, needs_ocr, write
 

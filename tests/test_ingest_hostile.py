@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llm.data import kinds
+from llm.data import formats
 from llm.data.discover import printable
-from llm.data.kinds import Format
+from llm.data.formats import Format
 from llm.data.pipeline import ingest
 from llm.data.reader import Settings
 from llm.data.worker import Task, run_task
@@ -144,7 +144,7 @@ def test_a_missing_ocr_program_is_named_and_not_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ocr.shutil, "which", lambda name: None)
     png = write(tmp_path / "a.png", image_bytes(["words"], "PNG"))
-    out = run_task(Task(0, str(png), kinds.REGISTRY.kind_of(png)[0].read), Settings.from_mapping())
+    out = run_task(Task(0, str(png), formats.REGISTRY.kind_of(png)[0].read), Settings.from_mapping())
     assert out["status"] == "error" and out["transient"]
     assert "tesseract not found" in out["reason"] and "tesseract-ocr" in out["reason"]
 
@@ -170,7 +170,7 @@ def test_an_image_just_over_the_pixel_limit_is_skipped_like_a_bomb(tmp_path):
     from tests.ingest_fixtures import bomb_png
 
     png = write(tmp_path / "big.png", bomb_png(side=1_500))  # 2.25M pixels: between 1x and 2x the limit
-    read = kinds.REGISTRY.kind_of(png)[0].read
+    read = formats.REGISTRY.kind_of(png)[0].read
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # as in an ingest worker
         out = run_task(Task(0, str(png), read), Settings.from_mapping({"max_image_pixels": 2_000_000}))

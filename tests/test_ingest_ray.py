@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llm.data.kinds import Format
+from llm.data.formats import Format
 from llm.data.pipeline import ingest
 from llm.errors import ConfigError
 from tests import ingest_readers

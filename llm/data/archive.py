@@ -39,7 +39,7 @@ RATIO_FLOOR = 8 * 2**20
 MAX_ARCHIVE_BYTES = 4 * 2**30  # what one archive may expand to, all its members together
 MAX_MEMBERS = 10_000
 MAX_DEPTH = 4  # an archive inside an archive inside ...: deeper ones are skipped
-HEAD = 1024  # the first bytes of each member, for the registry's magic (kinds.py)
+HEAD = 1024  # the first bytes of each member, for the registry's magic (formats.py)
 CHUNK = 2**20
 
 # content magic -> (name in the manifest, decompressing opener)

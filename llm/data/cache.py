@@ -22,7 +22,7 @@ class Cache:
 
     @staticmethod
     def key(sha256: str, kind: str, version: int, settings: Any, language: str | None) -> str:
-        """kind, version, settings: from the file's row in the registry (kinds.py)."""
+        """kind, version, settings: from the file's row in the registry (formats.py)."""
         return hashlib.sha256(json.dumps([sha256, kind, version, settings, language]).encode()).hexdigest()
 
     def _meta_file(self, key: str) -> Path:

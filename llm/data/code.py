@@ -13,7 +13,7 @@ from llm.data.text import read_verbatim
 
 
 def read(path: Path, language: str | None, settings: Settings) -> Extraction:
-    """language: from the file's extension (kinds.py); `notebook` reads a Jupyter notebook's cells."""
+    """language: from the file's extension (formats.py); `notebook` reads a Jupyter notebook's cells."""
     text = read_verbatim(path)
     if language == "notebook":
         return _notebook(text)

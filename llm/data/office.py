@@ -2,7 +2,7 @@
 
 Each format needs its own optional packages (pandoc comes inside pypandoc-binary; LibreOffice for .doc and .ppt);
 where they are missing the file is `skipped` with the package to install, and the next run tries again.
-kinds.py says which reader reads which extension.
+formats.py says which reader reads which extension.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Find the documents under the input folders and turn each into text, with a manifest line per file.
 
 Every file seen gets exactly one manifest record, whatever happens to it, so nothing is lost silently.
-Which reader reads a file comes from the registry of file kinds (kinds.py); extraction runs in worker
+Which reader reads a file comes from the registry of file kinds (formats.py); extraction runs in worker
 processes (worker.py) and is cached by content hash + kind, version and settings (cache.py): an unchanged
 folder is read again without extracting anything.
 
@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from llm.atomic import atomic_open
-from llm.data import archive, kinds, offline, pdf
+from llm.data import archive, formats, offline, pdf
 from llm.data.cache import Cache
 from llm.data.discover import DEFAULT_EXCLUDE, discover, printable
 from llm.data.document import Document
@@ -163,13 +163,13 @@ def ingest(
 def _preload(tasks: Sequence[Task], settings: Settings) -> tuple[str, ...]:
     """What the workers import once, before their first file: PDFs read by PDFium need PDFium and unstructured's
     cleaners (a scanned page imports the OCR stack in its worker, once); anything else heavy needs unstructured's
-    partitioners, warmed up (warm.py); code and text need nothing."""
+    partitioners, warmed up (preload_readers.py); code and text need nothing."""
     heavy = [t for t in tasks if t.heavy]
     if not heavy:
         return ()
     if settings.strategy.get("pdf") == "pdfium" and all(t.read is pdf.read for t in heavy):
         return ("pypdfium2", "unstructured.cleaners.core")
-    return ("llm.data.warm",)
+    return ("llm.data.preload_readers",)
 
 
 def _pool(
@@ -221,7 +221,7 @@ class _Plan:
     def __init__(self, settings: Settings, cache: Cache) -> None:
         self.settings = settings
         self.cache = cache
-        self.registry = kinds.REGISTRY
+        self.registry = formats.REGISTRY
         self.max_bytes = int(settings.max_file_mb * 2**20)
         self.records: list[Record] = []
         self.order: list[tuple[int, ...]] = []

@@ -89,4 +89,4 @@ class RayPool:
                     yield task, out
         finally:
             for actor in actors:
-                ray.kill(actor)  # its fork server and worker follow it (lifeline.py)
+                ray.kill(actor)  # its fork server and worker follow it (parent_watch.py)

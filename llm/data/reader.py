@@ -2,7 +2,7 @@
 
     read(path, language, settings) -> Extraction    (raises Refused for an expected failure)
 
-Readers run in worker processes (worker.py); kinds.py says which reader reads which files.
+Readers run in worker processes (worker.py); formats.py says which reader reads which files.
 """
 
 from __future__ import annotations
@@ -94,6 +94,6 @@ class Refused(Exception):
         self.transient = transient
 
 
-# (path, language hint from kinds.py, settings) -> its text; a module-level function or a picklable object,
+# (path, language hint from formats.py, settings) -> its text; a module-level function or a picklable object,
 # since it is sent to a worker process by reference
 Read = Callable[[Path, str | None, Settings], Extraction]

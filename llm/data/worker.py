@@ -48,7 +48,7 @@ def cpu_count() -> int:
 class Task:
     index: int
     path: str
-    read: Read  # the reader, from the registry (kinds.py); crosses the pipe by reference
+    read: Read  # the reader, from the registry (formats.py); crosses the pipe by reference
     language: str | None = None
     heavy: bool = False  # read through unstructured: scheduled first
 
@@ -138,7 +138,7 @@ def die_with_parent() -> None:
     group; SIGKILL itself would leave tesseract running, orphaned. Everywhere (macOS has no such prctl): a
     thread polls os.getppid(), which changes when the parent is gone; it also covers a main thread that is
     inside a long C call, where Python signal handlers wait. A worker's parent is the fork server, which
-    follows the main process the same way (llm/data/lifeline.py).
+    follows the main process the same way (llm/data/parent_watch.py).
     """
     if not hasattr(os, "getppid") or not hasattr(os, "killpg"):  # Windows
         return
@@ -184,7 +184,7 @@ def _context(preload: Sequence[str]) -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["llm.data.lifeline", "llm.data.worker", *preload])
+    ctx.set_forkserver_preload(["llm.data.parent_watch", "llm.data.worker", *preload])
     return ctx
 
 
