@@ -1,6 +1,6 @@
 # make train  — train the tiny model on the built-in corpus (installs first when needed)
 # make test   — check formatting and lint (ruff), then run the test suite
-# make test-long — the tests that train for minutes to check a whole capability (CI runs them after make test)
+# make test-long — the tests that train for many minutes to check a whole capability (not in make test)
 # make install — create .venv and install the project with its dev, ingest, sweep, hf, serve, ray, eval and lora extras
 PYTHON ?= python3
 VENV ?= .venv

@@ -1,6 +1,6 @@
 """Ask your documents, end to end: a tiny model trained from scratch on a folder of documents, then taught to answer
 from passages (experiment=grounded), served with retrieval.index= its run, answers their questions with the file
-and page. Minutes of training: marked `long`, run by `make test-long` (and CI), not by `make test`."""
+and page. About 25 minutes on two cores: marked `long`, run by `make test-long`, not by `make test`."""
 
 from __future__ import annotations
 
