@@ -358,25 +358,28 @@ def serve_and_stop(world: World, shell: str, text: str, cwd: Path, extra: list[s
 # ---------------------------------------------------------------------------------------------- composing
 
 
+HYDRA_APP = re.compile(r'^\s*run_command\("(\w+)"', re.M)  # every entry point's main: llm.config.run_command
+
+
 def hydra_script(script: Path) -> Path | None:
-    """The file whose @hydra.main `python script` runs: the script, or the llm module whose main it calls."""
+    """The file whose Hydra app `python script` runs: the script, or the llm module whose main it calls."""
     text = script.read_text()
-    if "@hydra.main" in text:
+    if HYDRA_APP.search(text):
         return script
     found = re.search(r"^from (llm(?:\.\w+)+) import .*\bmain\b", text, re.M)
     module = ROOT.joinpath(*found.group(1).split(".")).with_suffix(".py") if found else None
-    return module if module is not None and "@hydra.main" in module.read_text() else None
+    return module if module is not None and HYDRA_APP.search(module.read_text()) else None
 
 
 def hydra_module(module: str) -> Path | None:
     """The file of `python -m llm.X` when it is a Hydra app (llm.export), else None."""
     path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
-    return path if module.startswith("llm.") and path.is_file() and "@hydra.main" in path.read_text() else None
+    return path if module.startswith("llm.") and path.is_file() and HYDRA_APP.search(path.read_text()) else None
 
 
 def hydra_config_name(script: Path) -> str:
-    found = re.search(r"@hydra\.main\(.*?config_name=\"(\w+)\"", script.read_text(), re.S)
-    assert found, f"{script.name} has no @hydra.main(config_name=...)"
+    found = HYDRA_APP.search(script.read_text())
+    assert found, f"{script.name} runs no run_command(NAME, ...)"
     return found.group(1)
 
 
